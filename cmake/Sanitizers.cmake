@@ -1,0 +1,7 @@
+if(FLEECE_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+if(FLEECE_FUZZ)
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()

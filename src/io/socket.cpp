@@ -1,0 +1,183 @@
+#include "io/socket.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "io/file_io.hpp"
+
+namespace fleece::io {
+
+FileDescriptor& FileDescriptor::operator=(FileDescriptor&& o) noexcept {
+    if (this != &o)
+        reset(o.release());
+    return *this;
+}
+
+void FileDescriptor::reset(int fd) {
+    if (fd_ >= 0)
+        ::close(fd_);
+    fd_ = fd;
+}
+
+void set_nonblocking(int fd) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+Task<std::int64_t> read_some(int fd, std::span<std::byte> buf) {
+    while (true) {
+        const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+        if (n >= 0)
+            co_return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == ENOTSOCK) {
+            const ssize_t r = ::read(fd, buf.data(), buf.size());
+            if (r >= 0)
+                co_return r;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            co_return -errno;
+        const std::int64_t p = co_await poll(fd, POLLIN);
+        if (p < 0)
+            co_return p;
+    }
+}
+
+Task<int> read_exact(int fd, std::span<std::byte> buf) {
+    std::size_t done = 0;
+    while (done < buf.size()) {
+        const std::int64_t n = co_await read_some(fd, buf.subspan(done));
+        if (n < 0)
+            co_return static_cast<int>(n);
+        if (n == 0)
+            co_return -ECONNRESET;
+        done += static_cast<std::size_t>(n);
+    }
+    co_return 0;
+}
+
+Task<int> write_all(int fd, std::span<const std::byte> buf) {
+    std::size_t done = 0;
+    while (done < buf.size()) {
+        const ssize_t n = ::send(fd, buf.data() + done, buf.size() - done, MSG_NOSIGNAL);
+        if (n >= 0) {
+            done += static_cast<std::size_t>(n);
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            co_return -errno;
+        const std::int64_t p = co_await poll(fd, POLLOUT);
+        if (p < 0)
+            co_return static_cast<int>(p);
+        if (p & (POLLERR | POLLHUP))
+            co_return -EPIPE;
+    }
+    co_return 0;
+}
+
+Task<int> accept(int listen_fd) {
+    while (true) {
+        const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            co_return fd;
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            co_return -errno;
+        const std::int64_t p = co_await poll(listen_fd, POLLIN);
+        if (p < 0)
+            co_return static_cast<int>(p);
+        if (p & (POLLERR | POLLHUP | POLLNVAL))
+            co_return -ECONNABORTED;
+    }
+}
+
+namespace {
+Result<sockaddr_un> unix_address(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path)
+        return make_error(fmt::format("socket path '{}' is too long (max {} bytes)", path,
+                                      sizeof addr.sun_path - 1));
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    return addr;
+}
+} // namespace
+
+Result<FileDescriptor> listen_unix(const std::string& path, unsigned mode) {
+    auto addr = unix_address(path);
+    if (!addr)
+        return addr.error();
+    FileDescriptor fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd)
+        return make_error(fmt::format("socket: {}", std::strerror(errno)));
+    struct stat st{};
+    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+        ::unlink(path.c_str());
+    // Create the socket owner-only from the start; widen afterwards if asked.
+    const mode_t old_mask = ::umask(0077);
+    const int r = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un));
+    const int bind_errno = errno;
+    ::umask(old_mask);
+    if (r < 0)
+        return make_error(fmt::format("Failed to bind socket to {}: {}", path, std::strerror(bind_errno)));
+    if (mode != 0600)
+        ::chmod(path.c_str(), mode);
+    if (::listen(fd.get(), 128) < 0)
+        return make_error(fmt::format("listen on {}: {}", path, std::strerror(errno)));
+    return fd;
+}
+
+Result<FileDescriptor> listen_tcp(const std::string& host, const std::string& port) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* list = nullptr;
+    const int gai = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &list);
+    if (gai != 0)
+        return make_error(fmt::format("address resolution failed for {}:{}: {}", host, port, gai_strerror(gai)));
+    std::string last_error = "no address";
+    for (addrinfo* ai = list; ai; ai = ai->ai_next) {
+        FileDescriptor fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (!fd)
+            continue;
+        const int one = 1;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd.get(), 128) == 0) {
+            ::freeaddrinfo(list);
+            return fd;
+        }
+        last_error = std::strerror(errno);
+    }
+    ::freeaddrinfo(list);
+    return make_error(fmt::format("Failed to listen on {}:{}: {}", host, port, last_error));
+}
+
+Result<FileDescriptor> connect_unix(const std::string& path) {
+    auto addr = unix_address(path);
+    if (!addr)
+        return addr.error();
+    FileDescriptor fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd)
+        return make_error(fmt::format("socket: {}", std::strerror(errno)));
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) < 0)
+        return make_error(fmt::format("Failed to connect to '{}': {}", path, std::strerror(errno)));
+    return fd;
+}
+
+} // namespace fleece::io
