@@ -36,6 +36,7 @@ public:
     }
     T* operator->() { return &value(); }
     T& operator*() & { return value(); }
+    T&& operator*() && { return std::move(*this).value(); }
     const Error& error() const {
         FLEECE_ASSERT(!ok());
         return std::get<1>(v_);

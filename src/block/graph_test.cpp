@@ -1,0 +1,234 @@
+#include "block/graph.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "io/event_loop.hpp"
+
+namespace fleece::block {
+namespace {
+
+// An in-memory leaf node; each request takes one loop turn so requests overlap.
+class MemNode final : public Node {
+public:
+    MemNode(std::string name, std::uint64_t size) : Node(std::move(name), "memory"), data_(size) {
+        set_size(size);
+    }
+    std::vector<std::byte> data_;
+    int writes = 0;
+
+protected:
+    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf, ReqFlags) override {
+        co_await io::EventLoop::current().yield();
+        std::memcpy(buf.data(), data_.data() + off, buf.size());
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_write(std::uint64_t off, std::span<const std::byte> buf,
+                                       ReqFlags) override {
+        co_await io::EventLoop::current().yield();
+        std::memcpy(data_.data() + off, buf.data(), buf.size());
+        ++writes;
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_flush() override { co_return std::error_code{}; }
+};
+
+// A filter that counts the writes passing through it.
+class CountingFilter final : public FilterNode {
+public:
+    CountingFilter(std::string name, Node& below) : FilterNode(std::move(name), "counter") {
+        set_file(add_child(below, ChildRole::file, "file"));
+    }
+    int writes = 0;
+
+protected:
+    io::Task<std::error_code> do_write(std::uint64_t off, std::span<const std::byte> buf,
+                                       ReqFlags f) override {
+        ++writes;
+        co_return co_await FilterNode::do_write(off, buf, f);
+    }
+};
+
+// A node that reads its child as a consistent snapshot and forbids other writers, like a
+// backup source without a filter.
+class ExclusiveReader final : public FilterNode {
+public:
+    ExclusiveReader(std::string name, Node& below) : FilterNode(std::move(name), "reader") {
+        set_file(add_child(below, ChildRole::file, "file"));
+    }
+    PermPair child_perms(const Child&, PermSet, PermSet) const override {
+        return {perm_consistent_read, perm_consistent_read | perm_write_unchanged};
+    }
+};
+
+struct User final : ChildParent {
+    explicit User(std::string n) : name(std::move(n)) {}
+    std::string name;
+    std::string parent_description() const override { return "export '" + name + "'"; }
+    std::string parent_name() const override { return name; }
+    const char* parent_type() const override { return "block-backend"; }
+};
+
+TEST(Permissions, WriteUnchangedIsSatisfiedByWriteButNotViceVersa) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    User fleecer("fleecer");
+    auto wu = g.attach(fleecer, *disk, perm_write_unchanged, perm_all);
+    ASSERT_TRUE(wu.ok());
+    std::vector<std::byte> buf(4096, std::byte{1});
+    auto write = [](Child* c, std::vector<std::byte>* b, ReqFlags f) -> io::Task<std::error_code> {
+        co_return co_await c->write(0, *b, f);
+    };
+    EXPECT_FALSE(loop.run_until_complete(write(wu->get(), &buf, req_write_unchanged)));
+    EXPECT_EQ(loop.run_until_complete(write(wu->get(), &buf, 0)), errno_code(EPERM));
+    User writer("guest");
+    auto w = g.attach(writer, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(w.ok());
+    EXPECT_FALSE(loop.run_until_complete(write(w->get(), &buf, req_write_unchanged)));
+    g.detach(std::move(*w));
+    g.detach(std::move(*wu));
+}
+
+TEST(Permissions, ConsistentReaderBlocksSecondWriterAndNamesBothUsers) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    Node* reader = *g.add(std::make_unique<ExclusiveReader>("backup-src", *disk));
+    User guest("guest");
+    auto w = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_FALSE(w.ok());
+    const std::string msg = w.error().message;
+    EXPECT_NE(msg.find("node 'disk'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'write'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("export 'guest'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("node 'backup-src'"), std::string::npos) << msg;
+    // Refused changes leave the graph untouched.
+    EXPECT_EQ(disk->parents().size(), 1u);
+    EXPECT_EQ(disk->parents()[0]->perm(), perm_consistent_read);
+    // A writer that only writes unchanged data is compatible with the reader.
+    auto wu = g.attach(guest, *disk, perm_write_unchanged, perm_all);
+    EXPECT_TRUE(wu.ok());
+    g.detach(std::move(*wu));
+    (void)reader;
+}
+
+TEST(Permissions, AddingANodeThatConflictsLeavesNoTrace) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    User guest("guest");
+    auto w = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(w.ok());
+    auto r = g.add(std::make_unique<ExclusiveReader>("reader", *disk));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(g.find("reader"), nullptr);
+    EXPECT_EQ(disk->parents().size(), 1u);
+    auto dup = g.add(std::make_unique<MemNode>("disk", 1));
+    ASSERT_FALSE(dup.ok());
+    EXPECT_NE(dup.error().message.find("Duplicate"), std::string::npos);
+    g.detach(std::move(*w));
+}
+
+TEST(Graph, NodeWithUsersCannotBeDeleted) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    ASSERT_TRUE(g.add(std::make_unique<CountingFilter>("f", *disk)).ok());
+    Status st = loop.run_until_complete(g.remove("disk"));
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.error().message.find("node 'f'"), std::string::npos) << st.error().message;
+    EXPECT_TRUE(loop.run_until_complete(g.remove("f")).ok());
+    EXPECT_TRUE(loop.run_until_complete(g.remove("disk")).ok());
+    EXPECT_TRUE(g.nodes().empty());
+    EXPECT_FALSE(loop.run_until_complete(g.remove("nope")).ok());
+}
+
+TEST(Graph, CyclesAreRefused) {
+    io::EventLoop loop;
+    Graph g;
+    Node* a = *g.add(std::make_unique<MemNode>("a", 4096));
+    Node* f = *g.add(std::make_unique<CountingFilter>("f", *a));
+    // Moving the users of f onto a would make a its own ancestor: f -> a, and nothing else.
+    Status st = loop.run_until_complete(g.replace(*a, *f));
+    EXPECT_TRUE(st.ok()); // f's own edge is skipped: nothing else used a
+    EXPECT_EQ(a->parents().size(), 1u);
+}
+
+io::Task<void> guest_writer(Child* c, int count, int* done) {
+    std::vector<std::byte> buf(512, std::byte{7});
+    for (int i = 0; i < count; ++i) {
+        auto e = co_await c->write(static_cast<std::uint64_t>(i % 64) * 512, buf, 0);
+        EXPECT_FALSE(e);
+        ++*done;
+    }
+}
+
+io::Task<void> insert_and_remove_filter(Graph* g, Node* disk, int* done) {
+    while (*done < 20)
+        co_await io::EventLoop::current().yield();
+    Node* filter = *g->add(std::make_unique<CountingFilter>("filter", *disk));
+    Status st = co_await g->replace(*disk, *filter);
+    EXPECT_TRUE(st.ok());
+    const int at_insert = *done;
+    while (*done < at_insert + 50)
+        co_await io::EventLoop::current().yield();
+    // Take it out again: its users go back to the disk.
+    st = co_await g->replace(*filter, *disk);
+    EXPECT_TRUE(st.ok());
+    EXPECT_TRUE((co_await g->remove("filter")).ok());
+}
+
+TEST(Graph, LiveFilterInsertionMovesUsersWithoutFailingRequests) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    User guest("guest");
+    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(edge.ok());
+    int done = 0;
+    loop.spawn(guest_writer(edge->get(), 200, &done));
+    loop.run_until_complete(insert_and_remove_filter(&g, disk, &done));
+    auto settle = [](int* d) -> io::Task<void> {
+        while (*d < 200)
+            co_await io::EventLoop::current().yield();
+    };
+    loop.run_until_complete(settle(&done));
+    EXPECT_EQ(&(*edge)->node(), disk);
+    EXPECT_EQ(static_cast<MemNode*>(disk)->writes, 200);
+    g.detach(std::move(*edge));
+}
+
+io::Task<void> drain_while_writing(Graph* g, Node* disk, Child* edge, bool* ok) {
+    int done = 0;
+    io::EventLoop::current().spawn(guest_writer(edge, 100, &done));
+    co_await io::EventLoop::current().yield();
+    co_await io::EventLoop::current().yield();
+    {
+        DrainedSection drained = co_await g->drain(*disk);
+        const int at = done;
+        EXPECT_EQ(disk->in_flight(), 0u);
+        for (int i = 0; i < 10; ++i)
+            co_await io::EventLoop::current().yield();
+        *ok = done == at && disk->in_flight() == 0; // nothing got through while drained
+    }
+    while (done < 100)
+        co_await io::EventLoop::current().yield();
+}
+
+TEST(Graph, DrainHoldsRequestsFromOutside) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    User guest("guest");
+    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    bool ok = false;
+    loop.run_until_complete(drain_while_writing(&g, disk, edge->get(), &ok));
+    EXPECT_TRUE(ok);
+    g.detach(std::move(*edge));
+}
+
+} // namespace
+} // namespace fleece::block

@@ -1,0 +1,293 @@
+#include "block/node.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+#include "util/align.hpp"
+#include "util/assert.hpp"
+
+namespace fleece::block {
+
+const char* role_name(ChildRole role) {
+    switch (role) {
+    case ChildRole::file:
+        return "file";
+    case ChildRole::backing:
+        return "backing";
+    case ChildRole::target:
+        return "target";
+    case ChildRole::data:
+        return "data-file";
+    case ChildRole::root:
+        return "root";
+    }
+    return "?";
+}
+
+std::string perm_names(PermSet perms) {
+    std::string out;
+    for (PermSet bit = 1; bit <= perm_resize; bit <<= 1) {
+        if (perms & bit) {
+            if (!out.empty())
+                out += ", ";
+            out += perm_name(bit);
+        }
+    }
+    return out;
+}
+
+const char* perm_name(PermSet one_perm) {
+    if (one_perm & perm_consistent_read)
+        return "consistent-read";
+    if (one_perm & perm_write)
+        return "write";
+    if (one_perm & perm_write_unchanged)
+        return "write-unchanged";
+    if (one_perm & perm_resize)
+        return "resize";
+    return "none";
+}
+
+// ---- Child ------------------------------------------------------------------------------
+
+Child::Child(ChildParent* parent, Node* node, ChildRole role, std::string name, PermSet perm,
+             PermSet shared)
+    : parent_(parent), node_(node), role_(role), name_(std::move(name)), perm_(perm),
+      shared_(shared) {}
+
+Child::~Child() { FLEECE_ASSERT(!attached_); }
+
+io::Task<void> Child::wait_while_quiesced() {
+    // Only requests entering the graph from outside wait; a node's own requests to its
+    // children must go on, or draining a node with requests in flight would deadlock.
+    while (role_ == ChildRole::root && node_->quiesced())
+        co_await node_->quiesce_ended_.wait();
+}
+
+bool Child::may_write(ReqFlags flags) const {
+    if (perm_ & perm_write)
+        return true;
+    return (flags & req_write_unchanged) && (perm_ & perm_write_unchanged);
+}
+
+io::Task<std::error_code> Child::read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags) {
+    co_await wait_while_quiesced();
+    co_return co_await node_->read(offset, buf, flags);
+}
+
+io::Task<std::error_code> Child::write(std::uint64_t offset, std::span<const std::byte> buf,
+                                       ReqFlags flags) {
+    co_await wait_while_quiesced();
+    if (!may_write(flags))
+        co_return errno_code(EPERM);
+    co_return co_await node_->write(offset, buf, flags);
+}
+
+io::Task<std::error_code> Child::write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                              ReqFlags flags) {
+    co_await wait_while_quiesced();
+    if (!may_write(flags))
+        co_return errno_code(EPERM);
+    co_return co_await node_->write_zeroes(offset, length, flags);
+}
+
+io::Task<std::error_code> Child::discard(std::uint64_t offset, std::uint64_t length) {
+    co_await wait_while_quiesced();
+    if (!may_write(0))
+        co_return errno_code(EPERM);
+    co_return co_await node_->discard(offset, length);
+}
+
+io::Task<std::error_code> Child::flush() {
+    co_await wait_while_quiesced();
+    co_return co_await node_->flush();
+}
+
+io::Task<BlockStatus> Child::block_status(std::uint64_t offset, std::uint64_t length) {
+    co_await wait_while_quiesced();
+    co_return co_await node_->block_status(offset, length);
+}
+
+// ---- Node -------------------------------------------------------------------------------
+
+class Node::InFlight {
+public:
+    explicit InFlight(Node* n) : n_(n) { ++n_->in_flight_; }
+    ~InFlight() {
+        if (--n_->in_flight_ == 0)
+            n_->idle_.notify_all();
+    }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+
+private:
+    Node* n_;
+};
+
+Node::Node(std::string name, std::string driver) : name_(std::move(name)), driver_(std::move(driver)) {}
+
+Node::~Node() {
+    FLEECE_ASSERT(parents_.empty());
+    FLEECE_ASSERT(in_flight_ == 0);
+}
+
+Child* Node::child(std::string_view edge_name) const {
+    for (const auto& c : children_)
+        if (c->name() == edge_name)
+            return c.get();
+    return nullptr;
+}
+
+Child& Node::add_child(Node& node, ChildRole role, std::string edge_name) {
+    children_.push_back(std::make_unique<Child>(this, &node, role, std::move(edge_name)));
+    return *children_.back();
+}
+
+PermPair Node::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
+    switch (c.role()) {
+    case ChildRole::backing:
+        return backing_child_perms(parent_perm, parent_shared);
+    case ChildRole::file:
+    case ChildRole::data:
+        return storage_child_perms(parent_perm, parent_shared, read_only_);
+    default:
+        return filter_child_perms(parent_perm, parent_shared);
+    }
+}
+
+std::error_code Node::check_range(std::uint64_t offset, std::uint64_t length) const {
+    if (!range_within(offset, length, size_))
+        return errno_code(EINVAL);
+    return {};
+}
+
+std::error_code Node::check_writable() const {
+    if (read_only_ || !caps_.write)
+        return errno_code(EPERM);
+    return {};
+}
+
+io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags) {
+    if (auto e = check_range(offset, buf.size()))
+        co_return e;
+    if (buf.empty())
+        co_return std::error_code{};
+    InFlight guard(this);
+    co_return co_await do_read(offset, buf, flags);
+}
+
+io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std::byte> buf,
+                                      ReqFlags flags) {
+    if (auto e = check_range(offset, buf.size()))
+        co_return e;
+    if (auto e = check_writable())
+        co_return e;
+    if (buf.empty())
+        co_return std::error_code{};
+    InFlight guard(this);
+    co_return co_await do_write(offset, buf, flags);
+}
+
+io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                             ReqFlags flags) {
+    if (auto e = check_range(offset, length))
+        co_return e;
+    if (auto e = check_writable())
+        co_return e;
+    if (length == 0)
+        co_return std::error_code{};
+    InFlight guard(this);
+    co_return co_await do_write_zeroes(offset, length, flags);
+}
+
+io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t length) {
+    if (auto e = check_range(offset, length))
+        co_return e;
+    if (auto e = check_writable())
+        co_return e;
+    if (length == 0)
+        co_return std::error_code{};
+    InFlight guard(this);
+    co_return co_await do_discard(offset, length);
+}
+
+io::Task<std::error_code> Node::flush() {
+    InFlight guard(this);
+    co_return co_await do_flush();
+}
+
+io::Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t length) {
+    if (auto e = check_range(offset, length); e || length == 0) {
+        BlockStatus s;
+        s.error = e ? e : errno_code(EINVAL);
+        co_return s;
+    }
+    InFlight guard(this);
+    BlockStatus s = co_await do_block_status(offset, length);
+    FLEECE_ASSERT(s.error || (s.length > 0 && s.length <= length));
+    co_return s;
+}
+
+io::Task<std::error_code> Node::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                ReqFlags flags) {
+    if (flags & req_no_fallback)
+        co_return errno_code(ENOTSUP);
+    const std::uint64_t chunk = std::min<std::uint64_t>(length, 1u << 20);
+    std::vector<std::byte> zeroes(chunk);
+    for (std::uint64_t done = 0; done < length;) {
+        const std::uint64_t n = std::min(chunk, length - done);
+        if (auto e = co_await do_write(offset + done, std::span(zeroes.data(), n), flags & req_fua))
+            co_return e;
+        done += n;
+    }
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Node::do_discard(std::uint64_t, std::uint64_t) {
+    co_return std::error_code{};
+}
+
+io::Task<BlockStatus> Node::do_block_status(std::uint64_t, std::uint64_t length) {
+    BlockStatus s;
+    s.length = length;
+    co_return s;
+}
+
+// ---- FilterNode -------------------------------------------------------------------------
+
+PermPair FilterNode::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
+    if (&c == file_)
+        return filter_child_perms(parent_perm, parent_shared);
+    return Node::child_perms(c, parent_perm, parent_shared);
+}
+
+void FilterNode::refresh_from_children() {
+    if (!file_)
+        return;
+    set_size(file_->node().size());
+    caps_ = file_->node().caps();
+    limits_ = file_->node().limits();
+}
+
+io::Task<std::error_code> FilterNode::do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                              ReqFlags flags) {
+    return file_->read(offset, buf, flags);
+}
+io::Task<std::error_code> FilterNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                               ReqFlags flags) {
+    return file_->write(offset, buf, flags);
+}
+io::Task<std::error_code> FilterNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                      ReqFlags flags) {
+    return file_->write_zeroes(offset, length, flags);
+}
+io::Task<std::error_code> FilterNode::do_discard(std::uint64_t offset, std::uint64_t length) {
+    return file_->discard(offset, length);
+}
+io::Task<std::error_code> FilterNode::do_flush() { return file_->flush(); }
+io::Task<BlockStatus> FilterNode::do_block_status(std::uint64_t offset, std::uint64_t length) {
+    return file_->block_status(offset, length);
+}
+
+} // namespace fleece::block

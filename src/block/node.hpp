@@ -1,0 +1,199 @@
+#pragma once
+// Node: one vertex of the block graph (a driver instance with a unique node-name).
+// Child: one edge, from a parent (a node, an export or a job) to a child node.
+//
+// Public entry points are non-virtual: they check the request, count it for drain and call
+// the driver's do_* hook. Parents never call a child node directly but go through their
+// Child edge, which checks the edge's permissions and, for edges from outside the graph
+// (exports, jobs), holds new requests while the node is drained so that a graph change
+// (e.g. inserting a copy-before-write filter) takes effect for every later request.
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "block/perm.hpp"
+#include "block/types.hpp"
+#include "io/sync.hpp"
+#include "io/task.hpp"
+
+namespace fleece::block {
+
+class Node;
+class Graph;
+class DrainedSection;
+
+enum class ChildRole { file, backing, target, data, root };
+const char* role_name(ChildRole role);
+
+// Whoever holds a Child: a Node, an export or a job.
+class ChildParent {
+public:
+    virtual ~ChildParent() = default;
+    // For messages: "node 'cbw'", "export 'guest'", "job 'bk'".
+    virtual std::string parent_description() const = 0;
+    // Name used by x-debug-query-block-graph for non-node parents ("guest", "bk").
+    virtual std::string parent_name() const = 0;
+    // Type in x-debug-query-block-graph: "block-driver", "block-backend", "block-job".
+    virtual const char* parent_type() const = 0;
+    virtual Node* as_node() { return nullptr; }
+};
+
+class Child {
+public:
+    Child(ChildParent* parent, Node* node, ChildRole role, std::string name, PermSet perm = 0,
+          PermSet shared = perm_all);
+    ~Child();
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
+
+    Node& node() const { return *node_; }
+    ChildParent& parent() const { return *parent_; }
+    ChildRole role() const { return role_; }
+    const std::string& name() const { return name_; } // "file", "backing", "target", "root"
+    PermSet perm() const { return perm_; }
+    PermSet shared() const { return shared_; }
+    bool attached() const { return attached_; }
+
+    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags = 0);
+    io::Task<std::error_code> write(std::uint64_t offset, std::span<const std::byte> buf,
+                                    ReqFlags flags = 0);
+    io::Task<std::error_code> write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                           ReqFlags flags = 0);
+    io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
+    io::Task<std::error_code> flush();
+    io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+
+private:
+    friend class Graph;
+    friend class Node;
+    io::Task<void> wait_while_quiesced();
+    bool may_write(ReqFlags flags) const;
+
+    ChildParent* parent_;
+    Node* node_;
+    ChildRole role_;
+    std::string name_;
+    PermSet perm_;
+    PermSet shared_;
+    bool attached_ = false;
+};
+
+class Node : public ChildParent {
+public:
+    Node(std::string name, std::string driver);
+    ~Node() override;
+
+    const std::string& name() const { return name_; }
+    const std::string& driver() const { return driver_; }
+    std::uint64_t size() const { return size_; }
+    const Caps& caps() const { return caps_; }
+    const Limits& limits() const { return limits_; }
+    bool read_only() const { return read_only_; }
+    // Created implicitly by a nested blockdev-add; deleted together with its parent.
+    bool implicit() const { return implicit_; }
+    void set_implicit(bool v) { implicit_ = v; }
+
+    const std::vector<Child*>& parents() const { return parents_; }
+    const std::vector<std::unique_ptr<Child>>& children() const { return children_; }
+    Child* child(std::string_view edge_name) const;
+
+    // The permissions this node takes on and shares for child `c`, given what its own
+    // parents need (parent_perm, union) and allow (parent_shared, intersection).
+    virtual PermPair child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const;
+
+    // Checked entry points (called by Child).
+    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags);
+    io::Task<std::error_code> write(std::uint64_t offset, std::span<const std::byte> buf,
+                                    ReqFlags flags);
+    io::Task<std::error_code> write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                           ReqFlags flags);
+    io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
+    io::Task<std::error_code> flush();
+    io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+
+    // Called once when the node leaves the graph, after it was drained.
+    virtual io::Task<void> close() { co_return; }
+    // Graph hooks: the child set or a child's content changed (recompute caps and size).
+    virtual void refresh_from_children() {}
+
+    std::uint64_t in_flight() const { return in_flight_; }
+    bool quiesced() const { return quiesce_counter_ > 0; }
+
+    // ChildParent
+    std::string parent_description() const override { return "node '" + name_ + "'"; }
+    std::string parent_name() const override { return name_; }
+    const char* parent_type() const override { return "block-driver"; }
+    Node* as_node() override { return this; }
+
+protected:
+    virtual io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                              ReqFlags flags) = 0;
+    virtual io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                               ReqFlags flags) = 0;
+    // Default: write zero buffers (unless req_no_fallback, then ENOTSUP).
+    virtual io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                      ReqFlags flags);
+    // Default: nothing to release, success (discard is advisory).
+    virtual io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length);
+    virtual io::Task<std::error_code> do_flush() = 0;
+    // Default: everything is data.
+    virtual io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length);
+
+    // Construction helpers for drivers. Children are created detached; the Graph attaches
+    // them when the node is added (and refuses the node if permissions conflict).
+    Child& add_child(Node& node, ChildRole role, std::string edge_name);
+    void set_size(std::uint64_t size) { size_ = size; }
+    Caps caps_;
+    Limits limits_;
+    bool read_only_ = false;
+
+private:
+    friend class Graph;
+    friend class Child;
+    friend class DrainedSection;
+    class InFlight;
+    std::error_code check_range(std::uint64_t offset, std::uint64_t length) const;
+    std::error_code check_writable() const;
+
+    std::string name_;
+    std::string driver_;
+    std::uint64_t size_ = 0;
+    bool implicit_ = false;
+    std::vector<Child*> parents_;
+    std::vector<std::unique_ptr<Child>> children_;
+    std::uint64_t in_flight_ = 0;
+    std::uint32_t quiesce_counter_ = 0;
+    io::WaitQueue idle_;          // notified when in_flight_ drops to zero
+    io::WaitQueue quiesce_ended_; // notified when quiesce_counter_ drops to zero
+};
+
+// Forwards every operation to the `file` child; drivers override what they change.
+class FilterNode : public Node {
+public:
+    using Node::Node;
+    PermPair child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const override;
+    void refresh_from_children() override;
+
+protected:
+    Child& file() const { return *file_; }
+    void set_file(Child& c) { file_ = &c; }
+    io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                      ReqFlags flags) override;
+    io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                       ReqFlags flags) override;
+    io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                              ReqFlags flags) override;
+    io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<std::error_code> do_flush() override;
+    io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    Child* file_ = nullptr;
+};
+
+} // namespace fleece::block
