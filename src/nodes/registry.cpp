@@ -1,0 +1,16 @@
+// The explicit list of node drivers (no static self-registration: static libraries would
+// drop it silently). One line per driver.
+#include "nodes/registry.hpp"
+
+#include "nodes/null/null_node.hpp"
+
+namespace fleece::nodes {
+
+const std::vector<DriverSpec>& drivers() {
+    static const std::vector<DriverSpec> list = {
+        null_driver(),
+    };
+    return list;
+}
+
+} // namespace fleece::nodes
