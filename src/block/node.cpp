@@ -139,6 +139,13 @@ Child* Node::child(std::string_view edge_name) const {
     return nullptr;
 }
 
+std::string Node::filename() const {
+    for (const auto& c : children_)
+        if (c->role() == ChildRole::file || c->role() == ChildRole::data)
+            return c->node().filename();
+    return "";
+}
+
 Child& Node::add_child(Node& node, ChildRole role, std::string edge_name) {
     children_.push_back(std::make_unique<Child>(this, &node, role, std::move(edge_name)));
     return *children_.back();

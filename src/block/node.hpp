@@ -116,6 +116,13 @@ public:
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
 
+    // What query-named-block-nodes shows as "file": a path for protocol nodes, the
+    // file child's filename for filters and formats.
+    virtual std::string filename() const;
+    // Driver-specific cache mode for queries.
+    virtual bool cache_direct() const { return false; }
+    virtual bool cache_no_flush() const { return false; }
+
     // Called once when the node leaves the graph, after it was drained.
     virtual io::Task<void> close() { co_return; }
     // Graph hooks: the child set or a child's content changed (recompute caps and size).

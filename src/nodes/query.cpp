@@ -1,0 +1,82 @@
+#include "nodes/query.hpp"
+
+#include <map>
+
+namespace fleece::nodes {
+
+using nlohmann::json;
+
+json perm_list(block::PermSet perms) {
+    json out = json::array();
+    for (block::PermSet bit = 1; bit <= block::perm_resize; bit <<= 1)
+        if (perms & bit)
+            out.push_back(block::perm_name(bit));
+    return out;
+}
+
+namespace {
+int backing_depth(const block::Node& n) {
+    const block::Child* b = n.child("backing");
+    return b ? 1 + backing_depth(b->node()) : 0;
+}
+
+json node_info(const block::Node& n) {
+    json image = {{"virtual-size", n.size()}, {"filename", n.filename()}, {"format", n.driver()}};
+    return json{{"node-name", n.name()},
+                {"drv", n.driver()},
+                {"file", n.filename()},
+                {"ro", n.read_only()},
+                {"encrypted", false},
+                {"detect_zeroes", "off"},
+                {"bps", 0},
+                {"bps_rd", 0},
+                {"bps_wr", 0},
+                {"iops", 0},
+                {"iops_rd", 0},
+                {"iops_wr", 0},
+                {"backing_file_depth", backing_depth(n)},
+                {"write_threshold", 0},
+                {"cache", {{"writeback", true}, {"direct", n.cache_direct()}, {"no-flush", n.cache_no_flush()}}},
+                {"image", image}};
+}
+} // namespace
+
+json query_named_block_nodes(const block::Graph& graph, bool flat) {
+    (void)flat;
+    json out = json::array();
+    for (const block::Node* n : graph.nodes())
+        out.push_back(node_info(*n));
+    return out;
+}
+
+json debug_block_graph(const block::Graph& graph) {
+    json nodes = json::array();
+    json edges = json::array();
+    std::map<const void*, int> ids;
+    int next = 1;
+    auto id_of = [&](const void* p) {
+        auto [it, inserted] = ids.emplace(p, next);
+        if (inserted)
+            ++next;
+        return it->second;
+    };
+    for (const block::Node* n : graph.nodes())
+        nodes.push_back({{"id", id_of(n)}, {"type", "block-driver"}, {"name", n->name()}});
+    for (const block::Node* n : graph.nodes()) {
+        for (const block::Child* p : n->parents()) {
+            block::ChildParent& parent = p->parent();
+            if (!parent.as_node() && !ids.count(&parent))
+                nodes.push_back({{"id", id_of(&parent)}, {"type", parent.parent_type()}, {"name", parent.parent_name()}});
+            const void* parent_key = parent.as_node() ? static_cast<const void*>(parent.as_node())
+                                                      : static_cast<const void*>(&parent);
+            edges.push_back({{"parent", id_of(parent_key)},
+                             {"child", id_of(n)},
+                             {"name", p->name()},
+                             {"perm", perm_list(p->perm())},
+                             {"shared-perm", perm_list(p->shared())}});
+        }
+    }
+    return json{{"nodes", nodes}, {"edges", edges}};
+}
+
+} // namespace fleece::nodes
