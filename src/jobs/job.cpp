@@ -1,0 +1,203 @@
+#include "jobs/job.hpp"
+
+#include <chrono>
+#include <fmt/format.h>
+
+#include "util/assert.hpp"
+
+namespace fleece::jobs {
+
+using nlohmann::json;
+
+Job::Job(JobOptions options, std::string type, EventSink events)
+    : options_(std::move(options)), type_(std::move(type)), events_(std::move(events)) {}
+
+Job::~Job() = default;
+
+void Job::emit(const std::string& name, json data) {
+    if (events_)
+        events_(name, data);
+}
+
+void Job::set_status(JobStatus s) {
+    FLEECE_ASSERT(transition_allowed(status_, s));
+    status_ = s;
+    emit("JOB_STATUS_CHANGE", json{{"id", id()}, {"status", status_name(s)}});
+    state_changed_.notify_all();
+}
+
+void Job::start() {
+    emit("JOB_STATUS_CHANGE", json{{"id", id()}, {"status", "created"}});
+    set_status(JobStatus::running);
+    io::EventLoop::current().spawn(lifecycle());
+}
+
+Status Job::check_verb(JobVerb verb) const {
+    if (verb_allowed(verb, status_))
+        return {};
+    return make_error(fmt::format("Job '{}' in state '{}' cannot accept command verb '{}'", id(),
+                                  status_name(status_), verb_name(verb)));
+}
+
+Status Job::pause() {
+    if (Status st = check_verb(JobVerb::pause); !st)
+        return st;
+    ++pause_count_;
+    kick();
+    return {};
+}
+
+Status Job::resume() {
+    if (Status st = check_verb(JobVerb::resume); !st)
+        return st;
+    if (pause_count_ == 0)
+        return make_error(fmt::format("Can't resume a job that was not paused"));
+    --pause_count_;
+    state_changed_.notify_all();
+    return {};
+}
+
+Status Job::cancel() {
+    if (Status st = check_verb(JobVerb::cancel); !st)
+        return st;
+    cancel_requested_ = true;
+    kick();
+    state_changed_.notify_all();
+    return {};
+}
+
+Status Job::set_speed(std::uint64_t bytes_per_second) {
+    if (Status st = check_verb(JobVerb::set_speed); !st)
+        return st;
+    options_.speed = bytes_per_second;
+    on_speed_changed();
+    kick();
+    return {};
+}
+
+Status Job::finalize() {
+    if (Status st = check_verb(JobVerb::finalize); !st)
+        return st;
+    finalize_requested_ = true;
+    state_changed_.notify_all();
+    return {};
+}
+
+Status Job::dismiss() {
+    if (Status st = check_verb(JobVerb::dismiss); !st)
+        return st;
+    set_status(JobStatus::null);
+    dismissed_ = true;
+    return {};
+}
+
+io::Task<void> Job::pause_point() {
+    if (pause_count_ == 0 || cancel_requested_)
+        co_return;
+    set_status(JobStatus::paused);
+    while (pause_count_ > 0 && !cancel_requested_)
+        co_await state_changed_.wait();
+    set_status(JobStatus::running);
+}
+
+io::Task<void> Job::sleep_or_kick(io::Clock::duration d) {
+    // Sleep on a timer that a kick cancels: two waits raced through a shared flag.
+    io::EventLoop::Timer timer(io::EventLoop::current());
+    struct Waker {
+        static io::Task<void> run(io::WaitQueue* q, io::EventLoop::Timer* t, bool* done) {
+            co_await q->wait();
+            if (!*done)
+                t->cancel();
+        }
+    };
+    bool done = false;
+    io::EventLoop::current().spawn(Waker::run(&kicked_, &timer, &done));
+    co_await timer.wait_for(d);
+    done = true;
+    // Release the waker if the timer expired on its own (it holds pointers into this frame).
+    kicked_.notify_all();
+    co_await io::EventLoop::current().yield();
+}
+
+json Job::completion_data() const {
+    json data = {{"device", id()},
+                 {"type", type()},
+                 {"len", progress_total_},
+                 {"offset", progress_current_},
+                 {"speed", options_.speed}};
+    return data;
+}
+
+io::Task<void> Job::lifecycle() {
+    std::error_code result = co_await run();
+    if (cancel_requested_ && !result)
+        result = std::make_error_code(std::errc::operation_canceled);
+    if (!result) {
+        set_status(JobStatus::waiting);
+        set_status(JobStatus::pending);
+        if (!options_.auto_finalize) {
+            emit("BLOCK_JOB_PENDING", json{{"type", type()}, {"id", id()}});
+            while (!finalize_requested_ && !cancel_requested_)
+                co_await state_changed_.wait();
+        }
+    }
+    if (!result && !cancel_requested_) {
+        commit();
+        clean();
+        emit("BLOCK_JOB_COMPLETED", completion_data());
+    } else {
+        if (!result)
+            result = std::make_error_code(std::errc::operation_canceled);
+        set_status(JobStatus::aborting);
+        abort();
+        clean();
+        if (result == std::errc::operation_canceled) {
+            error_text_ = "Operation canceled";
+            emit("BLOCK_JOB_CANCELLED", completion_data());
+        } else {
+            if (error_text_.empty())
+                error_text_ = result.message();
+            json data = completion_data();
+            data["error"] = error_text_;
+            emit("BLOCK_JOB_COMPLETED", data);
+        }
+    }
+    set_status(JobStatus::concluded);
+    if (options_.auto_dismiss) {
+        set_status(JobStatus::null);
+        dismissed_ = true;
+    }
+}
+
+io::Task<void> Job::wait_dismissed() {
+    while (!dismissed_)
+        co_await state_changed_.wait();
+}
+
+json Job::query_job() const {
+    json j = {{"id", id()},
+              {"type", type()},
+              {"status", status_name(status_)},
+              {"current-progress", progress_current_},
+              {"total-progress", progress_total_}};
+    if (!error_text_.empty() && status_ == JobStatus::concluded)
+        j["error"] = error_text_;
+    return j;
+}
+
+json Job::query_block_job() const {
+    return json{{"device", id()},
+                {"type", type()},
+                {"len", progress_total_},
+                {"offset", progress_current_},
+                {"busy", status_ == JobStatus::running},
+                {"paused", pause_count_ > 0},
+                {"speed", options_.speed},
+                {"io-status", "ok"},
+                {"ready", false},
+                {"status", status_name(status_)},
+                {"auto-finalize", options_.auto_finalize},
+                {"auto-dismiss", options_.auto_dismiss}};
+}
+
+} // namespace fleece::jobs

@@ -1,0 +1,101 @@
+#pragma once
+// Job: the generic half of every long-running operation (backup now, others later), with
+// QEMU's states, verbs and events. A driver implements run() and the commit/abort/clean
+// hooks; this class owns the state machine, pause/cancel points, progress and events.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <system_error>
+
+#include "io/event_loop.hpp"
+#include "io/sync.hpp"
+#include "io/task.hpp"
+#include "jobs/job_status.hpp"
+#include "util/result.hpp"
+
+namespace fleece::jobs {
+
+using EventSink = std::function<void(const std::string& name, const nlohmann::json& data)>;
+
+struct JobOptions {
+    std::string id;
+    bool auto_finalize = true;
+    bool auto_dismiss = true;
+    std::uint64_t speed = 0; // bytes per second, 0 = unlimited
+};
+
+class Job {
+public:
+    Job(JobOptions options, std::string type, EventSink events);
+    virtual ~Job();
+    Job(const Job&) = delete;
+    Job& operator=(const Job&) = delete;
+
+    const std::string& id() const { return options_.id; }
+    const std::string& type() const { return type_; }
+    JobStatus status() const { return status_; }
+    std::uint64_t progress_current() const { return progress_current_; }
+    std::uint64_t progress_total() const { return progress_total_; }
+    std::uint64_t speed() const { return options_.speed; }
+    bool cancelled() const { return cancel_requested_; }
+
+    // created -> running; the body starts on the next loop turn.
+    void start();
+    // Verbs (checked against the verb table; errors in QEMU's wording).
+    Status pause();
+    Status resume();
+    Status cancel();
+    Status set_speed(std::uint64_t bytes_per_second);
+    Status finalize();
+    Status dismiss();
+    Status check_verb(JobVerb verb) const;
+
+    nlohmann::json query_job() const;
+    nlohmann::json query_block_job() const;
+    // Completes when the job reached `null` (dismissed).
+    io::Task<void> wait_dismissed();
+
+protected:
+    // The body. Return {} on success, an error otherwise; cancellation is noticed by the
+    // framework, the body just returns early when cancelled() is true.
+    virtual io::Task<std::error_code> run() = 0;
+    virtual void commit() {}
+    virtual void abort() {}
+    virtual void clean() {}
+    // Extra fields for the completion events (e.g. "error" text is added by the framework).
+    virtual void on_speed_changed() {}
+
+    // Body helpers.
+    io::Task<void> pause_point(); // returns once not paused (or cancelled)
+    void set_progress_total(std::uint64_t total) { progress_total_ = total; }
+    void add_progress(std::uint64_t bytes) { progress_current_ += bytes; }
+    // Wakes a body sleeping in sleep_or_kick (speed change, pause, cancel).
+    void kick() { kicked_.notify_all(); }
+    io::Task<void> sleep_or_kick(io::Clock::duration d);
+    void set_error_text(std::string text) { error_text_ = std::move(text); }
+
+private:
+    io::Task<void> lifecycle();
+    void set_status(JobStatus s);
+    void emit(const std::string& name, nlohmann::json data);
+    nlohmann::json completion_data() const;
+
+    JobOptions options_;
+    std::string type_;
+    EventSink events_;
+    JobStatus status_ = JobStatus::created;
+    std::uint64_t progress_current_ = 0;
+    std::uint64_t progress_total_ = 0;
+    std::uint32_t pause_count_ = 0;
+    bool cancel_requested_ = false;
+    bool finalize_requested_ = false;
+    bool dismissed_ = false;
+    std::string error_text_;
+    io::WaitQueue state_changed_; // pause/resume/finalize/dismiss/cancel requests
+    io::WaitQueue kicked_;
+};
+
+} // namespace fleece::jobs
