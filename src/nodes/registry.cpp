@@ -2,12 +2,14 @@
 // drop it silently). One line per driver.
 #include "nodes/registry.hpp"
 
+#include "nodes/nbd/nbd_client_node.hpp"
 #include "nodes/null/null_node.hpp"
 
 namespace fleece::nodes {
 
 const std::vector<DriverSpec>& drivers() {
     static const std::vector<DriverSpec> list = {
+        nbd_client_driver(),
         null_driver(),
     };
     return list;
