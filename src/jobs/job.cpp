@@ -44,6 +44,7 @@ Status Job::pause() {
         return st;
     ++pause_count_;
     kick();
+    on_interrupt();
     return {};
 }
 
@@ -62,6 +63,7 @@ Status Job::cancel() {
         return st;
     cancel_requested_ = true;
     kick();
+    on_interrupt();
     state_changed_.notify_all();
     return {};
 }

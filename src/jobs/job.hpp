@@ -67,6 +67,8 @@ protected:
     virtual void clean() {}
     // Extra fields for the completion events (e.g. "error" text is added by the framework).
     virtual void on_speed_changed() {}
+    // A pause or cancel was requested: make the body reach a pause point soon.
+    virtual void on_interrupt() {}
 
     // Body helpers.
     io::Task<void> pause_point(); // returns once not paused (or cancelled)
