@@ -312,6 +312,43 @@ TEST(RangeLock, FullRangeAtTopOfAddressSpace) {
     EXPECT_TRUE(t.try_lock(0, max - 10, Mode::exclusive));
 }
 
+// Starts a task eagerly and lets the test destroy it while it is suspended.
+struct Starter {
+    struct promise_type {
+        Starter get_return_object() {
+            return {std::coroutine_handle<promise_type>::from_promise(*this)};
+        }
+        std::suspend_never initial_suspend() noexcept { return {}; }
+        std::suspend_always final_suspend() noexcept { return {}; }
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept { std::terminate(); }
+    };
+    std::coroutine_handle<promise_type> h;
+};
+Starter start(Task<void>* task) { co_await std::move(*task); }
+
+TEST(RangeLock, DestroyedWaiterWithdrawsItsRequest) {
+    EventLoop loop;
+    RangeLockTable t;
+    std::vector<int> log;
+    auto x = t.try_lock(0, 10, Mode::exclusive);
+    ASSERT_TRUE(x);
+    auto w1 = locker(&t, 0, 20, Mode::exclusive, &log, 1, 0);
+    Starter s = start(&w1); // runs until lock() suspends
+    EXPECT_EQ(t.waiters(), 1u);
+    loop.spawn(locker(&t, 15, 5, Mode::shared, &log, 2, 0)); // queued behind w1 only
+    loop.run_until_complete(turns(2));
+    EXPECT_TRUE(log.empty());
+    EXPECT_EQ(t.waiters(), 2u);
+    s.h.destroy();
+    w1 = Task<void>(); // destroys the suspended frames; the request is withdrawn
+    EXPECT_EQ(t.waiters(), 0u);
+    loop.run_until_complete(turns(2));
+    EXPECT_EQ(log, (std::vector<int>{2, -2}));
+    x->release();
+    EXPECT_EQ(t.holders(), 0u);
+}
+
 struct Mt {
     std::mt19937_64 rng;
     std::uint64_t next(std::uint64_t bound) {
