@@ -204,7 +204,7 @@ io::Task<Connection::Next> Connection::option_meta(std::uint32_t option, Bytes d
         for (const std::string& q : req->queries) {
             for (const std::string& c : offered) {
                 // LIST accepts a namespace query ("base:") meaning every context in it.
-                const bool hit = q == c || (!set && q.back() == ':' && c.rfind(q, 0) == 0);
+                const bool hit = q == c || (!set && !q.empty() && q.back() == ':' && c.rfind(q, 0) == 0);
                 if (hit && std::find(matched.begin(), matched.end(), c) == matched.end())
                     matched.push_back(c);
             }
