@@ -380,3 +380,37 @@ TEST(NbdServer, RemoveExportDisconnectsClients) {
     EXPECT_TRUE(f.server->query().empty());
     EXPECT_TRUE(f.node->parents().empty());
 }
+
+TEST(NbdServer, MaxConnections) {
+    Fixture f;
+    f.server->set_max_connections(1);
+    ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
+    f.run_client([&] {
+        nbd_handle* h1 = f.connect("disk");
+        ASSERT_NE(h1, nullptr);
+        nbd_handle* h2 = nbd_create();
+        nbd_set_export_name(h2, "disk");
+        EXPECT_EQ(nbd_connect_unix(h2, f.sock.c_str()), -1);
+        nbd_close(h2);
+        char buf[512];
+        EXPECT_EQ(nbd_pread(h1, buf, sizeof buf, 0, 0), 0);
+        nbd_close(h1);
+    });
+}
+
+TEST(NbdServer, QemuIo) {
+    if (::access("/usr/bin/qemu-io", X_OK) != 0)
+        GTEST_SKIP() << "qemu-io not installed";
+    Fixture f;
+    ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
+    f.run_client([&] {
+        const std::string uri = "nbd+unix:///disk?socket=" + f.sock;
+        const std::string cmd = "/usr/bin/qemu-io -f raw '" + uri +
+                                "' -c 'write -P 0x5a 4096 64k' -c 'read -P 0x5a 4096 64k'"
+                                " -c 'write -z 4096 4k' -c 'read -P 0 4096 4k'"
+                                " -c 'discard 8192 4k' -c 'flush' -c 'map' > " +
+                                f.dir + "/qemu-io.log 2>&1";
+        EXPECT_EQ(std::system(cmd.c_str()), 0);
+    });
+    EXPECT_EQ(static_cast<int>(f.node->data_[4096 + 4096 + 4096 + 100]), 0x5a);
+}
