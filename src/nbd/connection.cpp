@@ -245,7 +245,6 @@ io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
 // ---- Transmission ----------------------------------------------------------------------
 
 io::Task<void> Connection::transmission() {
-    std::shared_ptr<Connection> self;
     while (!broken_) {
         std::byte hdr[request_size];
         if (co_await io::read_exact(fd_.get(), hdr) < 0)

@@ -17,6 +17,7 @@
 
 #include "block/graph.hpp"
 #include "io/event_loop.hpp"
+#include "nbd/codec.hpp"
 
 using namespace fleece;
 using namespace fleece::block;
@@ -413,4 +414,47 @@ TEST(NbdServer, QemuIo) {
         EXPECT_EQ(std::system(cmd.c_str()), 0);
     });
     EXPECT_EQ(static_cast<int>(f.node->data_[4096 + 4096 + 4096 + 100]), 0x5a);
+}
+
+TEST(NbdServer, OversizedWriteClosesOnlyThatConnection) {
+    Fixture f;
+    ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
+    f.run_client([&] {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, f.sock.c_str(), sizeof addr.sun_path - 1);
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+        char greet[18];
+        ASSERT_EQ(::recv(fd, greet, sizeof greet, MSG_WAITALL), 18);
+        nbd::Bytes out;
+        nbd::put_u32(out, nbd::client_flag_fixed_newstyle | nbd::client_flag_no_zeroes);
+        nbd::Bytes oh = nbd::encode_option_header({nbd::opt_export_name, 4});
+        out.insert(out.end(), oh.begin(), oh.end());
+        nbd::put_bytes(out, "disk");
+        nbd::Request r;
+        r.type = nbd::cmd_write;
+        r.cookie = 42;
+        r.length = nbd::max_payload + 1;
+        nbd::Bytes rq = nbd::encode_request(r);
+        out.insert(out.end(), rq.begin(), rq.end());
+        ASSERT_EQ(::send(fd, out.data(), out.size(), MSG_NOSIGNAL),
+                  static_cast<ssize_t>(out.size()));
+        std::byte reply[10 + 16];
+        ASSERT_EQ(::recv(fd, reply, sizeof reply, MSG_WAITALL), static_cast<ssize_t>(sizeof reply));
+        EXPECT_EQ(nbd::get_u64(reply), 1u << 20); // export size
+        EXPECT_EQ(nbd::get_u32(reply + 10), nbd::simple_reply_magic);
+        EXPECT_EQ(nbd::get_u32(reply + 14), nbd::err_inval);
+        EXPECT_EQ(nbd::get_u64(reply + 18), 42u);
+        char c;
+        EXPECT_LE(::recv(fd, &c, 1, 0), 0);
+        ::close(fd);
+
+        nbd_handle* h = f.connect("disk");
+        ASSERT_NE(h, nullptr);
+        std::vector<char> big(32 << 20);
+        EXPECT_EQ(nbd_pread(h, big.data(), big.size(), 0, 0), -1); // past 1 MiB end
+        EXPECT_EQ(nbd_pread(h, big.data(), 1 << 20, 0, 0), 0);
+        nbd_close(h);
+    });
 }
