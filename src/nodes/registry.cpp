@@ -2,13 +2,17 @@
 // drop it silently). One line per driver.
 #include "nodes/registry.hpp"
 
+#include "nodes/copy_before_write/cbw_node.hpp"
 #include "nodes/null/null_node.hpp"
+#include "nodes/snapshot_access/snapshot_access_node.hpp"
 
 namespace fleece::nodes {
 
 const std::vector<DriverSpec>& drivers() {
     static const std::vector<DriverSpec> list = {
         null_driver(),
+        copy_before_write_driver(),
+        snapshot_access_driver(),
     };
     return list;
 }
