@@ -46,20 +46,6 @@ PermPair CbwNode::child_perms(const Child& c, PermSet parent_perm, PermSet paren
 
 io::Task<void> CbwNode::close() { co_await bcs_->close(); }
 
-io::Task<void> CbwNode::wait_readers(std::uint64_t offset, std::uint64_t length) {
-    for (;;) {
-        Reader* hit = nullptr;
-        for (auto& r : readers_)
-            if (ranges_overlap(r.offset, r.length, offset, length)) {
-                hit = &r;
-                break;
-            }
-        if (!hit)
-            co_return;
-        co_await hit->done.wait();
-    }
-}
-
 io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::uint64_t length) {
     if (snapshot_error_)
         co_return std::error_code{}; // the snapshot is gone: no more stalls for the guest
@@ -79,7 +65,7 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
         done_.set_range(start / c, (end - start) / c);
     }
     // Snapshot reads served from the source over this range must finish first.
-    co_await wait_readers(start, end - start);
+    co_await frozen_.wait_idle(start, end - start);
     co_return std::error_code{};
 }
 
@@ -134,16 +120,18 @@ io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span
         if (auto ec = check_access(pos, end - pos))
             co_return ec;
         bool done = false;
-        const std::uint64_t n = uniform_prefix(pos, end, &done);
-        // Registered in the same atomic step as the done check: a guest write that has not
-        // yet marked these clusters done will wait for us before changing the source.
-        readers_.push_back(Reader{pos, n, {}});
-        Reader* me = &readers_.back();
+        std::uint64_t n = uniform_prefix(pos, end, &done);
+        RangeLockTable::Guard guard = co_await frozen_.lock(pos, n, RangeLockTable::Mode::shared);
+        // The lock may have waited behind a guest write: decide again under the lock. From
+        // here to the child request there is no await, so a guest write that has not yet
+        // marked these clusters done will wait for us before changing the source.
+        if (auto ec = check_access(pos, n))
+            co_return ec;
+        n = std::min(n, uniform_prefix(pos, end, &done));
         auto piece = buf.subspan(pos - offset, n);
         std::error_code ec = done ? co_await target_->read(pos, piece)
                                   : co_await file().read(pos, piece);
-        me->done.notify_all();
-        readers_.remove_if([me](const Reader& r) { return &r == me; });
+        guard.release();
         if (ec)
             co_return ec;
         pos += n;
@@ -192,7 +180,7 @@ io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::u
     const std::uint64_t start = first * c;
     const std::uint64_t stop = std::min(end_bit * c, size());
     // Reads that started before the discard may still be using the target data.
-    co_await wait_readers(start, stop - start);
+    co_await frozen_.wait_idle(start, stop - start);
     co_return co_await target_->discard(start, stop - start);
 }
 

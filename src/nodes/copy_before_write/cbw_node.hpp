@@ -4,11 +4,11 @@
 // docs/nodes/copy-before-write.md).
 
 #include <chrono>
-#include <list>
 #include <memory>
 
 #include "block/block_copy.hpp"
 #include "block/node.hpp"
+#include "block/range_lock.hpp"
 #include "block/snapshot_source.hpp"
 #include "nodes/registry.hpp"
 #include "util/bitmap.hpp"
@@ -47,14 +47,7 @@ protected:
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
 
 private:
-    // A snapshot read in progress; guest writes over it wait (they must not change the
-    // source under it) and so do snapshot discards (they must not drop target data under it).
-    struct Reader {
-        std::uint64_t offset, length;
-        io::WaitQueue done;
-    };
     io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
-    io::Task<void> wait_readers(std::uint64_t offset, std::uint64_t length);
     bool is_fleecing() const;
     // Length of the prefix of [offset, end) that is uniformly done or not done.
     std::uint64_t uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const;
@@ -65,7 +58,10 @@ private:
     std::unique_ptr<block::BlockCopy> bcs_;
     Bitmap access_; // clusters the snapshot may still read
     Bitmap done_;   // clusters whose old data is in the target
-    std::list<Reader> readers_;
+    // Snapshot reads in progress hold shared locks here. Guest writes wait_idle() over them
+    // (they must not change the source under a read) and so do snapshot discards (they must
+    // not drop target data under a read).
+    block::RangeLockTable frozen_;
     std::error_code snapshot_error_; // latched first error with break-snapshot
 };
 
