@@ -38,8 +38,13 @@ io::Task<std::error_code> MemoryNode::before_write() {
 }
 
 io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags) {
+    // Real storage may fetch any part of a request at any time: copy in two halves with a
+    // delay in between, so a read racing with a write can come back torn.
     co_await delay();
-    std::memcpy(buf.data(), data_.data() + offset, buf.size());
+    const std::size_t half = buf.size() / 2;
+    std::memcpy(buf.data(), data_.data() + offset, half);
+    co_await delay();
+    std::memcpy(buf.data() + half, data_.data() + offset + half, buf.size() - half);
     co_return std::error_code{};
 }
 
