@@ -2,8 +2,10 @@
 // drop it silently). One line per driver.
 #include "nodes/registry.hpp"
 
+#include "nodes/copy_before_write/cbw_node.hpp"
 #include "nodes/nbd/nbd_client_node.hpp"
 #include "nodes/null/null_node.hpp"
+#include "nodes/snapshot_access/snapshot_access_node.hpp"
 
 namespace fleece::nodes {
 
@@ -11,6 +13,8 @@ const std::vector<DriverSpec>& drivers() {
     static const std::vector<DriverSpec> list = {
         nbd_client_driver(),
         null_driver(),
+        copy_before_write_driver(),
+        snapshot_access_driver(),
     };
     return list;
 }

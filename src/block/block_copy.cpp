@@ -1,0 +1,274 @@
+#include "block/block_copy.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "util/align.hpp"
+
+namespace fleece::block {
+
+// One copy() call: its own workers, its first error, and whether it was given up on.
+struct BlockCopy::Call {
+    explicit Call(unsigned workers) : worker_slots(workers) {}
+    io::AsyncSemaphore worker_slots;
+    unsigned running = 0;
+    io::WaitQueue idle;
+    std::error_code error;
+    bool cancelled = false;
+    bool ignore_ratelimit = true;
+    std::uint64_t max_chunk = default_chunk;
+    // Detached (timeout) calls report here.
+    bool finished = false;
+    std::error_code result;
+    io::EventLoop::Timer* waiter = nullptr;
+};
+
+std::uint64_t BlockCopy::cluster_size_for(const Node& target, std::uint64_t min_cluster_size) {
+    return std::max({default_cluster, std::uint64_t{target.limits().cluster_size}, min_cluster_size});
+}
+
+BlockCopy::BlockCopy(Child& source, Child& target, std::uint64_t cluster_size, bool write_unchanged)
+    : source_(source), target_(target), cluster_(cluster_size), length_(source.node().size()),
+      write_flags_(write_unchanged ? req_write_unchanged : 0),
+      bitmap_(div_round_up(length_, cluster_size)) {
+    bitmap_.set_all();
+}
+
+BlockCopy::~BlockCopy() { FLEECE_ASSERT(in_flight_.empty()); }
+
+std::uint64_t BlockCopy::progress_total() const {
+    return done_bytes_ + in_flight_bytes_ + std::min(bitmap_.count() * cluster_, length_);
+}
+
+void BlockCopy::reset(std::uint64_t offset, std::uint64_t length) {
+    const std::uint64_t first = div_round_up(offset, cluster_);
+    // The last cluster may be partial: a range reaching the disk end covers it.
+    const std::uint64_t end =
+        offset + length >= length_ ? bitmap_.size() : (offset + length) / cluster_;
+    if (end > first)
+        bitmap_.reset_range(first, end - first);
+}
+
+BlockCopy::InFlight* BlockCopy::find_overlap(std::uint64_t offset, std::uint64_t end) {
+    for (auto& f : in_flight_)
+        if (ranges_overlap(f.offset, f.length, offset, end - offset))
+            return &f;
+    return nullptr;
+}
+
+io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t length,
+                                          CopyOptions opts) {
+    const std::uint64_t end = std::min(offset + length, length_);
+    if (offset >= end)
+        co_return std::error_code{};
+    auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
+    call->ignore_ratelimit = opts.ignore_ratelimit;
+    if (opts.max_chunk)
+        call->max_chunk = std::max(opts.max_chunk, cluster_);
+    if (opts.timeout.count() == 0) {
+        io::Gate::Holder hold = gate_.enter();
+        co_return co_await run_call(offset, end, call);
+    }
+    // With a timeout the copy runs detached, so giving up on it does not cancel I/O that is
+    // already on its way; the call just stops creating new chunks.
+    io::Gate::Holder hold = gate_.enter();
+    if (!hold)
+        co_return errno_code(ESHUTDOWN);
+    io::EventLoop::current().spawn(run_detached(offset, end, call, std::move(hold)));
+    io::EventLoop::Timer timer(io::EventLoop::current());
+    if (!call->finished) {
+        call->waiter = &timer;
+        co_await timer.wait_for(opts.timeout);
+        call->waiter = nullptr;
+    }
+    if (call->finished)
+        co_return call->result;
+    call->cancelled = true;
+    co_return errno_code(ETIMEDOUT);
+}
+
+io::Task<void> BlockCopy::run_detached(std::uint64_t offset, std::uint64_t end,
+                                       std::shared_ptr<Call> call, io::Gate::Holder hold) {
+    call->result = co_await run_call(offset, end, call);
+    call->finished = true;
+    if (call->waiter)
+        call->waiter->cancel();
+    hold.leave(); // close() waits for timed-out copies until here
+}
+
+io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_t end,
+                                              std::shared_ptr<Call> call) {
+    const std::uint64_t first_bit = offset / cluster_;
+    const std::uint64_t end_bit = div_round_up(end, cluster_);
+    for (;;) {
+        bool dispatched = false;
+        std::uint64_t bit = first_bit;
+        while (!call->cancelled && !call->error) {
+            io::AsyncSemaphore::Units slot = co_await call->worker_slots.acquire(1);
+            // The bitmap may have changed while we waited for a slot: search again.
+            bit = bitmap_.find_next_set(bit);
+            if (bit >= end_bit)
+                break;
+            const std::uint64_t max_bits = std::max<std::uint64_t>(1, call->max_chunk / cluster_);
+            std::uint64_t stop = std::min({bitmap_.find_next_clear(bit), end_bit, bit + max_bits});
+            const std::uint64_t chunk_off = bit * cluster_;
+            const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
+            if (!call->ignore_ratelimit && speed_) {
+                co_await rate_limit(chunk_len);
+                if (call->cancelled)
+                    break;
+                // Re-check after sleeping: the clusters may have been copied meanwhile.
+                if (!bitmap_.get(bit))
+                    continue;
+                stop = std::min(bitmap_.find_next_clear(bit), stop);
+            }
+            const std::uint64_t len = std::min(stop * cluster_, length_) - chunk_off;
+            // Claim: clear the bits and register in flight, atomically (no await between).
+            bitmap_.reset_range(bit, stop - bit);
+            in_flight_.push_back(InFlight{chunk_off, len, {}});
+            in_flight_bytes_ += len;
+            ++call->running;
+            slot.detach();
+            dispatched = true;
+            io::EventLoop::current().spawn(worker(call, &in_flight_.back()));
+            bit = stop;
+        }
+        while (call->running > 0)
+            co_await call->idle.wait();
+        if (call->error || call->cancelled)
+            co_return call->error ? call->error : errno_code(ECANCELED);
+        // Someone else (the job, another guest write) may be copying part of our range;
+        // wait for it and look again: if it failed, the bits are dirty again.
+        if (InFlight* other = find_overlap(offset, end)) {
+            co_await other->done.wait();
+            continue;
+        }
+        if (!dispatched) {
+            // Nothing dirty and nothing in flight in range: done.
+            if (bitmap_.find_next_set(first_bit) >= end_bit)
+                co_return std::error_code{};
+        }
+    }
+}
+
+io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, InFlight* entry) {
+    std::error_code ec;
+    {
+        io::AsyncSemaphore::Units mem = co_await memory_.acquire(std::min(entry->length, max_memory));
+        ec = co_await copy_piece(entry->offset, entry->length);
+    }
+    in_flight_bytes_ -= entry->length;
+    if (ec) {
+        // Failed clusters must be copied again by whoever comes next.
+        const std::uint64_t b = entry->offset / cluster_;
+        bitmap_.set_range(b, div_round_up(entry->offset + entry->length, cluster_) - b);
+        if (!call->error)
+            call->error = ec;
+    } else {
+        done_bytes_ += entry->length;
+    }
+    entry->done.notify_all();
+    in_flight_.remove_if([entry](const InFlight& f) { return &f == entry; });
+    call->worker_slots.release(1);
+    if (--call->running == 0)
+        call->idle.notify_all();
+}
+
+// Copies one claimed chunk, piece by piece along the source's block status, so zero areas
+// become write-zeroes on the target instead of data.
+io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint64_t length) {
+    std::vector<std::byte> buf;
+    const std::uint64_t end = offset + length;
+    while (offset < end) {
+        BlockStatus st = co_await source_.block_status(offset, end - offset);
+        std::uint64_t n = end - offset;
+        bool zero = false;
+        if (!st.error && st.length > 0) {
+            n = st.length;
+            zero = (st.flags & status_zero) != 0;
+        }
+        if (zero) {
+            if (auto ec = co_await target_.write_zeroes(offset, n, write_flags_))
+                co_return ec;
+        } else {
+            buf.resize(n);
+            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n)))
+                co_return ec;
+            if (auto ec = co_await target_.write(offset, std::span<const std::byte>(buf.data(), n),
+                                                 write_flags_))
+                co_return ec;
+        }
+        offset += n;
+    }
+    co_return std::error_code{};
+}
+
+io::Task<void> BlockCopy::rate_limit(std::uint64_t bytes) {
+    using namespace std::chrono_literals;
+    for (;;) {
+        if (speed_ == 0 || cancelled_)
+            co_return;
+        const auto now = io::Clock::now();
+        if (now >= slice_start_ + 100ms) {
+            slice_start_ = now;
+            slice_bytes_ = 0;
+        }
+        // A slice allows speed/10 bytes; one chunk may overdraw it (else speed < chunk stalls).
+        if (slice_bytes_ < std::max<std::uint64_t>(1, speed_ / 10)) {
+            slice_bytes_ += bytes;
+            co_return;
+        }
+        // Sleep long enough for the overdraft to be paid back at the configured speed.
+        const auto debt = std::chrono::nanoseconds(
+            static_cast<std::int64_t>((slice_bytes_ * 1'000'000'000ull) / speed_));
+        io::EventLoop::Timer timer(io::EventLoop::current());
+        sleeping_ = &timer;
+        const bool expired = co_await timer.wait_until(slice_start_ + std::max<io::Clock::duration>(debt, 100ms));
+        sleeping_ = nullptr;
+        if (expired) {
+            slice_start_ = io::Clock::now();
+            slice_bytes_ = 0;
+        }
+    }
+}
+
+void BlockCopy::set_speed(std::uint64_t bytes_per_second) {
+    speed_ = bytes_per_second;
+    if (sleeping_)
+        sleeping_->cancel();
+}
+
+void BlockCopy::cancel_background() {
+    cancelled_ = true;
+    if (sleeping_)
+        sleeping_->cancel();
+}
+
+io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
+    cancelled_ = false;
+    auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
+    call->ignore_ratelimit = opts.ignore_ratelimit;
+    if (opts.max_chunk)
+        call->max_chunk = std::max(opts.max_chunk, cluster_);
+    io::Gate::Holder hold = gate_.enter();
+    // The call watches its own flag; mirror the job's cancel into it chunk by chunk by
+    // running whole-disk calls that check cancelled_ through rate_limit and the loop below.
+    std::error_code ec;
+    for (std::uint64_t off = 0; off < length_ && !cancelled_; off += call->max_chunk * 16) {
+        ec = co_await run_call(off, std::min(length_, off + call->max_chunk * 16), call);
+        if (ec)
+            break;
+    }
+    if (!ec && cancelled_)
+        ec = errno_code(ECANCELED);
+    co_return ec;
+}
+
+io::Task<void> BlockCopy::close() {
+    cancelled_ = true;
+    if (sleeping_)
+        sleeping_->cancel();
+    co_await gate_.close();
+}
+
+} // namespace fleece::block

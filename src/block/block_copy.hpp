@@ -1,0 +1,105 @@
+#pragma once
+// BlockCopy: copies clusters from a source child to a target child exactly once, for the
+// copy-before-write filter (synchronous calls with a timeout, ignoring the rate limit) and
+// for the backup job (one long background call with a rate limit and cancellation).
+//
+// State: the copy bitmap (set bit = cluster still to copy) and the in-flight list. A cluster
+// is claimed by clearing its bit and adding an in-flight entry in the same atomic step, so it
+// is never copied twice. A caller whose range overlaps someone else's in-flight copy waits
+// for it and re-checks the bitmap, because a failed copy sets its bits again.
+
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <system_error>
+
+#include "block/node.hpp"
+#include "io/event_loop.hpp"
+#include "io/sync.hpp"
+#include "util/bitmap.hpp"
+
+namespace fleece::block {
+
+struct CopyOptions {
+    bool ignore_ratelimit = false;
+    std::chrono::nanoseconds timeout{0}; // 0 = none
+    unsigned max_workers = 64;
+    std::uint64_t max_chunk = 0; // 0 = default (1 MiB)
+};
+
+class BlockCopy {
+public:
+    static constexpr std::uint64_t default_cluster = 64 * 1024;
+    static constexpr std::uint64_t default_chunk = 1024 * 1024;
+    static constexpr std::uint64_t max_memory = 128ull * 1024 * 1024;
+
+    // cluster = max(64 KiB, target cluster size, min_cluster_size).
+    static std::uint64_t cluster_size_for(const Node& target, std::uint64_t min_cluster_size);
+
+    // write_unchanged: target writes carry req_write_unchanged (fleecing target whose backing
+    // is the source, so the copy does not change what the target reads as).
+    BlockCopy(Child& source, Child& target, std::uint64_t cluster_size, bool write_unchanged);
+    ~BlockCopy();
+    BlockCopy(const BlockCopy&) = delete;
+    BlockCopy& operator=(const BlockCopy&) = delete;
+
+    std::uint64_t cluster_size() const { return cluster_; }
+    std::uint64_t length() const { return length_; }
+    Bitmap& copy_bitmap() { return bitmap_; }
+    bool is_dirty(std::uint64_t offset) const { return bitmap_.get(offset / cluster_); }
+
+    // Copies every dirty cluster overlapping [offset, offset+length) (clipped to the size).
+    // Returns the first error of this call's own I/O, or ETIMEDOUT; a timed-out copy keeps
+    // running in the background (close() waits for it).
+    io::Task<std::error_code> copy(std::uint64_t offset, std::uint64_t length, CopyOptions opts);
+    // Clears copy bits of whole clusters inside the range (nothing left to copy there).
+    void reset(std::uint64_t offset, std::uint64_t length);
+
+    // Progress: bytes copied so far, and copied + still to copy.
+    std::uint64_t progress_done() const { return done_bytes_; }
+    std::uint64_t progress_total() const;
+
+    // Background loop for the backup job: copies everything dirty, rate limited.
+    io::Task<std::error_code> copy_all_background(CopyOptions opts);
+    void set_speed(std::uint64_t bytes_per_second); // 0 = unlimited; wakes a sleeping loop
+    void cancel_background();                       // stop creating tasks, wake the loop
+
+    // Waits for every copy, including timed-out ones still running.
+    io::Task<void> close();
+
+private:
+    struct InFlight {
+        std::uint64_t offset, length;
+        io::WaitQueue done;
+    };
+    struct Call;
+    io::Task<std::error_code> run_call(std::uint64_t offset, std::uint64_t end,
+                                       std::shared_ptr<Call> call);
+    io::Task<void> run_detached(std::uint64_t offset, std::uint64_t end, std::shared_ptr<Call> call,
+                                io::Gate::Holder hold);
+    io::Task<void> worker(std::shared_ptr<Call> call, InFlight* entry);
+    io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length);
+    InFlight* find_overlap(std::uint64_t offset, std::uint64_t end);
+    io::Task<void> rate_limit(std::uint64_t bytes);
+
+    Child& source_;
+    Child& target_;
+    std::uint64_t cluster_;
+    std::uint64_t length_;
+    ReqFlags write_flags_;
+    Bitmap bitmap_;
+    std::list<InFlight> in_flight_;
+    std::uint64_t in_flight_bytes_ = 0;
+    std::uint64_t done_bytes_ = 0;
+    io::AsyncSemaphore memory_{max_memory};
+    io::Gate gate_;
+    // Rate limiting (token bucket over 100 ms slices) and background cancellation.
+    std::uint64_t speed_ = 0;
+    io::Clock::time_point slice_start_{};
+    std::uint64_t slice_bytes_ = 0;
+    bool cancelled_ = false;
+    io::EventLoop::Timer* sleeping_ = nullptr; // the rate-limit sleep, cancelled by a kick
+};
+
+} // namespace fleece::block

@@ -1,0 +1,233 @@
+#include "nodes/copy_before_write/cbw_node.hpp"
+
+#include <fmt/format.h>
+
+#include "util/align.hpp"
+
+namespace fleece::nodes {
+
+using namespace fleece::block;
+
+CbwNode::CbwNode(std::string name, Node& file, Node& target, CbwConfig cfg)
+    : FilterNode(std::move(name), "copy-before-write"), cfg_(cfg) {
+    set_file(add_child(file, ChildRole::file, "file"));
+    target_ = &add_child(target, ChildRole::target, "target");
+    refresh_from_children();
+    const std::uint64_t cluster = BlockCopy::cluster_size_for(target, cfg_.min_cluster_size);
+    // Fleecing (target's backing is our file): copies do not change what the target reads.
+    bcs_ = std::make_unique<BlockCopy>(this->file(), *target_, cluster, is_fleecing());
+    access_ = Bitmap(bcs_->copy_bitmap().size());
+    access_.set_all();
+    done_ = Bitmap(bcs_->copy_bitmap().size());
+}
+
+CbwNode::~CbwNode() = default;
+
+bool CbwNode::is_fleecing() const {
+    const Child* backing = target_->node().child("backing");
+    return backing && &backing->node() == &file().node();
+}
+
+PermPair CbwNode::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
+    if (&c == target_) {
+        // We write old data there; sharing writes lets the target sit in a written chain.
+        // Resize is never shared: the copy bitmap fixed the length.
+        return {is_fleecing() ? perm_write_unchanged : perm_write, perm_all & ~perm_resize};
+    }
+    PermPair p = filter_child_perms(parent_perm, parent_shared);
+    // A parentless filter must not conflict with the parents it is about to take over.
+    // With parents, nobody else may change the source behind our back.
+    if (!parents().empty()) {
+        p.perm |= perm_consistent_read;
+        p.shared &= ~(perm_write | perm_resize);
+    }
+    return p;
+}
+
+io::Task<void> CbwNode::close() { co_await bcs_->close(); }
+
+io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::uint64_t length) {
+    if (snapshot_error_)
+        co_return std::error_code{}; // the snapshot is gone: no more stalls for the guest
+    const std::uint64_t c = bcs_->cluster_size();
+    const std::uint64_t start = align_down(offset, c);
+    const std::uint64_t end = std::min(align_up(offset + length, c), align_up(size(), c));
+    CopyOptions opts;
+    opts.ignore_ratelimit = true;
+    opts.timeout = cfg_.timeout;
+    std::error_code ec = co_await bcs_->copy(start, end - start, opts);
+    if (ec) {
+        if (cfg_.on_error == OnCbwError::break_guest_write)
+            co_return ec;
+        if (!snapshot_error_)
+            snapshot_error_ = ec;
+    } else {
+        done_.set_range(start / c, (end - start) / c);
+    }
+    // Snapshot reads served from the source over this range must finish first.
+    co_await frozen_.wait_idle(start, end - start);
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> CbwNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                            ReqFlags flags) {
+    if (!(flags & req_write_unchanged)) {
+        if (auto ec = co_await copy_before_write(offset, buf.size()))
+            co_return ec;
+    }
+    co_return co_await file().write(offset, buf, flags);
+}
+
+io::Task<std::error_code> CbwNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                   ReqFlags flags) {
+    if (!(flags & req_write_unchanged)) {
+        if (auto ec = co_await copy_before_write(offset, length))
+            co_return ec;
+    }
+    co_return co_await file().write_zeroes(offset, length, flags);
+}
+
+io::Task<std::error_code> CbwNode::do_discard(std::uint64_t offset, std::uint64_t length) {
+    // A discard changes what the source reads as, so the old data must be saved first.
+    if (auto ec = co_await copy_before_write(offset, length))
+        co_return ec;
+    co_return co_await file().discard(offset, length);
+}
+
+std::error_code CbwNode::check_access(std::uint64_t offset, std::uint64_t length) const {
+    if (snapshot_error_)
+        return errno_code(EACCES);
+    const std::uint64_t c = bcs_->cluster_size();
+    const std::uint64_t first = offset / c;
+    const std::uint64_t last = div_round_up(offset + length, c);
+    if (!access_.all_set(first, last - first))
+        return errno_code(EACCES);
+    return {};
+}
+
+std::uint64_t CbwNode::uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const {
+    const std::uint64_t c = bcs_->cluster_size();
+    const std::uint64_t bit = offset / c;
+    *done = done_.get(bit);
+    const std::uint64_t next = *done ? done_.find_next_clear(bit) : done_.find_next_set(bit);
+    return std::min(end, next * c) - offset;
+}
+
+io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span<std::byte> buf) {
+    std::uint64_t pos = offset;
+    const std::uint64_t end = offset + buf.size();
+    while (pos < end) {
+        if (auto ec = check_access(pos, end - pos))
+            co_return ec;
+        bool done = false;
+        std::uint64_t n = uniform_prefix(pos, end, &done);
+        RangeLockTable::Guard guard = co_await frozen_.lock(pos, n, RangeLockTable::Mode::shared);
+        // The lock may have waited behind a guest write: decide again under the lock. From
+        // here to the child request there is no await, so a guest write that has not yet
+        // marked these clusters done will wait for us before changing the source.
+        if (auto ec = check_access(pos, n))
+            co_return ec;
+        n = std::min(n, uniform_prefix(pos, end, &done));
+        auto piece = buf.subspan(pos - offset, n);
+        std::error_code ec = done ? co_await target_->read(pos, piece)
+                                  : co_await file().read(pos, piece);
+        guard.release();
+        if (ec)
+            co_return ec;
+        pos += n;
+    }
+    // A snapshot that broke while we read cannot vouch for the data.
+    if (snapshot_error_)
+        co_return errno_code(EACCES);
+    co_return std::error_code{};
+}
+
+io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::uint64_t length) {
+    BlockStatus st;
+    const std::uint64_t end = std::min(offset + length, size());
+    if (offset >= end) {
+        st.error = errno_code(EINVAL);
+        co_return st;
+    }
+    // Only the first cluster decides access; the answer covers the readable prefix.
+    const std::uint64_t c = bcs_->cluster_size();
+    std::uint64_t limit = end;
+    if (auto ec = check_access(offset, 1)) {
+        st.error = ec;
+        co_return st;
+    }
+    const std::uint64_t stop = access_.find_next_clear(offset / c) * c;
+    limit = std::min(limit, stop);
+    bool done = false;
+    const std::uint64_t n = uniform_prefix(offset, limit, &done);
+    st = done ? co_await target_->block_status(offset, n) : co_await file().block_status(offset, n);
+    if (done && !st.error)
+        st.flags |= status_allocated; // the copied data is ours, whatever the target says
+    co_return st;
+}
+
+io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::uint64_t length) {
+    if (snapshot_error_)
+        co_return errno_code(EACCES);
+    const std::uint64_t c = bcs_->cluster_size();
+    // Inward to whole clusters: a partial cluster may still be read, so it stays.
+    const std::uint64_t first = div_round_up(offset, c);
+    const std::uint64_t end_bit = offset + length >= size() ? access_.size() : (offset + length) / c;
+    if (end_bit <= first)
+        co_return std::error_code{};
+    access_.reset_range(first, end_bit - first);
+    bcs_->reset(first * c, std::min(end_bit * c, size()) - first * c);
+    const std::uint64_t start = first * c;
+    const std::uint64_t stop = std::min(end_bit * c, size());
+    // Reads that started before the discard may still be using the target data.
+    co_await frozen_.wait_idle(start, stop - start);
+    co_return co_await target_->discard(start, stop - start);
+}
+
+namespace {
+
+io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string node_name,
+                                                 const CommonOptions&, OptionReader& opts) {
+    CbwConfig cfg;
+    const nlohmann::json* file_ref = opts.required_raw("file");
+    const nlohmann::json* target_ref = opts.required_raw("target");
+    if (const nlohmann::json* bm = opts.raw("bitmap")) {
+        (void)bm;
+        co_return make_error("copy-before-write: option 'bitmap' is not supported yet");
+    }
+    if (auto e = opts.choice("on-cbw-error", {"break-guest-write", "break-snapshot"}))
+        cfg.on_error = *e == "break-snapshot" ? OnCbwError::break_snapshot : OnCbwError::break_guest_write;
+    // Seconds as a 64-bit nanosecond count: QEMU <= 9.0 wrapped values >= 5 s in 32 bits.
+    if (auto t = opts.uint("cbw-timeout")) {
+        if (*t > 1'000'000'000ull)
+            co_return make_error("Parameter 'cbw-timeout' is too large");
+        cfg.timeout = std::chrono::seconds(*t);
+    }
+    if (auto m = opts.uint("min-cluster-size")) {
+        if (*m != 0 && !is_power_of_two(*m))
+            co_return make_error("min-cluster-size needs to be a power of 2");
+        if (*m > (1ull << 30))
+            co_return make_error("min-cluster-size must not exceed 1 GiB");
+        cfg.min_cluster_size = *m;
+    }
+    if (Status st = opts.finish(); !st)
+        co_return st.error();
+    auto file = co_await resolve_ref(ctx, *file_ref, "file");
+    if (!file)
+        co_return file.error();
+    auto target = co_await resolve_ref(ctx, *target_ref, "target");
+    if (!target)
+        co_return target.error();
+    if ((*file)->size() != (*target)->size())
+        co_return make_error(fmt::format("Source and target image have different sizes ({} vs {})",
+                                         (*file)->size(), (*target)->size()));
+    co_return std::unique_ptr<Node>(std::make_unique<CbwNode>(node_name, **file, **target, cfg));
+}
+
+} // namespace
+
+DriverSpec copy_before_write_driver() {
+    return {"copy-before-write", "copies old data to a target before guest writes (fleecing)", open_cbw};
+}
+
+} // namespace fleece::nodes

@@ -1,0 +1,71 @@
+#pragma once
+// copy-before-write: a filter that copies old data to a target before the guest changes it,
+// and serves the point-in-time view through the SnapshotSource API (see
+// docs/nodes/copy-before-write.md).
+
+#include <chrono>
+#include <memory>
+
+#include "block/block_copy.hpp"
+#include "block/node.hpp"
+#include "block/range_lock.hpp"
+#include "block/snapshot_source.hpp"
+#include "nodes/registry.hpp"
+#include "util/bitmap.hpp"
+
+namespace fleece::nodes {
+
+enum class OnCbwError { break_guest_write, break_snapshot };
+
+struct CbwConfig {
+    OnCbwError on_error = OnCbwError::break_guest_write;
+    std::chrono::nanoseconds timeout{0};
+    std::uint64_t min_cluster_size = 0;
+};
+
+class CbwNode final : public block::FilterNode, public block::SnapshotSource {
+public:
+    CbwNode(std::string name, block::Node& file, block::Node& target, CbwConfig cfg);
+    ~CbwNode() override;
+
+    block::PermPair child_perms(const block::Child& c, block::PermSet parent_perm,
+                                block::PermSet parent_shared) const override;
+    io::Task<void> close() override;
+
+    io::Task<std::error_code> snapshot_read(std::uint64_t offset, std::span<std::byte> buf) override;
+    io::Task<block::BlockStatus> snapshot_block_status(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<std::error_code> snapshot_discard(std::uint64_t offset, std::uint64_t length) override;
+
+    block::BlockCopy& block_copy() { return *bcs_; }
+    std::error_code snapshot_error() const { return snapshot_error_; }
+
+protected:
+    io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                       block::ReqFlags flags) override;
+    io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                              block::ReqFlags flags) override;
+    io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
+    bool is_fleecing() const;
+    // Length of the prefix of [offset, end) that is uniformly done or not done.
+    std::uint64_t uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const;
+    std::error_code check_access(std::uint64_t offset, std::uint64_t length) const;
+
+    block::Child* target_;
+    CbwConfig cfg_;
+    std::unique_ptr<block::BlockCopy> bcs_;
+    Bitmap access_; // clusters the snapshot may still read
+    Bitmap done_;   // clusters whose old data is in the target
+    // Snapshot reads in progress hold shared locks here. Guest writes wait_idle() over them
+    // (they must not change the source under a read) and so do snapshot discards (they must
+    // not drop target data under a read).
+    block::RangeLockTable frozen_;
+    std::error_code snapshot_error_; // latched first error with break-snapshot
+};
+
+// Driver "copy-before-write".
+DriverSpec copy_before_write_driver();
+
+} // namespace fleece::nodes

@@ -1,0 +1,57 @@
+#pragma once
+// MemoryNode: an in-memory node for tests (no driver, built directly). It can delay each
+// request by a random number of loop turns from a seeded RNG, so completions reorder
+// deterministically, and it can inject write errors and slow writes.
+
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "block/node.hpp"
+
+namespace fleece::nodes {
+
+class MemoryNode final : public block::Node {
+public:
+    MemoryNode(std::string name, std::uint64_t size, std::uint32_t cluster_size = 0);
+
+    std::vector<std::byte>& data() { return data_; }
+    // Every request first yields 0..max_turns loop turns, chosen by the seeded RNG.
+    void set_random_delay(std::uint64_t seed, unsigned max_turns) {
+        rng_.seed(seed);
+        max_turns_ = max_turns;
+    }
+    // Writes, write-zeroes and discards fail with `error` (0 = off); `count` < 0 = forever.
+    void fail_writes(int error, int count = -1) {
+        fail_errno_ = error;
+        fail_count_ = count;
+    }
+    void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
+    std::uint64_t writes() const { return writes_; }
+
+protected:
+    io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                      block::ReqFlags flags) override;
+    io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                       block::ReqFlags flags) override;
+    io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                              block::ReqFlags flags) override;
+    io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<std::error_code> do_flush() override;
+    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    io::Task<void> delay();
+    io::Task<std::error_code> before_write();
+
+    std::vector<std::byte> data_;
+    std::mt19937_64 rng_{0};
+    unsigned max_turns_ = 0;
+    int fail_errno_ = 0;
+    int fail_count_ = 0;
+    std::chrono::nanoseconds write_latency_{0};
+    std::uint64_t writes_ = 0;
+};
+
+} // namespace fleece::nodes
