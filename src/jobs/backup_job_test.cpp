@@ -1,0 +1,118 @@
+#include "jobs/backup_job.hpp"
+
+#include <gtest/gtest.h>
+
+#include "jobs/job_manager.hpp"
+#include "nodes/testing/memory_node.hpp"
+
+namespace fleece::jobs {
+namespace {
+
+using nlohmann::json;
+
+struct Fixture {
+    io::EventLoop loop;
+    block::Graph graph;
+    nodes::MemoryNode* source;
+    nodes::MemoryNode* target;
+    std::vector<std::string> events;
+    Fixture(std::uint64_t size = 4 << 20) {
+        auto s = std::make_unique<nodes::MemoryNode>("src", size);
+        for (std::size_t i = 0; i < s->data().size(); ++i)
+            s->data()[i] = static_cast<std::byte>((i * 31) >> 9);
+        s->set_random_delay(7, 3);
+        source = static_cast<nodes::MemoryNode*>(*graph.add(std::move(s)));
+        target = static_cast<nodes::MemoryNode*>(*graph.add(std::make_unique<nodes::MemoryNode>("tgt", size)));
+    }
+    EventSink sink() {
+        return [this](const std::string& name, const json& data) {
+            events.push_back(name == "JOB_STATUS_CHANGE" ? data["status"].get<std::string>() : name);
+        };
+    }
+};
+
+io::Task<void> wait_gone(JobManager* m, std::string id) {
+    while (m->find(id))
+        co_await io::sleep_for(std::chrono::milliseconds(1));
+}
+
+TEST(BackupJob, FullBackupCopiesTheSourceExactly) {
+    Fixture f;
+    JobManager jobs;
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = "tgt";
+    o.max_workers = 8;
+    auto job = BackupJob::create(f.graph, o, f.sink());
+    ASSERT_TRUE(job.ok()) << job.error().message;
+    ASSERT_TRUE(jobs.start(std::move(*job)).ok());
+    f.loop.run_until_complete(wait_gone(&jobs, "bk"));
+    EXPECT_EQ(f.target->data(), f.source->data());
+    EXPECT_EQ(f.events.back(), "null");
+    EXPECT_NE(std::find(f.events.begin(), f.events.end(), "BLOCK_JOB_COMPLETED"), f.events.end());
+    EXPECT_TRUE(f.source->parents().empty()); // the job let go of its nodes
+}
+
+TEST(BackupJob, SourceWithWritersIsRefusedAndNothingStaysAttached) {
+    Fixture f;
+    struct Writer final : block::ChildParent {
+        std::string parent_description() const override { return "export 'guest'"; }
+        std::string parent_name() const override { return "guest"; }
+        const char* parent_type() const override { return "block-backend"; }
+    } writer;
+    auto edge = f.graph.attach(writer, *f.source, block::perm_write | block::perm_consistent_read, block::perm_all);
+    ASSERT_TRUE(edge.ok());
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = "tgt";
+    auto job = BackupJob::create(f.graph, o, f.sink());
+    ASSERT_FALSE(job.ok());
+    EXPECT_NE(job.error().message.find("writers"), std::string::npos) << job.error().message;
+    EXPECT_EQ(f.source->parents().size(), 1u);
+    EXPECT_TRUE(f.target->parents().empty());
+    f.graph.detach(std::move(*edge));
+}
+
+TEST(BackupJob, WhileRunningNoWriterMayAttachToTheSource) {
+    Fixture f;
+    JobManager jobs;
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = "tgt";
+    o.job.speed = 1; // holds the job open
+    auto job = BackupJob::create(f.graph, o, f.sink());
+    ASSERT_TRUE(job.ok());
+    ASSERT_TRUE(jobs.start(std::move(*job)).ok());
+    struct Writer final : block::ChildParent {
+        std::string parent_description() const override { return "export 'guest'"; }
+        std::string parent_name() const override { return "guest"; }
+        const char* parent_type() const override { return "block-backend"; }
+    } writer;
+    auto edge = f.graph.attach(writer, *f.source, block::perm_write, block::perm_all);
+    EXPECT_FALSE(edge.ok());
+    ASSERT_TRUE(jobs.find("bk")->cancel().ok());
+    f.loop.run_until_complete(wait_gone(&jobs, "bk"));
+    EXPECT_NE(std::find(f.events.begin(), f.events.end(), "BLOCK_JOB_CANCELLED"), f.events.end());
+}
+
+TEST(BackupJob, SizeMismatchAndUnknownNodesAreErrors) {
+    Fixture f;
+    f.graph.add(std::make_unique<nodes::MemoryNode>("small", 4096)).value();
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = "small";
+    auto job = BackupJob::create(f.graph, o, f.sink());
+    ASSERT_FALSE(job.ok());
+    EXPECT_EQ(job.error().message, "Source and target image have different sizes");
+    o.target = "nope";
+    auto missing = BackupJob::create(f.graph, o, f.sink());
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().error_class, "DeviceNotFound");
+}
+
+} // namespace
+} // namespace fleece::jobs
