@@ -15,6 +15,8 @@ struct BlockCopy::Call {
     io::WaitQueue idle;
     std::error_code error;
     bool cancelled = false;
+    const bool* external_cancel = nullptr; // the background loop's flag
+    bool stopped() const { return cancelled || (external_cancel && *external_cancel); }
     bool ignore_ratelimit = true;
     std::uint64_t max_chunk = default_chunk;
     // Detached (timeout) calls report here.
@@ -103,7 +105,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
     for (;;) {
         bool dispatched = false;
         std::uint64_t bit = first_bit;
-        while (!call->cancelled && !call->error) {
+        while (!call->stopped() && !call->error) {
             io::AsyncSemaphore::Units slot = co_await call->worker_slots.acquire(1);
             // The bitmap may have changed while we waited for a slot: search again.
             bit = bitmap_.find_next_set(bit);
@@ -115,7 +117,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
             const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
             if (!call->ignore_ratelimit && speed_) {
                 co_await rate_limit(chunk_len);
-                if (call->cancelled)
+                if (call->stopped())
                     break;
                 // Re-check after sleeping: the clusters may have been copied meanwhile.
                 if (!bitmap_.get(bit))
@@ -135,7 +137,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
         }
         while (call->running > 0)
             co_await call->idle.wait();
-        if (call->error || call->cancelled)
+        if (call->error || call->stopped())
             co_return call->error ? call->error : errno_code(ECANCELED);
         // Someone else (the job, another guest write) may be copying part of our range;
         // wait for it and look again: if it failed, the bits are dirty again.
@@ -248,11 +250,13 @@ io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
     cancelled_ = false;
     auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
     call->ignore_ratelimit = opts.ignore_ratelimit;
+    call->external_cancel = &cancelled_;
     if (opts.max_chunk)
         call->max_chunk = std::max(opts.max_chunk, cluster_);
     io::Gate::Holder hold = gate_.enter();
-    // The call watches its own flag; mirror the job's cancel into it chunk by chunk by
-    // running whole-disk calls that check cancelled_ through rate_limit and the loop below.
+    if (!hold)
+        co_return errno_code(ESHUTDOWN);
+    // Windows of 16 chunks keep each pass short, so a cancel is noticed between them too.
     std::error_code ec;
     for (std::uint64_t off = 0; off < length_ && !cancelled_; off += call->max_chunk * 16) {
         ec = co_await run_call(off, std::min(length_, off + call->max_chunk * 16), call);
