@@ -15,6 +15,8 @@ struct BlockCopy::Call {
     io::WaitQueue idle;
     std::error_code error;
     bool cancelled = false;
+    const bool* external_cancel = nullptr; // the background loop's flag
+    bool stopped() const { return cancelled || (external_cancel && *external_cancel); }
     bool ignore_ratelimit = true;
     std::uint64_t max_chunk = default_chunk;
     // Detached (timeout) calls report here.
@@ -34,7 +36,7 @@ BlockCopy::BlockCopy(Child& source, Child& target, std::uint64_t cluster_size, b
     bitmap_.set_all();
 }
 
-BlockCopy::~BlockCopy() { FLEECE_ASSERT(in_flight_.empty()); }
+BlockCopy::~BlockCopy() { FLEECE_ASSERT(in_flight_.holders() == 0); }
 
 std::uint64_t BlockCopy::progress_total() const {
     return done_bytes_ + in_flight_bytes_ + std::min(bitmap_.count() * cluster_, length_);
@@ -47,13 +49,6 @@ void BlockCopy::reset(std::uint64_t offset, std::uint64_t length) {
         offset + length >= length_ ? bitmap_.size() : (offset + length) / cluster_;
     if (end > first)
         bitmap_.reset_range(first, end - first);
-}
-
-BlockCopy::InFlight* BlockCopy::find_overlap(std::uint64_t offset, std::uint64_t end) {
-    for (auto& f : in_flight_)
-        if (ranges_overlap(f.offset, f.length, offset, end - offset))
-            return &f;
-    return nullptr;
 }
 
 io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t length,
@@ -101,9 +96,8 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
     const std::uint64_t first_bit = offset / cluster_;
     const std::uint64_t end_bit = div_round_up(end, cluster_);
     for (;;) {
-        bool dispatched = false;
         std::uint64_t bit = first_bit;
-        while (!call->cancelled && !call->error) {
+        while (!call->stopped() && !call->error) {
             io::AsyncSemaphore::Units slot = co_await call->worker_slots.acquire(1);
             // The bitmap may have changed while we waited for a slot: search again.
             bit = bitmap_.find_next_set(bit);
@@ -115,60 +109,62 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
             const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
             if (!call->ignore_ratelimit && speed_) {
                 co_await rate_limit(chunk_len);
-                if (call->cancelled)
+                if (call->stopped())
                     break;
                 // Re-check after sleeping: the clusters may have been copied meanwhile.
                 if (!bitmap_.get(bit))
                     continue;
                 stop = std::min(bitmap_.find_next_clear(bit), stop);
             }
+            // Claim: lock, then re-check under the lock (another caller may have copied
+            // or claimed part of it while we waited) and clear the bits, with no await
+            // between the check and the clear.
+            RangeLockTable::Guard claim = co_await in_flight_.lock(
+                chunk_off, std::min(stop * cluster_, length_) - chunk_off, RangeLockTable::Mode::exclusive);
+            if (!bitmap_.get(bit))
+                continue;
+            stop = std::min(bitmap_.find_next_clear(bit), stop);
             const std::uint64_t len = std::min(stop * cluster_, length_) - chunk_off;
-            // Claim: clear the bits and register in flight, atomically (no await between).
+            if (len < claim.length())
+                in_flight_.shrink(claim, len);
             bitmap_.reset_range(bit, stop - bit);
-            in_flight_.push_back(InFlight{chunk_off, len, {}});
             in_flight_bytes_ += len;
             ++call->running;
             slot.detach();
-            dispatched = true;
-            io::EventLoop::current().spawn(worker(call, &in_flight_.back()));
+            io::EventLoop::current().spawn(worker(call, std::move(claim)));
             bit = stop;
         }
         while (call->running > 0)
             co_await call->idle.wait();
-        if (call->error || call->cancelled)
+        if (call->error || call->stopped())
             co_return call->error ? call->error : errno_code(ECANCELED);
         // Someone else (the job, another guest write) may be copying part of our range;
         // wait for it and look again: if it failed, the bits are dirty again.
-        if (InFlight* other = find_overlap(offset, end)) {
-            co_await other->done.wait();
-            continue;
-        }
-        if (!dispatched) {
-            // Nothing dirty and nothing in flight in range: done.
-            if (bitmap_.find_next_set(first_bit) >= end_bit)
-                co_return std::error_code{};
-        }
+        co_await in_flight_.wait_idle(offset, end - offset);
+        if (bitmap_.find_next_set(first_bit) >= end_bit)
+            co_return std::error_code{};
     }
 }
 
-io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, InFlight* entry) {
+io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Guard claim) {
+    const std::uint64_t off = claim.offset(), len = claim.length();
     std::error_code ec;
     {
-        io::AsyncSemaphore::Units mem = co_await memory_.acquire(std::min(entry->length, max_memory));
-        ec = co_await copy_piece(entry->offset, entry->length);
+        io::AsyncSemaphore::Units mem = co_await memory_.acquire(std::min(len, max_memory));
+        ec = co_await copy_piece(off, len);
     }
-    in_flight_bytes_ -= entry->length;
+    in_flight_bytes_ -= len;
     if (ec) {
-        // Failed clusters must be copied again by whoever comes next.
-        const std::uint64_t b = entry->offset / cluster_;
-        bitmap_.set_range(b, div_round_up(entry->offset + entry->length, cluster_) - b);
+        // Failed clusters must be copied again by whoever comes next; set them before the
+        // lock is released, so waiters re-checking the bitmap see them.
+        const std::uint64_t b = off / cluster_;
+        bitmap_.set_range(b, div_round_up(off + len, cluster_) - b);
         if (!call->error)
             call->error = ec;
     } else {
-        done_bytes_ += entry->length;
+        done_bytes_ += len;
     }
-    entry->done.notify_all();
-    in_flight_.remove_if([entry](const InFlight& f) { return &f == entry; });
+    claim.release();
     call->worker_slots.release(1);
     if (--call->running == 0)
         call->idle.notify_all();
@@ -248,11 +244,13 @@ io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
     cancelled_ = false;
     auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
     call->ignore_ratelimit = opts.ignore_ratelimit;
+    call->external_cancel = &cancelled_;
     if (opts.max_chunk)
         call->max_chunk = std::max(opts.max_chunk, cluster_);
     io::Gate::Holder hold = gate_.enter();
-    // The call watches its own flag; mirror the job's cancel into it chunk by chunk by
-    // running whole-disk calls that check cancelled_ through rate_limit and the loop below.
+    if (!hold)
+        co_return errno_code(ESHUTDOWN);
+    // Windows of 16 chunks keep each pass short, so a cancel is noticed between them too.
     std::error_code ec;
     for (std::uint64_t off = 0; off < length_ && !cancelled_; off += call->max_chunk * 16) {
         ec = co_await run_call(off, std::min(length_, off + call->max_chunk * 16), call);

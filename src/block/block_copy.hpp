@@ -3,18 +3,18 @@
 // copy-before-write filter (synchronous calls with a timeout, ignoring the rate limit) and
 // for the backup job (one long background call with a rate limit and cancellation).
 //
-// State: the copy bitmap (set bit = cluster still to copy) and the in-flight list. A cluster
-// is claimed by clearing its bit and adding an in-flight entry in the same atomic step, so it
+// State: the copy bitmap (set bit = cluster still to copy) and the in-flight lock table. A
+// cluster is claimed by locking it, re-checking its bit under the lock and clearing it, so it
 // is never copied twice. A caller whose range overlaps someone else's in-flight copy waits
 // for it and re-checks the bitmap, because a failed copy sets its bits again.
 
 #include <chrono>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <system_error>
 
 #include "block/node.hpp"
+#include "block/range_lock.hpp"
 #include "io/event_loop.hpp"
 #include "io/sync.hpp"
 #include "util/bitmap.hpp"
@@ -69,18 +69,13 @@ public:
     io::Task<void> close();
 
 private:
-    struct InFlight {
-        std::uint64_t offset, length;
-        io::WaitQueue done;
-    };
     struct Call;
     io::Task<std::error_code> run_call(std::uint64_t offset, std::uint64_t end,
                                        std::shared_ptr<Call> call);
     io::Task<void> run_detached(std::uint64_t offset, std::uint64_t end, std::shared_ptr<Call> call,
                                 io::Gate::Holder hold);
-    io::Task<void> worker(std::shared_ptr<Call> call, InFlight* entry);
+    io::Task<void> worker(std::shared_ptr<Call> call, RangeLockTable::Guard claim);
     io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length);
-    InFlight* find_overlap(std::uint64_t offset, std::uint64_t end);
     io::Task<void> rate_limit(std::uint64_t bytes);
 
     Child& source_;
@@ -89,7 +84,8 @@ private:
     std::uint64_t length_;
     ReqFlags write_flags_;
     Bitmap bitmap_;
-    std::list<InFlight> in_flight_;
+    // Chunks being copied hold exclusive locks; callers wait_idle() over their range.
+    RangeLockTable in_flight_;
     std::uint64_t in_flight_bytes_ = 0;
     std::uint64_t done_bytes_ = 0;
     io::AsyncSemaphore memory_{max_memory};

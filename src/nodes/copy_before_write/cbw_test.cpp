@@ -134,6 +134,46 @@ TEST(CopyBeforeWrite, SecondWriterOnSourceIsRefused) {
     f.g.detach(std::move(*r));
 }
 
+TEST(CopyBeforeWrite, ParentlessFilterIsRelaxedUntilItGetsParents) {
+    io::EventLoop loop;
+    block::Graph g;
+    g.add(std::make_unique<MemoryNode>("source", M)).value();
+    g.add(std::make_unique<MemoryNode>("temp", M)).value();
+    User direct("direct"), guest("guest");
+    auto w = g.attach(direct, *g.find("source"), block::perm_write | block::perm_consistent_read, block::perm_all);
+    ASSERT_TRUE(w.ok());
+    // Being inserted: no parents yet, so it must not conflict with the disk's writer.
+    auto cbw = loop.run_until_complete(blockdev_add(
+        g, {{"driver", "copy-before-write"}, {"node-name", "fl-cbw"}, {"file", "source"}, {"target", "temp"}}));
+    ASSERT_TRUE(cbw.ok()) << cbw.error().message;
+    // With a parent it unshares write on the disk, which the direct writer holds.
+    auto gw = g.attach(guest, **cbw, block::perm_write, block::perm_all);
+    EXPECT_FALSE(gw.ok());
+    g.detach(std::move(*w));
+    loop.run_until_complete(g.close_all());
+}
+
+io::Task<block::BlockStatus> status(block::Child* c, std::uint64_t off, std::uint64_t len) {
+    co_return co_await c->block_status(off, len);
+}
+
+TEST(CopyBeforeWrite, SnapshotBlockStatus) {
+    Fleece f(1 * M);
+    f.fill(0, 64 * k, 0x12);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x13)));
+    auto st = f.loop.run_until_complete(status(f.rc.get(), 0, 1 * M));
+    EXPECT_FALSE(st.error);
+    EXPECT_EQ(st.length, 64 * k); // the done cluster, answered by the target
+    EXPECT_TRUE(st.flags & block::status_allocated);
+    ASSERT_FALSE(f.run(discard(f.rc.get(), 128 * k, 64 * k)));
+    st = f.loop.run_until_complete(status(f.rc.get(), 128 * k, 64 * k));
+    EXPECT_EQ(st.error, block::errno_code(EACCES));
+    st = f.loop.run_until_complete(status(f.rc.get(), 64 * k, 512 * k));
+    EXPECT_FALSE(st.error);
+    EXPECT_EQ(st.length, 64 * k); // stops at the discarded cluster
+    EXPECT_TRUE(st.flags & block::status_zero);
+}
+
 TEST(CopyBeforeWrite, SnapshotAccessRejectsWritesAndOtherNodes) {
     Fleece f(1 * M);
     EXPECT_EQ(f.run(write_pattern(f.rc.get(), 0, 4 * k, 1)), block::errno_code(ENOTSUP));

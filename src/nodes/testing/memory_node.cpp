@@ -24,7 +24,7 @@ io::Task<void> MemoryNode::delay() {
         co_await io::EventLoop::current().yield();
 }
 
-io::Task<std::error_code> MemoryNode::before_write() {
+io::Task<std::error_code> MemoryNode::before_write(std::uint64_t bytes) {
     co_await delay();
     if (write_latency_.count() > 0)
         co_await io::sleep_for(write_latency_);
@@ -34,6 +34,7 @@ io::Task<std::error_code> MemoryNode::before_write() {
         co_return errno_code(fail_errno_);
     }
     ++writes_;
+    bytes_written_ += bytes;
     co_return std::error_code{};
 }
 
@@ -50,14 +51,14 @@ io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<st
 
 io::Task<std::error_code> MemoryNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                                ReqFlags) {
-    if (auto ec = co_await before_write())
+    if (auto ec = co_await before_write(buf.size()))
         co_return ec;
     std::memcpy(data_.data() + offset, buf.data(), buf.size());
     co_return std::error_code{};
 }
 
 io::Task<std::error_code> MemoryNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length, ReqFlags) {
-    if (auto ec = co_await before_write())
+    if (auto ec = co_await before_write(length))
         co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};
@@ -65,7 +66,7 @@ io::Task<std::error_code> MemoryNode::do_write_zeroes(std::uint64_t offset, std:
 
 // Discard really drops the data (reads back zeroes), so tests notice a premature discard.
 io::Task<std::error_code> MemoryNode::do_discard(std::uint64_t offset, std::uint64_t length) {
-    if (auto ec = co_await before_write())
+    if (auto ec = co_await before_write(length))
         co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};

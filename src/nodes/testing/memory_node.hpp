@@ -29,6 +29,7 @@ public:
     }
     void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
     std::uint64_t writes() const { return writes_; }
+    std::uint64_t bytes_written() const { return bytes_written_; } // data + zeroes
 
 protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -43,7 +44,7 @@ protected:
 
 private:
     io::Task<void> delay();
-    io::Task<std::error_code> before_write();
+    io::Task<std::error_code> before_write(std::uint64_t bytes);
 
     std::vector<std::byte> data_;
     std::mt19937_64 rng_{0};
@@ -52,6 +53,7 @@ private:
     int fail_count_ = 0;
     std::chrono::nanoseconds write_latency_{0};
     std::uint64_t writes_ = 0;
+    std::uint64_t bytes_written_ = 0;
 };
 
 } // namespace fleece::nodes
