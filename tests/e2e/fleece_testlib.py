@@ -1,0 +1,137 @@
+"""Helpers for end-to-end tests: start fleeced, talk QMP, run qemu-io."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+FLEECED = os.environ.get('FLEECED', os.path.join(ROOT, 'build', 'bin', 'fleeced'))
+
+
+class QmpError(Exception):
+    def __init__(self, reply):
+        super().__init__('%s: %s' % (reply['error']['class'], reply['error']['desc']))
+        self.error_class = reply['error']['class']
+        self.desc = reply['error']['desc']
+
+
+class Qmp:
+    def __init__(self, path, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(60)
+        self.buf = b''
+        self.events = []
+        self.next_id = 0
+        self.greeting = self._recv_any()
+        self.execute('qmp_capabilities')
+
+    def _recv_any(self):
+        while True:
+            line, sep, rest = self.buf.partition(b'\n')
+            if sep:
+                self.buf = rest
+                if line.strip():
+                    return json.loads(line)
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError('QMP connection closed')
+            self.buf += chunk
+
+    def command(self, name, **args):
+        """Returns the raw reply (return or error)."""
+        self.next_id += 1
+        msg = {'execute': name, 'id': self.next_id}
+        if args:
+            msg['arguments'] = args
+        self.sock.sendall(json.dumps(msg).encode() + b'\n')
+        while True:
+            reply = self._recv_any()
+            if 'event' in reply:
+                self.events.append(reply)
+                continue
+            if reply.get('id') == self.next_id:
+                return reply
+
+    def execute(self, name, **args):
+        reply = self.command(name, **args)
+        if 'error' in reply:
+            raise QmpError(reply)
+        return reply['return']
+
+    def wait_event(self, name, timeout=120, match=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev['event'] == name and (match is None or match(ev.get('data', {}))):
+                    return self.events.pop(i)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError('no %s event within %ss' % (name, timeout))
+            self.sock.settimeout(remaining)
+            try:
+                msg = self._recv_any()
+            finally:
+                self.sock.settimeout(60)
+            if 'event' in msg:
+                self.events.append(msg)
+
+
+class Daemon:
+    """fleeced with a QMP monitor in `workdir`."""
+
+    def __init__(self, workdir, extra_args=(), binary=None):
+        self.workdir = str(workdir)
+        self.qmp_path = os.path.join(self.workdir, 'qmp.sock')
+        self.log = open(os.path.join(self.workdir, 'fleeced.log'), 'w')
+        argv = [binary or FLEECED,
+                '--chardev', 'socket,id=qmp0,path=%s,server=on,wait=off' % self.qmp_path,
+                '--monitor', 'chardev=qmp0'] + list(extra_args)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.qmp = Qmp(self.qmp_path)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.qmp.execute('quit')
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def qemu_io(target, *commands, fmt='raw', read_only=False, check=True):
+    argv = ['qemu-io', '-f', fmt]
+    if read_only:
+        argv.append('-r')
+    for c in commands:
+        argv += ['-c', c]
+    argv.append(target)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    if check:
+        assert p.returncode == 0 and 'failed' not in out and 'Pattern verification failed' not in out, out
+    return out
+
+
+def make_raw(path, size):
+    with open(path, 'wb') as f:
+        f.truncate(size)
