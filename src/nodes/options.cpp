@@ -99,9 +99,11 @@ std::optional<std::string> OptionReader::choice(const std::string& key,
 }
 
 OptionReader OptionReader::object(const std::string& key) {
+    // The reader keeps a reference to its options: both arms must be lvalues that outlive
+    // it (a `json(nullptr)` arm made the whole conditional a temporary copy, left dangling).
+    static const nlohmann::json absent;
     const nlohmann::json* v = raw(key);
-    OptionReader nested(v ? *v : nlohmann::json(nullptr), full(key) + ".");
-    return nested;
+    return OptionReader(v ? *v : absent, full(key) + ".");
 }
 
 std::string OptionReader::required_string(const std::string& key) {
