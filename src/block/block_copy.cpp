@@ -1,9 +1,9 @@
 #include "block/block_copy.hpp"
 
+#include "util/align.hpp"
+
 #include <algorithm>
 #include <vector>
-
-#include "util/align.hpp"
 
 namespace fleece::block {
 
@@ -26,7 +26,8 @@ struct BlockCopy::Call {
 };
 
 std::uint64_t BlockCopy::cluster_size_for(const Node& target, std::uint64_t min_cluster_size) {
-    return std::max({default_cluster, std::uint64_t{target.limits().cluster_size}, min_cluster_size});
+    return std::max(
+        {default_cluster, std::uint64_t{target.limits().cluster_size}, min_cluster_size});
 }
 
 BlockCopy::BlockCopy(Child& source, Child& target, std::uint64_t cluster_size, bool write_unchanged)
@@ -36,7 +37,9 @@ BlockCopy::BlockCopy(Child& source, Child& target, std::uint64_t cluster_size, b
     bitmap_.set_all();
 }
 
-BlockCopy::~BlockCopy() { FLEECE_ASSERT(in_flight_.holders() == 0); }
+BlockCopy::~BlockCopy() {
+    FLEECE_ASSERT(in_flight_.holders() == 0);
+}
 
 std::uint64_t BlockCopy::progress_total() const {
     return done_bytes_ + in_flight_bytes_ + std::min(bitmap_.count() * cluster_, length_);
@@ -47,19 +50,16 @@ void BlockCopy::reset(std::uint64_t offset, std::uint64_t length) {
     // The last cluster may be partial: a range reaching the disk end covers it.
     const std::uint64_t end =
         offset + length >= length_ ? bitmap_.size() : (offset + length) / cluster_;
-    if (end > first)
-        bitmap_.reset_range(first, end - first);
+    if (end > first) bitmap_.reset_range(first, end - first);
 }
 
 io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t length,
                                           CopyOptions opts) {
     const std::uint64_t end = std::min(offset + length, length_);
-    if (offset >= end)
-        co_return std::error_code{};
+    if (offset >= end) co_return std::error_code{};
     auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
     call->ignore_ratelimit = opts.ignore_ratelimit;
-    if (opts.max_chunk)
-        call->max_chunk = std::max(opts.max_chunk, cluster_);
+    if (opts.max_chunk) call->max_chunk = std::max(opts.max_chunk, cluster_);
     if (opts.timeout.count() == 0) {
         io::Gate::Holder hold = gate_.enter();
         co_return co_await run_call(offset, end, call);
@@ -67,8 +67,7 @@ io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t le
     // With a timeout the copy runs detached, so giving up on it does not cancel I/O that is
     // already on its way; the call just stops creating new chunks.
     io::Gate::Holder hold = gate_.enter();
-    if (!hold)
-        co_return errno_code(ESHUTDOWN);
+    if (!hold) co_return errno_code(ESHUTDOWN);
     io::EventLoop::current().spawn(run_detached(offset, end, call, std::move(hold)));
     io::EventLoop::Timer timer(io::EventLoop::current());
     if (!call->finished) {
@@ -76,8 +75,7 @@ io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t le
         co_await timer.wait_for(opts.timeout);
         call->waiter = nullptr;
     }
-    if (call->finished)
-        co_return call->result;
+    if (call->finished) co_return call->result;
     call->cancelled = true;
     co_return errno_code(ETIMEDOUT);
 }
@@ -86,8 +84,7 @@ io::Task<void> BlockCopy::run_detached(std::uint64_t offset, std::uint64_t end,
                                        std::shared_ptr<Call> call, io::Gate::Holder hold) {
     call->result = co_await run_call(offset, end, call);
     call->finished = true;
-    if (call->waiter)
-        call->waiter->cancel();
+    if (call->waiter) call->waiter->cancel();
     hold.leave(); // close() waits for timed-out copies until here
 }
 
@@ -101,32 +98,28 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
             io::AsyncSemaphore::Units slot = co_await call->worker_slots.acquire(1);
             // The bitmap may have changed while we waited for a slot: search again.
             bit = bitmap_.find_next_set(bit);
-            if (bit >= end_bit)
-                break;
+            if (bit >= end_bit) break;
             const std::uint64_t max_bits = std::max<std::uint64_t>(1, call->max_chunk / cluster_);
             std::uint64_t stop = std::min({bitmap_.find_next_clear(bit), end_bit, bit + max_bits});
             const std::uint64_t chunk_off = bit * cluster_;
             const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
             if (!call->ignore_ratelimit && speed_) {
                 co_await rate_limit(chunk_len);
-                if (call->stopped())
-                    break;
+                if (call->stopped()) break;
                 // Re-check after sleeping: the clusters may have been copied meanwhile.
-                if (!bitmap_.get(bit))
-                    continue;
+                if (!bitmap_.get(bit)) continue;
                 stop = std::min(bitmap_.find_next_clear(bit), stop);
             }
             // Claim: lock, then re-check under the lock (another caller may have copied
             // or claimed part of it while we waited) and clear the bits, with no await
             // between the check and the clear.
-            RangeLockTable::Guard claim = co_await in_flight_.lock(
-                chunk_off, std::min(stop * cluster_, length_) - chunk_off, RangeLockTable::Mode::exclusive);
-            if (!bitmap_.get(bit))
-                continue;
+            RangeLockTable::Guard claim =
+                co_await in_flight_.lock(chunk_off, std::min(stop * cluster_, length_) - chunk_off,
+                                         RangeLockTable::Mode::exclusive);
+            if (!bitmap_.get(bit)) continue;
             stop = std::min(bitmap_.find_next_clear(bit), stop);
             const std::uint64_t len = std::min(stop * cluster_, length_) - chunk_off;
-            if (len < claim.length())
-                in_flight_.shrink(claim, len);
+            if (len < claim.length()) in_flight_.shrink(claim, len);
             bitmap_.reset_range(bit, stop - bit);
             in_flight_bytes_ += len;
             ++call->running;
@@ -141,8 +134,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
         // Someone else (the job, another guest write) may be copying part of our range;
         // wait for it and look again: if it failed, the bits are dirty again.
         co_await in_flight_.wait_idle(offset, end - offset);
-        if (bitmap_.find_next_set(first_bit) >= end_bit)
-            co_return std::error_code{};
+        if (bitmap_.find_next_set(first_bit) >= end_bit) co_return std::error_code{};
     }
 }
 
@@ -159,15 +151,13 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
         // lock is released, so waiters re-checking the bitmap see them.
         const std::uint64_t b = off / cluster_;
         bitmap_.set_range(b, div_round_up(off + len, cluster_) - b);
-        if (!call->error)
-            call->error = ec;
+        if (!call->error) call->error = ec;
     } else {
         done_bytes_ += len;
     }
     claim.release();
     call->worker_slots.release(1);
-    if (--call->running == 0)
-        call->idle.notify_all();
+    if (--call->running == 0) call->idle.notify_all();
 }
 
 // Copies one claimed chunk, piece by piece along the source's block status, so zero areas
@@ -184,12 +174,10 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
             zero = (st.flags & status_zero) != 0;
         }
         if (zero) {
-            if (auto ec = co_await target_.write_zeroes(offset, n, write_flags_))
-                co_return ec;
+            if (auto ec = co_await target_.write_zeroes(offset, n, write_flags_)) co_return ec;
         } else {
             buf.resize(n);
-            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n)))
-                co_return ec;
+            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n))) co_return ec;
             if (auto ec = co_await target_.write(offset, std::span<const std::byte>(buf.data(), n),
                                                  write_flags_))
                 co_return ec;
@@ -202,8 +190,7 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
 io::Task<void> BlockCopy::rate_limit(std::uint64_t bytes) {
     using namespace std::chrono_literals;
     for (;;) {
-        if (speed_ == 0 || cancelled_)
-            co_return;
+        if (speed_ == 0 || cancelled_) co_return;
         const auto now = io::Clock::now();
         if (now >= slice_start_ + 100ms) {
             slice_start_ = now;
@@ -219,7 +206,8 @@ io::Task<void> BlockCopy::rate_limit(std::uint64_t bytes) {
             static_cast<std::int64_t>((slice_bytes_ * 1'000'000'000ull) / speed_));
         io::EventLoop::Timer timer(io::EventLoop::current());
         sleeping_ = &timer;
-        const bool expired = co_await timer.wait_until(slice_start_ + std::max<io::Clock::duration>(debt, 100ms));
+        const bool expired =
+            co_await timer.wait_until(slice_start_ + std::max<io::Clock::duration>(debt, 100ms));
         sleeping_ = nullptr;
         if (expired) {
             slice_start_ = io::Clock::now();
@@ -230,14 +218,12 @@ io::Task<void> BlockCopy::rate_limit(std::uint64_t bytes) {
 
 void BlockCopy::set_speed(std::uint64_t bytes_per_second) {
     speed_ = bytes_per_second;
-    if (sleeping_)
-        sleeping_->cancel();
+    if (sleeping_) sleeping_->cancel();
 }
 
 void BlockCopy::cancel_background() {
     cancelled_ = true;
-    if (sleeping_)
-        sleeping_->cancel();
+    if (sleeping_) sleeping_->cancel();
 }
 
 io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
@@ -245,27 +231,22 @@ io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
     auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
     call->ignore_ratelimit = opts.ignore_ratelimit;
     call->external_cancel = &cancelled_;
-    if (opts.max_chunk)
-        call->max_chunk = std::max(opts.max_chunk, cluster_);
+    if (opts.max_chunk) call->max_chunk = std::max(opts.max_chunk, cluster_);
     io::Gate::Holder hold = gate_.enter();
-    if (!hold)
-        co_return errno_code(ESHUTDOWN);
+    if (!hold) co_return errno_code(ESHUTDOWN);
     // Windows of 16 chunks keep each pass short, so a cancel is noticed between them too.
     std::error_code ec;
     for (std::uint64_t off = 0; off < length_ && !cancelled_; off += call->max_chunk * 16) {
         ec = co_await run_call(off, std::min(length_, off + call->max_chunk * 16), call);
-        if (ec)
-            break;
+        if (ec) break;
     }
-    if (!ec && cancelled_)
-        ec = errno_code(ECANCELED);
+    if (!ec && cancelled_) ec = errno_code(ECANCELED);
     co_return ec;
 }
 
 io::Task<void> BlockCopy::close() {
     cancelled_ = true;
-    if (sleeping_)
-        sleeping_->cancel();
+    if (sleeping_) sleeping_->cancel();
     co_await gate_.close();
 }
 

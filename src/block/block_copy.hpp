@@ -8,16 +8,16 @@
 // is never copied twice. A caller whose range overlaps someone else's in-flight copy waits
 // for it and re-checks the bitmap, because a failed copy sets its bits again.
 
-#include <chrono>
-#include <cstdint>
-#include <memory>
-#include <system_error>
-
 #include "block/node.hpp"
 #include "block/range_lock.hpp"
 #include "io/event_loop.hpp"
 #include "io/sync.hpp"
 #include "util/bitmap.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <system_error>
 
 namespace fleece::block {
 
@@ -29,7 +29,7 @@ struct CopyOptions {
 };
 
 class BlockCopy {
-public:
+  public:
     static constexpr std::uint64_t default_cluster = 64 * 1024;
     static constexpr std::uint64_t default_chunk = 1024 * 1024;
     static constexpr std::uint64_t max_memory = 128ull * 1024 * 1024;
@@ -68,7 +68,7 @@ public:
     // Waits for every copy, including timed-out ones still running.
     io::Task<void> close();
 
-private:
+  private:
     struct Call;
     io::Task<std::error_code> run_call(std::uint64_t offset, std::uint64_t end,
                                        std::shared_ptr<Call> call);

@@ -1,19 +1,18 @@
 #include "block/graph.hpp"
 
+#include "util/assert.hpp"
+
 #include <algorithm>
 #include <fmt/format.h>
 #include <set>
 #include <unordered_map>
-
-#include "util/assert.hpp"
 
 namespace fleece::block {
 
 void DrainedSection::end() {
     for (Node* n : nodes_) {
         FLEECE_ASSERT(n->quiesce_counter_ > 0);
-        if (--n->quiesce_counter_ == 0)
-            n->quiesce_ended_.notify_all();
+        if (--n->quiesce_counter_ == 0) n->quiesce_ended_.notify_all();
     }
     nodes_.clear();
 }
@@ -32,7 +31,9 @@ Node* Graph::find(std::string_view name) const {
     return it == nodes_.end() ? nullptr : it->second.get();
 }
 
-std::vector<Node*> Graph::nodes() const { return order_; }
+std::vector<Node*> Graph::nodes() const {
+    return order_;
+}
 
 std::string Graph::generate_name() {
     std::string name;
@@ -62,8 +63,7 @@ void Graph::attach_children(Node& node) {
 
 void Graph::detach_children(Node& node) {
     for (auto& c : node.children_)
-        if (c->attached_)
-            unlink(*c);
+        if (c->attached_) unlink(*c);
 }
 
 Result<std::vector<Node*>> Graph::topological_order() const {
@@ -77,12 +77,10 @@ Result<std::vector<Node*>> Graph::topological_order() const {
     }
     std::vector<Node*> out;
     for (Node* n : order_)
-        if (node_parents[n] == 0)
-            out.push_back(n);
+        if (node_parents[n] == 0) out.push_back(n);
     for (std::size_t i = 0; i < out.size(); ++i)
         for (auto& c : out[i]->children_)
-            if (c->attached_ && --node_parents[c->node_] == 0)
-                out.push_back(c->node_);
+            if (c->attached_ && --node_parents[c->node_] == 0) out.push_back(c->node_);
     if (out.size() != order_.size())
         return make_error("the change would create a loop in the block graph");
     return out;
@@ -97,8 +95,7 @@ void Graph::compute_perms(const std::vector<Node*>& order) {
             shared &= p->shared_;
         }
         for (auto& c : n->children_) {
-            if (!c->attached_)
-                continue;
+            if (!c->attached_) continue;
             const PermPair pp = n->child_perms(*c, perm, shared);
             c->perm_ = pp.perm;
             c->shared_ = pp.shared;
@@ -120,17 +117,15 @@ Status Graph::check_conflicts(std::vector<Node*>* order) const {
         if (n->read_only_ && (wanted & perm_write)) {
             for (Child* p : n->parents_)
                 if (p->perm_ & perm_write)
-                    return make_error(fmt::format(
-                        "Block node '{}' is read-only: 'write' is taken by {}", n->name(),
-                        user_description(*p)));
+                    return make_error(
+                        fmt::format("Block node '{}' is read-only: 'write' is taken by {}",
+                                    n->name(), user_description(*p)));
         }
         for (Child* a : n->parents_) {
             for (Child* b : n->parents_) {
-                if (a == b)
-                    continue;
+                if (a == b) continue;
                 const PermSet conflict = a->perm_ & ~b->shared_;
-                if (conflict == 0)
-                    continue;
+                if (conflict == 0) continue;
                 return make_error(fmt::format(
                     "Permission conflict on node '{}': '{}' is taken by {} and unshared by {}",
                     n->name(), perm_name(conflict), user_description(*a), user_description(*b)));
@@ -142,8 +137,7 @@ Status Graph::check_conflicts(std::vector<Node*>* order) const {
 
 Status Graph::refresh_permissions() {
     auto order = topological_order();
-    if (!order)
-        return order.error();
+    if (!order) return order.error();
     // Remember every computed edge so a refused change leaves no trace.
     std::vector<std::pair<Child*, PermPair>> saved;
     for (Node* n : order_)
@@ -181,7 +175,8 @@ Result<Node*> Graph::add(std::unique_ptr<Node> node) {
 io::Task<Status> Graph::remove(std::string name) {
     Node* node = find(name);
     if (!node)
-        co_return Error{"GenericError", fmt::format("Failed to find node with node-name='{}'", name)};
+        co_return Error{"GenericError",
+                        fmt::format("Failed to find node with node-name='{}'", name)};
     if (!node->parents_.empty())
         co_return make_error(fmt::format("Node '{}' is busy: it is used by {}", name,
                                          user_description(*node->parents_.front())));
@@ -196,15 +191,13 @@ io::Task<Status> Graph::remove(std::string name) {
     }
     std::vector<Node*> implicit_children;
     for (auto& c : node->children_)
-        if (c->node_->implicit())
-            implicit_children.push_back(c->node_);
+        if (c->node_->implicit()) implicit_children.push_back(c->node_);
     detach_children(*node);
     order_.erase(std::find(order_.begin(), order_.end(), node));
     nodes_.erase(nodes_.find(name));
     (void)refresh_permissions(); // removing users can only relax permissions
     for (Node* child : implicit_children)
-        if (find(child->name()) && child->parents_.empty())
-            (void)co_await remove(child->name());
+        if (find(child->name()) && child->parents_.empty()) (void)co_await remove(child->name());
     co_return Status{};
 }
 
@@ -242,8 +235,7 @@ io::Task<Status> Graph::replace(Node& from, Node& to) {
     DrainedSection drained = co_await drain(from);
     std::vector<Child*> moved;
     for (Child* p : std::vector<Child*>(from.parents_)) {
-        if (p->parent_->as_node() == &to)
-            continue;
+        if (p->parent_->as_node() == &to) continue;
         unlink(*p);
         p->node_ = &to;
         link(*p);
@@ -268,13 +260,11 @@ io::Task<DrainedSection> Graph::drain(Node& node) {
     while (!todo.empty()) {
         Node* n = todo.back();
         todo.pop_back();
-        if (!seen.insert(n).second)
-            continue;
+        if (!seen.insert(n).second) continue;
         ++n->quiesce_counter_;
         section.nodes_.push_back(n);
         for (Child* p : n->parents_)
-            if (Node* pn = p->parent_->as_node())
-                todo.push_back(pn);
+            if (Node* pn = p->parent_->as_node()) todo.push_back(pn);
     }
     for (bool busy = true; busy;) {
         busy = false;

@@ -4,15 +4,15 @@
 // message that names the node, the permission and both users. The graph is small, so the
 // recomputation is global and simple rather than incremental and clever.
 
+#include "block/node.hpp"
+#include "io/task.hpp"
+#include "util/result.hpp"
+
 #include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "block/node.hpp"
-#include "io/task.hpp"
-#include "util/result.hpp"
 
 namespace fleece::block {
 
@@ -21,20 +21,20 @@ class Graph;
 // Holds requests from outside the graph away from a set of nodes until end() (or
 // destruction). Taken around every structural change that affects running I/O.
 class DrainedSection {
-public:
+  public:
     DrainedSection() = default;
     DrainedSection(DrainedSection&& o) noexcept : nodes_(std::move(o.nodes_)) { o.nodes_.clear(); }
     DrainedSection& operator=(DrainedSection&&) = delete;
     ~DrainedSection() { end(); }
     void end();
 
-private:
+  private:
     friend class Graph;
     std::vector<Node*> nodes_;
 };
 
 class Graph {
-public:
+  public:
     Graph() = default;
     ~Graph();
     Graph(const Graph&) = delete;
@@ -74,7 +74,7 @@ public:
     // Recompute every edge's permissions; on a conflict, restore and return the error.
     Status refresh_permissions();
 
-private:
+  private:
     Status check_conflicts(std::vector<Node*>* order) const;
     Result<std::vector<Node*>> topological_order() const;
     void compute_perms(const std::vector<Node*>& order);

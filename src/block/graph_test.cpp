@@ -1,26 +1,25 @@
 #include "block/graph.hpp"
-
-#include <gtest/gtest.h>
+#include "io/event_loop.hpp"
 
 #include <cstring>
+#include <gtest/gtest.h>
 #include <vector>
-
-#include "io/event_loop.hpp"
 
 namespace fleece::block {
 namespace {
 
 // An in-memory leaf node; each request takes one loop turn so requests overlap.
 class MemNode final : public Node {
-public:
+  public:
     MemNode(std::string name, std::uint64_t size) : Node(std::move(name), "memory"), data_(size) {
         set_size(size);
     }
     std::vector<std::byte> data_;
     int writes = 0;
 
-protected:
-    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf, ReqFlags) override {
+  protected:
+    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf,
+                                      ReqFlags) override {
         co_await io::EventLoop::current().yield();
         std::memcpy(buf.data(), data_.data() + off, buf.size());
         co_return std::error_code{};
@@ -37,13 +36,13 @@ protected:
 
 // A filter that counts the writes passing through it.
 class CountingFilter final : public FilterNode {
-public:
+  public:
     CountingFilter(std::string name, Node& below) : FilterNode(std::move(name), "counter") {
         set_file(add_child(below, ChildRole::file, "file"));
     }
     int writes = 0;
 
-protected:
+  protected:
     io::Task<std::error_code> do_write(std::uint64_t off, std::span<const std::byte> buf,
                                        ReqFlags f) override {
         ++writes;
@@ -54,7 +53,7 @@ protected:
 // A node that reads its child as a consistent snapshot and forbids other writers, like a
 // backup source without a filter.
 class ExclusiveReader final : public FilterNode {
-public:
+  public:
     ExclusiveReader(std::string name, Node& below) : FilterNode(std::move(name), "reader") {
         set_file(add_child(below, ChildRole::file, "file"));
     }

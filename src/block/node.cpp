@@ -1,11 +1,11 @@
 #include "block/node.hpp"
 
+#include "util/align.hpp"
+#include "util/assert.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <vector>
-
-#include "util/align.hpp"
-#include "util/assert.hpp"
 
 namespace fleece::block {
 
@@ -29,8 +29,7 @@ std::string perm_names(PermSet perms) {
     std::string out;
     for (PermSet bit = 1; bit <= perm_resize; bit <<= 1) {
         if (perms & bit) {
-            if (!out.empty())
-                out += ", ";
+            if (!out.empty()) out += ", ";
             out += perm_name(bit);
         }
     }
@@ -38,14 +37,10 @@ std::string perm_names(PermSet perms) {
 }
 
 const char* perm_name(PermSet one_perm) {
-    if (one_perm & perm_consistent_read)
-        return "consistent-read";
-    if (one_perm & perm_write)
-        return "write";
-    if (one_perm & perm_write_unchanged)
-        return "write-unchanged";
-    if (one_perm & perm_resize)
-        return "resize";
+    if (one_perm & perm_consistent_read) return "consistent-read";
+    if (one_perm & perm_write) return "write";
+    if (one_perm & perm_write_unchanged) return "write-unchanged";
+    if (one_perm & perm_resize) return "resize";
     return "none";
 }
 
@@ -56,7 +51,9 @@ Child::Child(ChildParent* parent, Node* node, ChildRole role, std::string name, 
     : parent_(parent), node_(node), role_(role), name_(std::move(name)), perm_(perm),
       shared_(shared) {}
 
-Child::~Child() { FLEECE_ASSERT(!attached_); }
+Child::~Child() {
+    FLEECE_ASSERT(!attached_);
+}
 
 io::Task<void> Child::wait_while_quiesced() {
     // Only requests entering the graph from outside wait; a node's own requests to its
@@ -66,12 +63,12 @@ io::Task<void> Child::wait_while_quiesced() {
 }
 
 bool Child::may_write(ReqFlags flags) const {
-    if (perm_ & perm_write)
-        return true;
+    if (perm_ & perm_write) return true;
     return (flags & req_write_unchanged) && (perm_ & perm_write_unchanged);
 }
 
-io::Task<std::error_code> Child::read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags) {
+io::Task<std::error_code> Child::read(std::uint64_t offset, std::span<std::byte> buf,
+                                      ReqFlags flags) {
     co_await wait_while_quiesced();
     co_return co_await node_->read(offset, buf, flags);
 }
@@ -79,23 +76,20 @@ io::Task<std::error_code> Child::read(std::uint64_t offset, std::span<std::byte>
 io::Task<std::error_code> Child::write(std::uint64_t offset, std::span<const std::byte> buf,
                                        ReqFlags flags) {
     co_await wait_while_quiesced();
-    if (!may_write(flags))
-        co_return errno_code(EPERM);
+    if (!may_write(flags)) co_return errno_code(EPERM);
     co_return co_await node_->write(offset, buf, flags);
 }
 
 io::Task<std::error_code> Child::write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               ReqFlags flags) {
     co_await wait_while_quiesced();
-    if (!may_write(flags))
-        co_return errno_code(EPERM);
+    if (!may_write(flags)) co_return errno_code(EPERM);
     co_return co_await node_->write_zeroes(offset, length, flags);
 }
 
 io::Task<std::error_code> Child::discard(std::uint64_t offset, std::uint64_t length) {
     co_await wait_while_quiesced();
-    if (!may_write(0))
-        co_return errno_code(EPERM);
+    if (!may_write(0)) co_return errno_code(EPERM);
     co_return co_await node_->discard(offset, length);
 }
 
@@ -112,20 +106,20 @@ io::Task<BlockStatus> Child::block_status(std::uint64_t offset, std::uint64_t le
 // ---- Node -------------------------------------------------------------------------------
 
 class Node::InFlight {
-public:
+  public:
     explicit InFlight(Node* n) : n_(n) { ++n_->in_flight_; }
     ~InFlight() {
-        if (--n_->in_flight_ == 0)
-            n_->idle_.notify_all();
+        if (--n_->in_flight_ == 0) n_->idle_.notify_all();
     }
     InFlight(const InFlight&) = delete;
     InFlight& operator=(const InFlight&) = delete;
 
-private:
+  private:
     Node* n_;
 };
 
-Node::Node(std::string name, std::string driver) : name_(std::move(name)), driver_(std::move(driver)) {}
+Node::Node(std::string name, std::string driver)
+    : name_(std::move(name)), driver_(std::move(driver)) {}
 
 Node::~Node() {
     FLEECE_ASSERT(parents_.empty());
@@ -134,8 +128,7 @@ Node::~Node() {
 
 Child* Node::child(std::string_view edge_name) const {
     for (const auto& c : children_)
-        if (c->name() == edge_name)
-            return c.get();
+        if (c->name() == edge_name) return c.get();
     return nullptr;
 }
 
@@ -164,57 +157,45 @@ PermPair Node::child_perms(const Child& c, PermSet parent_perm, PermSet parent_s
 }
 
 std::error_code Node::check_range(std::uint64_t offset, std::uint64_t length) const {
-    if (!range_within(offset, length, size_))
-        return errno_code(EINVAL);
+    if (!range_within(offset, length, size_)) return errno_code(EINVAL);
     return {};
 }
 
 std::error_code Node::check_writable() const {
-    if (read_only_ || !caps_.write)
-        return errno_code(EPERM);
+    if (read_only_ || !caps_.write) return errno_code(EPERM);
     return {};
 }
 
-io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags) {
-    if (auto e = check_range(offset, buf.size()))
-        co_return e;
-    if (buf.empty())
-        co_return std::error_code{};
+io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> buf,
+                                     ReqFlags flags) {
+    if (auto e = check_range(offset, buf.size())) co_return e;
+    if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
     co_return co_await do_read(offset, buf, flags);
 }
 
 io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std::byte> buf,
                                       ReqFlags flags) {
-    if (auto e = check_range(offset, buf.size()))
-        co_return e;
-    if (auto e = check_writable())
-        co_return e;
-    if (buf.empty())
-        co_return std::error_code{};
+    if (auto e = check_range(offset, buf.size())) co_return e;
+    if (auto e = check_writable()) co_return e;
+    if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
     co_return co_await do_write(offset, buf, flags);
 }
 
 io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t length,
                                              ReqFlags flags) {
-    if (auto e = check_range(offset, length))
-        co_return e;
-    if (auto e = check_writable())
-        co_return e;
-    if (length == 0)
-        co_return std::error_code{};
+    if (auto e = check_range(offset, length)) co_return e;
+    if (auto e = check_writable()) co_return e;
+    if (length == 0) co_return std::error_code{};
     InFlight guard(this);
     co_return co_await do_write_zeroes(offset, length, flags);
 }
 
 io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t length) {
-    if (auto e = check_range(offset, length))
-        co_return e;
-    if (auto e = check_writable())
-        co_return e;
-    if (length == 0)
-        co_return std::error_code{};
+    if (auto e = check_range(offset, length)) co_return e;
+    if (auto e = check_writable()) co_return e;
+    if (length == 0) co_return std::error_code{};
     InFlight guard(this);
     co_return co_await do_discard(offset, length);
 }
@@ -238,8 +219,7 @@ io::Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t len
 
 io::Task<std::error_code> Node::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                 ReqFlags flags) {
-    if (flags & req_no_fallback)
-        co_return errno_code(ENOTSUP);
+    if (flags & req_no_fallback) co_return errno_code(ENOTSUP);
     const std::uint64_t chunk = std::min<std::uint64_t>(length, 1u << 20);
     std::vector<std::byte> zeroes(chunk);
     for (std::uint64_t done = 0; done < length;) {
@@ -264,14 +244,12 @@ io::Task<BlockStatus> Node::do_block_status(std::uint64_t, std::uint64_t length)
 // ---- FilterNode -------------------------------------------------------------------------
 
 PermPair FilterNode::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
-    if (&c == file_)
-        return filter_child_perms(parent_perm, parent_shared);
+    if (&c == file_) return filter_child_perms(parent_perm, parent_shared);
     return Node::child_perms(c, parent_perm, parent_shared);
 }
 
 void FilterNode::refresh_from_children() {
-    if (!file_)
-        return;
+    if (!file_) return;
     set_size(file_->node().size());
     caps_ = file_->node().caps();
     limits_ = file_->node().limits();
@@ -292,7 +270,9 @@ io::Task<std::error_code> FilterNode::do_write_zeroes(std::uint64_t offset, std:
 io::Task<std::error_code> FilterNode::do_discard(std::uint64_t offset, std::uint64_t length) {
     return file_->discard(offset, length);
 }
-io::Task<std::error_code> FilterNode::do_flush() { return file_->flush(); }
+io::Task<std::error_code> FilterNode::do_flush() {
+    return file_->flush();
+}
 io::Task<BlockStatus> FilterNode::do_block_status(std::uint64_t offset, std::uint64_t length) {
     return file_->block_status(offset, length);
 }

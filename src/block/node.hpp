@@ -8,6 +8,11 @@
 // (exports, jobs), holds new requests while the node is drained so that a graph change
 // (e.g. inserting a copy-before-write filter) takes effect for every later request.
 
+#include "block/perm.hpp"
+#include "block/types.hpp"
+#include "io/sync.hpp"
+#include "io/task.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -15,11 +20,6 @@
 #include <string_view>
 #include <system_error>
 #include <vector>
-
-#include "block/perm.hpp"
-#include "block/types.hpp"
-#include "io/sync.hpp"
-#include "io/task.hpp"
 
 namespace fleece::block {
 
@@ -32,7 +32,7 @@ const char* role_name(ChildRole role);
 
 // Whoever holds a Child: a Node, an export or a job.
 class ChildParent {
-public:
+  public:
     virtual ~ChildParent() = default;
     // For messages: "node 'cbw'", "export 'guest'", "job 'bk'".
     virtual std::string parent_description() const = 0;
@@ -44,7 +44,7 @@ public:
 };
 
 class Child {
-public:
+  public:
     Child(ChildParent* parent, Node* node, ChildRole role, std::string name, PermSet perm = 0,
           PermSet shared = perm_all);
     ~Child();
@@ -59,7 +59,8 @@ public:
     PermSet shared() const { return shared_; }
     bool attached() const { return attached_; }
 
-    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags = 0);
+    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf,
+                                   ReqFlags flags = 0);
     io::Task<std::error_code> write(std::uint64_t offset, std::span<const std::byte> buf,
                                     ReqFlags flags = 0);
     io::Task<std::error_code> write_zeroes(std::uint64_t offset, std::uint64_t length,
@@ -68,7 +69,7 @@ public:
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
 
-private:
+  private:
     friend class Graph;
     friend class Node;
     io::Task<void> wait_while_quiesced();
@@ -84,7 +85,7 @@ private:
 };
 
 class Node : public ChildParent {
-public:
+  public:
     Node(std::string name, std::string driver);
     ~Node() override;
 
@@ -137,7 +138,7 @@ public:
     const char* parent_type() const override { return "block-driver"; }
     Node* as_node() override { return this; }
 
-protected:
+  protected:
     virtual io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
                                               ReqFlags flags) = 0;
     virtual io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
@@ -159,7 +160,7 @@ protected:
     Limits limits_;
     bool read_only_ = false;
 
-private:
+  private:
     friend class Graph;
     friend class Child;
     friend class DrainedSection;
@@ -181,12 +182,12 @@ private:
 
 // Forwards every operation to the `file` child; drivers override what they change.
 class FilterNode : public Node {
-public:
+  public:
     using Node::Node;
     PermPair child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const override;
     void refresh_from_children() override;
 
-protected:
+  protected:
     Child& file() const { return *file_; }
     void set_file(Child& c) { file_ = &c; }
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -199,7 +200,7 @@ protected:
     io::Task<std::error_code> do_flush() override;
     io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length) override;
 
-private:
+  private:
     Child* file_ = nullptr;
 };
 

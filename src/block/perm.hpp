@@ -41,8 +41,7 @@ inline PermPair storage_child_perms(PermSet parent_perm, PermSet parent_shared, 
 // A backing (COW) child: only reads; others may write it only if the parents allow writes.
 inline PermPair backing_child_perms(PermSet parent_perm, PermSet parent_shared) {
     PermSet shared = perm_consistent_read | perm_write_unchanged;
-    if (parent_shared & perm_write)
-        shared |= perm_write | perm_resize;
+    if (parent_shared & perm_write) shared |= perm_write | perm_resize;
     return {parent_perm & perm_consistent_read, shared};
 }
 

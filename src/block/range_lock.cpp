@@ -1,9 +1,9 @@
 #include "block/range_lock.hpp"
 
-#include <limits>
-
 #include "io/event_loop.hpp"
 #include "util/assert.hpp"
+
+#include <limits>
 
 namespace fleece::block {
 
@@ -11,15 +11,14 @@ namespace fleece::block {
 // posts the coroutine. If the frame is destroyed while still suspended, the destructor
 // withdraws the request (or drops the lock it was already granted).
 class RangeLockTable::Awaiter {
-public:
+  public:
     Awaiter(RangeLockTable* table, Iter it) : table_(table), it_(it), kind_(it->kind) {
         it_->granted = &granted_;
     }
     Awaiter(const Awaiter&) = delete;
     Awaiter& operator=(const Awaiter&) = delete;
     ~Awaiter() {
-        if (!resumed_)
-            table_->cancel(it_, kind_, granted_);
+        if (!resumed_) table_->cancel(it_, kind_, granted_);
     }
     bool await_ready() const noexcept { return false; }
     void await_suspend(std::coroutine_handle<> h) noexcept { it_->waiter = h; }
@@ -28,7 +27,7 @@ public:
         resumed_ = true;
     }
 
-private:
+  private:
     RangeLockTable* table_;
     Iter it_; // dangles once an idle request is granted; only used for lock requests then
     Kind kind_;
@@ -48,11 +47,9 @@ void RangeLockTable::check_range(std::uint64_t offset, std::uint64_t length) {
 
 bool RangeLockTable::can_grant_now(const Entry& e) const {
     for (const Entry& h : holders_)
-        if (conflict(h, e))
-            return false;
+        if (conflict(h, e)) return false;
     for (const Entry& w : waiters_)
-        if (conflict(w, e))
-            return false;
+        if (conflict(w, e)) return false;
     return true;
 }
 
@@ -88,8 +85,7 @@ std::optional<RangeLockTable::Guard> RangeLockTable::try_lock(std::uint64_t offs
                                                               std::uint64_t length, Mode mode) {
     check_range(offset, length);
     Entry e{offset, length, kind_of(mode), State::held, {}, nullptr};
-    if (!can_grant_now(e))
-        return std::nullopt;
+    if (!can_grant_now(e)) return std::nullopt;
     holders_.push_back(e);
     add_holder_checked(std::prev(holders_.end()));
     return Guard(this, std::prev(holders_.end()));
@@ -98,16 +94,14 @@ std::optional<RangeLockTable::Guard> RangeLockTable::try_lock(std::uint64_t offs
 io::Task<void> RangeLockTable::wait_idle(std::uint64_t offset, std::uint64_t length) {
     check_range(offset, length);
     Entry e{offset, length, Kind::idle, State::waiting, {}, nullptr};
-    if (can_grant_now(e))
-        co_return;
+    if (can_grant_now(e)) co_return;
     co_await Awaiter(this, enqueue(e));
 }
 
 bool RangeLockTable::overlaps_holder(std::uint64_t offset, std::uint64_t length) const {
     check_range(offset, length);
     for (const Entry& h : holders_)
-        if (overlap(h.offset, h.length, offset, length))
-            return true;
+        if (overlap(h.offset, h.length, offset, length)) return true;
     return false;
 }
 
@@ -115,8 +109,7 @@ void RangeLockTable::shrink(Guard& guard, std::uint64_t new_length) {
     FLEECE_ASSERT(guard.table_ == this);
     FLEECE_ASSERT(guard.it_->state == State::held);
     FLEECE_ASSERT(new_length <= guard.it_->length);
-    if (new_length == guard.it_->length)
-        return;
+    if (new_length == guard.it_->length) return;
     guard.it_->length = new_length;
     grant_waiters();
 }
@@ -130,8 +123,7 @@ void RangeLockTable::release(Iter it) {
 void RangeLockTable::cancel(Iter it, Kind kind, bool granted) {
     if (granted) {
         // Granted but destroyed before it ran: give the lock back.
-        if (kind != Kind::idle)
-            release(it);
+        if (kind != Kind::idle) release(it);
         return;
     }
     FLEECE_ASSERT(it->state == State::waiting);

@@ -17,6 +17,8 @@
 //
 // The table must outlive every Guard and every pending lock()/wait_idle().
 
+#include "io/task.hpp"
+
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -24,15 +26,13 @@
 #include <optional>
 #include <utility>
 
-#include "io/task.hpp"
-
 namespace fleece::block {
 
 class RangeLockTable {
-public:
+  public:
     enum class Mode { shared, exclusive };
 
-private:
+  private:
     enum class Kind : std::uint8_t { shared, exclusive, idle };
     enum class State : std::uint8_t { waiting, held };
     struct Entry {
@@ -46,9 +46,9 @@ private:
     using List = std::list<Entry>;
     using Iter = List::iterator;
 
-public:
+  public:
     class Guard {
-    public:
+      public:
         Guard() = default;
         Guard(Guard&& o) noexcept : table_(std::exchange(o.table_, nullptr)), it_(o.it_) {}
         Guard& operator=(Guard&& o) noexcept {
@@ -64,8 +64,7 @@ public:
         ~Guard() { release(); }
 
         void release() {
-            if (table_)
-                std::exchange(table_, nullptr)->release(it_);
+            if (table_) std::exchange(table_, nullptr)->release(it_);
         }
         bool held() const { return table_ != nullptr; }
         // The held range; 0/0 once released.
@@ -73,7 +72,7 @@ public:
         std::uint64_t length() const { return table_ ? it_->length : 0; }
         bool exclusive() const { return table_ && it_->kind == Kind::exclusive; }
 
-    private:
+      private:
         friend class RangeLockTable;
         Guard(RangeLockTable* t, Iter it) : table_(t), it_(it) {}
         RangeLockTable* table_ = nullptr;
@@ -103,7 +102,7 @@ public:
     // waiters that no longer conflict. A lock shrunk to zero stays held but blocks nothing.
     void shrink(Guard& guard, std::uint64_t new_length);
 
-private:
+  private:
     class Awaiter;
 
     static bool overlap(std::uint64_t a_off, std::uint64_t a_len, std::uint64_t b_off,
@@ -111,8 +110,7 @@ private:
         return a_len != 0 && b_len != 0 && a_off < b_off + b_len && b_off < a_off + a_len;
     }
     static bool conflict(const Entry& a, const Entry& b) {
-        if (a.kind == Kind::shared && b.kind == Kind::shared)
-            return false;
+        if (a.kind == Kind::shared && b.kind == Kind::shared) return false;
         return overlap(a.offset, a.length, b.offset, b.length);
     }
     static Kind kind_of(Mode m) { return m == Mode::shared ? Kind::shared : Kind::exclusive; }

@@ -9,6 +9,10 @@
 //    table's holder/waiter counts and overlaps_holder() agree with the model throughout.
 // Not part of the engine; header-only so the fuzzer needs nothing but fleece_block.
 
+#include "block/range_lock.hpp"
+#include "io/event_loop.hpp"
+#include "io/task.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -16,14 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "block/range_lock.hpp"
-#include "io/event_loop.hpp"
-#include "io/task.hpp"
-
 namespace fleece::block::testing {
 
 class RangeLockModel {
-public:
+  public:
     enum class Kind { shared, exclusive, idle };
     enum class State { pending, granted, done };
     struct Req {
@@ -34,10 +34,8 @@ public:
     };
 
     static bool conflict(const Req& a, const Req& b) {
-        if (a.length == 0 || b.length == 0)
-            return false;
-        if (a.offset + a.length <= b.offset || b.offset + b.length <= a.offset)
-            return false;
+        if (a.length == 0 || b.length == 0) return false;
+        if (a.offset + a.length <= b.offset || b.offset + b.length <= a.offset) return false;
         return !(a.kind == Kind::shared && b.kind == Kind::shared);
     }
 
@@ -51,8 +49,7 @@ public:
     long try_request(std::uint64_t offset, std::uint64_t length, Kind kind) {
         const Req r{offset, length, kind, State::pending};
         for (const Req& o : reqs_)
-            if (o.state != State::done && conflict(o, r))
-                return -1;
+            if (o.state != State::done && conflict(o, r)) return -1;
         reqs_.push_back(r);
         reqs_.back().state = State::granted;
         return static_cast<long>(reqs_.size() - 1);
@@ -75,29 +72,25 @@ public:
     bool overlaps_holder(std::uint64_t offset, std::uint64_t length) const {
         const Req probe{offset, length, Kind::exclusive, State::pending};
         for (const Req& r : reqs_)
-            if (r.state == State::granted && conflict(r, probe))
-                return true;
+            if (r.state == State::granted && conflict(r, probe)) return true;
         return false;
     }
 
-private:
+  private:
     // The rule, literally: a pending request is granted iff it conflicts with no granted
     // request and no earlier pending request. Repeat until nothing changes.
     void settle() {
         std::vector<std::size_t> live; // requests not done, in request order
         for (std::size_t i = 0; i < reqs_.size(); ++i)
-            if (reqs_[i].state != State::done)
-                live.push_back(i);
+            if (reqs_[i].state != State::done) live.push_back(i);
         bool changed = true;
         while (changed) {
             changed = false;
             for (std::size_t i : live) {
-                if (reqs_[i].state != State::pending)
-                    continue;
+                if (reqs_[i].state != State::pending) continue;
                 bool blocked = false;
                 for (std::size_t j : live) {
-                    if (j == i || !conflict(reqs_[i], reqs_[j]))
-                        continue;
+                    if (j == i || !conflict(reqs_[i], reqs_[j])) continue;
                     if (reqs_[j].state == State::granted ||
                         (reqs_[j].state == State::pending && j < i)) {
                         blocked = true;
@@ -127,8 +120,7 @@ template <class Source> struct Scenario {
     std::uint64_t space = 64 * 1024;
 
     void fail(const std::string& what) {
-        if (error.empty())
-            error = what;
+        if (error.empty()) error = what;
     }
     void pick_range(std::uint64_t* offset, std::uint64_t* length) {
         static constexpr std::uint64_t units[] = {1, 512, 4096, 16384};
@@ -156,8 +148,7 @@ template <class Source> struct Scenario {
             fail(std::string(where) + ": overlaps_holder disagrees");
     }
     void note_request(std::size_t id) {
-        if (resumed.size() <= id)
-            resumed.resize(id + 1, false);
+        if (resumed.size() <= id) resumed.resize(id + 1, false);
     }
     // (a) and (c), from observations only.
     void on_granted(std::size_t id, bool holds) {
@@ -173,8 +164,7 @@ template <class Source> struct Scenario {
                      std::to_string(j));
         }
         resumed[id] = true;
-        if (!holds)
-            return;
+        if (!holds) return;
         for (std::size_t h : observed_holders)
             if (RangeLockModel::conflict(model.req(h), me))
                 fail("conflicting holders " + std::to_string(h) + " and " + std::to_string(id));
@@ -186,8 +176,7 @@ template <class Source> struct Scenario {
     }
 };
 
-template <class Source>
-io::Task<void> scenario_worker(Scenario<Source>* s, int ops) {
+template <class Source> io::Task<void> scenario_worker(Scenario<Source>* s, int ops) {
     using K = RangeLockModel::Kind;
     using S = RangeLockModel::State;
     auto& loop = io::EventLoop::current();
@@ -217,8 +206,7 @@ io::Task<void> scenario_worker(Scenario<Source>* s, int ops) {
             auto g = s->table->try_lock(off, len, mode);
             if (g.has_value() != (mid >= 0)) {
                 s->fail("try_lock disagrees with the model");
-                if (g)
-                    g->release();
+                if (g) g->release();
                 continue;
             }
             if (!g) {
@@ -254,8 +242,7 @@ io::Task<void> scenario_worker(Scenario<Source>* s, int ops) {
         else
             guard = RangeLockTable::Guard(); // move-assign drops the old lock
         s->on_released(id);
-        if (guard.held())
-            s->fail("guard still held after release");
+        if (guard.held()) s->fail("guard still held after release");
         s->check_sync("released");
     }
     --s->running;
@@ -283,8 +270,7 @@ io::Task<std::string> run_range_lock_scenario(Source* src, int workers, int ops)
         (void)table.release();
         co_return sp.release()->error;
     }
-    if (table->holders() != 0 || table->waiters() != 0)
-        s.fail("table not empty at the end");
+    if (table->holders() != 0 || table->waiters() != 0) s.fail("table not empty at the end");
     if (s.model.count(RangeLockModel::State::pending) != 0 ||
         s.model.count(RangeLockModel::State::granted) != 0)
         s.fail("model not empty at the end");

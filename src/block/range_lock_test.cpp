@@ -1,13 +1,11 @@
 #include "block/range_lock.hpp"
+#include "block/range_lock_model.hpp"
+#include "io/event_loop.hpp"
 
 #include <gtest/gtest.h>
-
 #include <random>
 #include <string>
 #include <vector>
-
-#include "block/range_lock_model.hpp"
-#include "io/event_loop.hpp"
 
 namespace fleece::block {
 namespace {
@@ -161,7 +159,7 @@ TEST(RangeLock, FifoWritersNotStarvedByReaders) {
         EventLoop::current().spawn(locker(&t, 200, 10, Mode::shared, &log, 3, 0)); // unrelated
         co_await turns(1);
         EXPECT_EQ(t.waiters(), 2u);
-        EXPECT_FALSE(t.try_lock(55, 1, Mode::shared)); // would jump the waiting writer
+        EXPECT_FALSE(t.try_lock(55, 1, Mode::shared));    // would jump the waiting writer
         EXPECT_TRUE(t.try_lock(100, 5, Mode::exclusive)); // adjacent to both
         co_await turns(3);
         EXPECT_EQ(log, (std::vector<int>{3, -3}));
@@ -239,7 +237,7 @@ TEST(RangeLock, WaitIdle) {
         std::vector<int> log;
         co_await t.wait_idle(0, 100); // empty table: immediate
         auto s = co_await t.lock(0, 100, Mode::shared);
-        co_await t.wait_idle(100, 100); // adjacent: immediate
+        co_await t.wait_idle(100, 100);                               // adjacent: immediate
         EventLoop::current().spawn(idle_waiter(&t, 50, 10, &log, 1)); // overlaps a reader
         co_await turns(2);
         EXPECT_TRUE(log.empty());
@@ -325,7 +323,9 @@ struct Starter {
     };
     std::coroutine_handle<promise_type> h;
 };
-Starter start(Task<void>* task) { co_await std::move(*task); }
+Starter start(Task<void>* task) {
+    co_await std::move(*task);
+}
 
 TEST(RangeLock, DestroyedWaiterWithdrawsItsRequest) {
     EventLoop loop;
@@ -362,8 +362,8 @@ TEST(RangeLock, ModelBasedRandomSchedules) {
         EventLoop loop;
         Mt src{std::mt19937_64(seed)};
         const int workers = 4 + static_cast<int>(seed % 29); // 4..32 coroutines
-        const std::string error = loop.run_until_complete(
-            testing::run_range_lock_scenario(&src, workers, 40));
+        const std::string error =
+            loop.run_until_complete(testing::run_range_lock_scenario(&src, workers, 40));
         ASSERT_EQ(error, "");
     }
 }

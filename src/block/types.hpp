@@ -14,20 +14,20 @@ inline constexpr ReqFlags req_no_fallback = 0x4;     // write-zeroes must be fas
 inline constexpr ReqFlags req_write_unchanged = 0x8; // content stays the same (CBW into fleecing)
 
 struct Caps {
-    bool write = true;        // the node can be written at all
+    bool write = true; // the node can be written at all
     bool flush = true;
-    bool fua = false;         // native FUA (otherwise emulated by a flush)
-    bool trim = false;        // discard does something
-    bool zero = false;        // efficient write-zeroes
-    bool fast_zero = false;   // write-zeroes that is guaranteed fast
+    bool fua = false;          // native FUA (otherwise emulated by a flush)
+    bool trim = false;         // discard does something
+    bool zero = false;         // efficient write-zeroes
+    bool fast_zero = false;    // write-zeroes that is guaranteed fast
     bool block_status = false; // reports holes / zeroes
 };
 
 struct Limits {
-    std::uint32_t request_alignment = 1;     // offsets and lengths must be multiples of this
+    std::uint32_t request_alignment = 1; // offsets and lengths must be multiples of this
     std::uint32_t preferred_alignment = 4096;
-    std::uint32_t max_transfer = 32u << 20;  // largest read/write per request
-    std::uint32_t cluster_size = 0;          // allocation unit, 0 = unknown
+    std::uint32_t max_transfer = 32u << 20; // largest read/write per request
+    std::uint32_t cluster_size = 0;         // allocation unit, 0 = unknown
 };
 
 // Status of the prefix [offset, offset + length) of a queried range.
@@ -41,6 +41,8 @@ struct BlockStatus {
     std::uint32_t depth = 1; // 1 = this node, 2 = its backing, ... 0 = unallocated everywhere
 };
 
-inline std::error_code errno_code(int e) { return {e, std::generic_category()}; }
+inline std::error_code errno_code(int e) {
+    return {e, std::generic_category()};
+}
 
 } // namespace fleece::block

@@ -21,15 +21,15 @@ struct IoOp {
     void* buffer = nullptr;
     std::uint64_t length = 0;
     std::uint64_t offset = 0;
-    int mode = 0;             // fallocate mode, or poll event mask
-    std::int64_t result = 0;  // bytes / revents, or -errno
+    int mode = 0;            // fallocate mode, or poll event mask
+    std::int64_t result = 0; // bytes / revents, or -errno
     std::coroutine_handle<> waiter;
 };
 
 class EventLoop;
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
     virtual std::string_view name() const = 0;
     // Queue an operation. Its completion sets op->result and posts op->waiter on the loop.

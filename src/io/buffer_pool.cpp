@@ -1,10 +1,10 @@
 #include "io/buffer_pool.hpp"
 
+#include "util/assert.hpp"
+
 #include <bit>
 #include <cstdlib>
 #include <cstring>
-
-#include "util/assert.hpp"
 
 namespace fleece::io {
 

@@ -2,21 +2,21 @@
 // A bounded pool of aligned I/O buffers. Alignment suits O_DIRECT (4096); the byte budget
 // bounds the memory that in-flight requests may pin, and get() waits when it is spent.
 
+#include "io/sync.hpp"
+#include "io/task.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <utility>
 #include <vector>
 
-#include "io/sync.hpp"
-#include "io/task.hpp"
-
 namespace fleece::io {
 
 class BufferPool;
 
 class Buffer {
-public:
+  public:
     Buffer() = default;
     Buffer(BufferPool* pool, std::byte* data, std::size_t size, std::size_t capacity)
         : pool_(pool), data_(data), size_(size), capacity_(capacity) {}
@@ -32,7 +32,7 @@ public:
     explicit operator bool() const { return data_ != nullptr; }
     void reset();
 
-private:
+  private:
     BufferPool* pool_ = nullptr;
     std::byte* data_ = nullptr;
     std::size_t size_ = 0;
@@ -40,7 +40,7 @@ private:
 };
 
 class BufferPool {
-public:
+  public:
     static constexpr std::size_t alignment = 4096;
 
     explicit BufferPool(std::size_t max_bytes);
@@ -53,7 +53,7 @@ public:
     std::size_t max_bytes() const { return max_bytes_; }
     std::size_t bytes_in_use() const { return max_bytes_ - budget_.available(); }
 
-private:
+  private:
     friend class Buffer;
     static std::size_t capacity_for(std::size_t size);
     std::byte* take_block(std::size_t capacity);

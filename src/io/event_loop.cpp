@@ -1,9 +1,9 @@
 #include "io/event_loop.hpp"
 
-#include <array>
-
 #include "util/assert.hpp"
 #include "util/log.hpp"
+
+#include <array>
 
 namespace fleece::io {
 
@@ -49,7 +49,9 @@ struct FrameCache {
     }
 };
 thread_local FrameCache t_frames;
-std::size_t frame_class(std::size_t size) { return (size + frame_class_bytes - 1) / frame_class_bytes; }
+std::size_t frame_class(std::size_t size) {
+    return (size + frame_class_bytes - 1) / frame_class_bytes;
+}
 } // namespace
 
 void* allocate_frame(std::size_t size) {
@@ -61,7 +63,7 @@ void* allocate_frame(std::size_t size) {
             list.pop_back();
             return p;
         }
-        return ::operator new(c * frame_class_bytes);
+        return ::operator new(c* frame_class_bytes);
     }
     return ::operator new(size);
 }
@@ -82,8 +84,7 @@ void free_frame(void* p, std::size_t size) noexcept {
 EventLoop::EventLoop(BackendKind kind) {
     FLEECE_ASSERT(t_current == nullptr);
     t_current = this;
-    if (kind != BackendKind::threads)
-        backend_ = make_uring_backend(*this);
+    if (kind != BackendKind::threads) backend_ = make_uring_backend(*this);
     if (!backend_) {
         if (kind == BackendKind::io_uring)
             log::warn("io_uring requested but unavailable; using the thread-pool backend");
@@ -116,7 +117,9 @@ void EventLoop::post_from_thread(std::function<void()> fn) {
     backend_->wakeup();
 }
 
-void EventLoop::spawn(Task<void> task) { post(run_detached(std::move(task)).handle); }
+void EventLoop::spawn(Task<void> task) {
+    post(run_detached(std::move(task)).handle);
+}
 
 void EventLoop::run() {
     stop_requested_ = false;
@@ -166,14 +169,14 @@ void EventLoop::fire_timers() {
 }
 
 std::int64_t EventLoop::next_timeout_ns() const {
-    if (timers_.empty())
-        return -1;
+    if (timers_.empty()) return -1;
     const auto d = timers_.begin()->deadline - Clock::now();
-    return std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+    return std::max<std::int64_t>(0,
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
 }
 
-EventLoop::TimerHandle EventLoop::add_timer(Clock::time_point deadline, std::coroutine_handle<> waiter,
-                                            bool* expired) {
+EventLoop::TimerHandle EventLoop::add_timer(Clock::time_point deadline,
+                                            std::coroutine_handle<> waiter, bool* expired) {
     return timers_.insert(TimerEntry{deadline, timer_seq_++, waiter, expired}).first;
 }
 

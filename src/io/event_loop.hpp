@@ -3,6 +3,9 @@
 // and an I/O Backend. Everything in the block graph runs on it, so the graph needs no locks:
 // code between two co_awaits is atomic with respect to every other request.
 
+#include "io/backend.hpp"
+#include "io/task.hpp"
+
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -16,15 +19,12 @@
 #include <string_view>
 #include <vector>
 
-#include "io/backend.hpp"
-#include "io/task.hpp"
-
 namespace fleece::io {
 
 using Clock = std::chrono::steady_clock;
 
 class EventLoop {
-public:
+  public:
     explicit EventLoop(BackendKind kind = BackendKind::automatic);
     ~EventLoop();
     EventLoop(const EventLoop&) = delete;
@@ -87,12 +87,13 @@ public:
         }
     };
     using TimerHandle = std::set<TimerEntry>::iterator;
-    TimerHandle add_timer(Clock::time_point deadline, std::coroutine_handle<> waiter, bool* expired);
+    TimerHandle add_timer(Clock::time_point deadline, std::coroutine_handle<> waiter,
+                          bool* expired);
     void cancel_timer(TimerHandle it); // resumes the waiter with expired=false
 
     std::size_t pending_timers() const { return timers_.size(); }
 
-private:
+  private:
     void turn();
     void run_ready();
     void fire_timers();
@@ -111,7 +112,7 @@ private:
 // A one-shot, cancellable timer: `co_await timer.wait_until(t)` returns true when the
 // deadline passed, false when cancel() woke it early.
 class EventLoop::Timer {
-public:
+  public:
     explicit Timer(EventLoop& loop) : loop_(loop) {}
     Timer(const Timer&) = delete;
     ~Timer() { FLEECE_ASSERT(!armed_); }
@@ -139,11 +140,10 @@ public:
     auto wait_for(Clock::duration d) { return wait_until(Clock::now() + d); }
     bool armed() const { return armed_; }
     void cancel() {
-        if (armed_ && !expired_)
-            loop_.cancel_timer(handle_);
+        if (armed_ && !expired_) loop_.cancel_timer(handle_);
     }
 
-private:
+  private:
     EventLoop& loop_;
     TimerHandle handle_{};
     bool expired_ = false;
@@ -181,15 +181,13 @@ template <class T> T EventLoop::run_until_complete(Task<T> task) {
         spawn(detail::capture_void(std::move(task), &error, &done));
         while (!done)
             turn();
-        if (error)
-            std::rethrow_exception(error);
+        if (error) std::rethrow_exception(error);
     } else {
         std::optional<T> out;
         spawn(detail::capture_result<T>(std::move(task), &out, &error, &done));
         while (!done)
             turn();
-        if (error)
-            std::rethrow_exception(error);
+        if (error) std::rethrow_exception(error);
         return std::move(*out);
     }
 }

@@ -1,24 +1,24 @@
 #include "io/event_loop.hpp"
-
-#include <fcntl.h>
-#include <gtest/gtest.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cstring>
-#include <string>
-#include <vector>
-
 #include "io/file_io.hpp"
 #include "io/offload.hpp"
 #include "io/socket.hpp"
+
+#include <cstring>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <string>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
 
 namespace fleece::io {
 namespace {
 
 class EventLoopTest : public ::testing::TestWithParam<BackendKind> {};
 
-Task<int> add_one(int v) { co_return v + 1; }
+Task<int> add_one(int v) {
+    co_return v + 1;
+}
 Task<int> chain(int depth) {
     int v = 0;
     for (int i = 0; i < depth; ++i)
@@ -130,7 +130,9 @@ TEST_P(EventLoopTest, SocketsTransferLargeBuffers) {
     EXPECT_EQ(loop.run_until_complete(socket_echo()), "ok");
 }
 
-Task<int> offloaded() { co_return co_await offload([] { return 6 * 7; }); }
+Task<int> offloaded() {
+    co_return co_await offload([] { return 6 * 7; });
+}
 
 TEST_P(EventLoopTest, OffloadRunsOnWorkerAndResumesOnLoop) {
     EventLoop loop(GetParam());
@@ -140,7 +142,8 @@ TEST_P(EventLoopTest, OffloadRunsOnWorkerAndResumesOnLoop) {
 INSTANTIATE_TEST_SUITE_P(Backends, EventLoopTest,
                          ::testing::Values(BackendKind::automatic, BackendKind::threads),
                          [](const auto& param_info) {
-                             return param_info.param == BackendKind::threads ? "threads" : "automatic";
+                             return param_info.param == BackendKind::threads ? "threads"
+                                                                             : "automatic";
                          });
 
 TEST(EventLoopBackend, AutomaticPrefersIoUring) {

@@ -6,10 +6,8 @@ Task<std::int64_t> pread_full(int fd, std::span<std::byte> buf, std::uint64_t of
     std::uint64_t done = 0;
     while (done < buf.size()) {
         const std::int64_t r = co_await pread(fd, buf.subspan(done), offset + done);
-        if (r < 0)
-            co_return r;
-        if (r == 0)
-            break; // end of file
+        if (r < 0) co_return r;
+        if (r == 0) break; // end of file
         done += static_cast<std::uint64_t>(r);
     }
     co_return static_cast<std::int64_t>(done);
@@ -19,10 +17,8 @@ Task<std::int64_t> pwrite_full(int fd, std::span<const std::byte> buf, std::uint
     std::uint64_t done = 0;
     while (done < buf.size()) {
         const std::int64_t r = co_await pwrite(fd, buf.subspan(done), offset + done);
-        if (r < 0)
-            co_return r;
-        if (r == 0)
-            co_return -5; // EIO: a zero-length write would loop forever
+        if (r < 0) co_return r;
+        if (r == 0) co_return -5; // EIO: a zero-length write would loop forever
         done += static_cast<std::uint64_t>(r);
     }
     co_return static_cast<std::int64_t>(done);

@@ -2,10 +2,10 @@
 // Awaitable system calls on the current EventLoop. Results are bytes (or 0) on success and
 // -errno on failure, like io_uring's CQE result.
 
+#include "io/event_loop.hpp"
+
 #include <cstdint>
 #include <span>
-
-#include "io/event_loop.hpp"
 
 namespace fleece::io {
 
@@ -14,11 +14,15 @@ inline auto pread(int fd, std::span<std::byte> buf, std::uint64_t offset) {
         IoOp{IoOpcode::read, fd, buf.data(), buf.size(), offset, 0, 0, {}});
 }
 inline auto pwrite(int fd, std::span<const std::byte> buf, std::uint64_t offset) {
-    return EventLoop::current().io(IoOp{IoOpcode::write, fd, const_cast<std::byte*>(buf.data()),
-                                        buf.size(), offset, 0, 0, {}});
+    return EventLoop::current().io(IoOp{
+        IoOpcode::write, fd, const_cast<std::byte*>(buf.data()), buf.size(), offset, 0, 0, {}});
 }
-inline auto fsync(int fd) { return EventLoop::current().io(IoOp{IoOpcode::fsync, fd, nullptr, 0, 0, 0, 0, {}}); }
-inline auto fdatasync(int fd) { return EventLoop::current().io(IoOp{IoOpcode::fdatasync, fd, nullptr, 0, 0, 0, 0, {}}); }
+inline auto fsync(int fd) {
+    return EventLoop::current().io(IoOp{IoOpcode::fsync, fd, nullptr, 0, 0, 0, 0, {}});
+}
+inline auto fdatasync(int fd) {
+    return EventLoop::current().io(IoOp{IoOpcode::fdatasync, fd, nullptr, 0, 0, 0, 0, {}});
+}
 inline auto fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) {
     return EventLoop::current().io(
         IoOp{IoOpcode::fallocate, fd, nullptr, length, offset, mode, 0, {}});

@@ -2,13 +2,13 @@
 // offload(fn): run CPU-heavy work (compression, hashing) on the shared bounded worker pool
 // and resume on the loop with its result. The data-plane thread never blocks on it.
 
+#include "io/event_loop.hpp"
+#include "io/thread_pool.hpp"
+
 #include <coroutine>
 #include <functional>
 #include <optional>
 #include <type_traits>
-
-#include "io/event_loop.hpp"
-#include "io/thread_pool.hpp"
 
 namespace fleece::io {
 

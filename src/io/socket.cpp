@@ -1,8 +1,11 @@
 #include "io/socket.hpp"
 
+#include "io/file_io.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,21 +15,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <fmt/format.h>
-
-#include "io/file_io.hpp"
-
 namespace fleece::io {
 
 FileDescriptor& FileDescriptor::operator=(FileDescriptor&& o) noexcept {
-    if (this != &o)
-        reset(o.release());
+    if (this != &o) reset(o.release());
     return *this;
 }
 
 void FileDescriptor::reset(int fd) {
-    if (fd_ >= 0)
-        ::close(fd_);
+    if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
 }
 
@@ -38,20 +35,15 @@ void set_nonblocking(int fd) {
 Task<std::int64_t> read_some(int fd, std::span<std::byte> buf) {
     while (true) {
         const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
-        if (n >= 0)
-            co_return n;
-        if (errno == EINTR)
-            continue;
+        if (n >= 0) co_return n;
+        if (errno == EINTR) continue;
         if (errno == ENOTSOCK) {
             const ssize_t r = ::read(fd, buf.data(), buf.size());
-            if (r >= 0)
-                co_return r;
+            if (r >= 0) co_return r;
         }
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            co_return -errno;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) co_return -errno;
         const std::int64_t p = co_await poll(fd, POLLIN);
-        if (p < 0)
-            co_return p;
+        if (p < 0) co_return p;
     }
 }
 
@@ -59,10 +51,8 @@ Task<int> read_exact(int fd, std::span<std::byte> buf) {
     std::size_t done = 0;
     while (done < buf.size()) {
         const std::int64_t n = co_await read_some(fd, buf.subspan(done));
-        if (n < 0)
-            co_return static_cast<int>(n);
-        if (n == 0)
-            co_return -ECONNRESET;
+        if (n < 0) co_return static_cast<int>(n);
+        if (n == 0) co_return -ECONNRESET;
         done += static_cast<std::size_t>(n);
     }
     co_return 0;
@@ -76,15 +66,11 @@ Task<int> write_all(int fd, std::span<const std::byte> buf) {
             done += static_cast<std::size_t>(n);
             continue;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            co_return -errno;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) co_return -errno;
         const std::int64_t p = co_await poll(fd, POLLOUT);
-        if (p < 0)
-            co_return static_cast<int>(p);
-        if (p & (POLLERR | POLLHUP))
-            co_return -EPIPE;
+        if (p < 0) co_return static_cast<int>(p);
+        if (p & (POLLERR | POLLHUP)) co_return -EPIPE;
     }
     co_return 0;
 }
@@ -92,17 +78,12 @@ Task<int> write_all(int fd, std::span<const std::byte> buf) {
 Task<int> accept(int listen_fd) {
     while (true) {
         const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0)
-            co_return fd;
-        if (errno == EINTR || errno == ECONNABORTED)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            co_return -errno;
+        if (fd >= 0) co_return fd;
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) co_return -errno;
         const std::int64_t p = co_await poll(listen_fd, POLLIN);
-        if (p < 0)
-            co_return static_cast<int>(p);
-        if (p & (POLLERR | POLLHUP | POLLNVAL))
-            co_return -ECONNABORTED;
+        if (p < 0) co_return static_cast<int>(p);
+        if (p & (POLLERR | POLLHUP | POLLNVAL)) co_return -ECONNABORTED;
     }
 }
 
@@ -120,23 +101,20 @@ Result<sockaddr_un> unix_address(const std::string& path) {
 
 Result<FileDescriptor> listen_unix(const std::string& path, unsigned mode) {
     auto addr = unix_address(path);
-    if (!addr)
-        return addr.error();
+    if (!addr) return addr.error();
     FileDescriptor fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd)
-        return make_error(fmt::format("socket: {}", std::strerror(errno)));
-    struct stat st{};
-    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
-        ::unlink(path.c_str());
+    if (!fd) return make_error(fmt::format("socket: {}", std::strerror(errno)));
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
     // Create the socket owner-only from the start; widen afterwards if asked.
     const mode_t old_mask = ::umask(0077);
     const int r = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un));
     const int bind_errno = errno;
     ::umask(old_mask);
     if (r < 0)
-        return make_error(fmt::format("Failed to bind socket to {}: {}", path, std::strerror(bind_errno)));
-    if (mode != 0600)
-        ::chmod(path.c_str(), mode);
+        return make_error(
+            fmt::format("Failed to bind socket to {}: {}", path, std::strerror(bind_errno)));
+    if (mode != 0600) ::chmod(path.c_str(), mode);
     if (::listen(fd.get(), 128) < 0)
         return make_error(fmt::format("listen on {}: {}", path, std::strerror(errno)));
     return fd;
@@ -148,14 +126,16 @@ Result<FileDescriptor> listen_tcp(const std::string& host, const std::string& po
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
     addrinfo* list = nullptr;
-    const int gai = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &list);
+    const int gai =
+        ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &list);
     if (gai != 0)
-        return make_error(fmt::format("address resolution failed for {}:{}: {}", host, port, gai_strerror(gai)));
+        return make_error(
+            fmt::format("address resolution failed for {}:{}: {}", host, port, gai_strerror(gai)));
     std::string last_error = "no address";
     for (addrinfo* ai = list; ai; ai = ai->ai_next) {
-        FileDescriptor fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        if (!fd)
-            continue;
+        FileDescriptor fd(
+            ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (!fd) continue;
         const int one = 1;
         ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd.get(), 128) == 0) {
@@ -170,11 +150,9 @@ Result<FileDescriptor> listen_tcp(const std::string& host, const std::string& po
 
 Result<FileDescriptor> connect_unix(const std::string& path) {
     auto addr = unix_address(path);
-    if (!addr)
-        return addr.error();
+    if (!addr) return addr.error();
     FileDescriptor fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd)
-        return make_error(fmt::format("socket: {}", std::strerror(errno)));
+    if (!fd) return make_error(fmt::format("socket: {}", std::strerror(errno)));
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) < 0)
         return make_error(fmt::format("Failed to connect to '{}': {}", path, std::strerror(errno)));
     return fd;

@@ -2,18 +2,18 @@
 // Non-blocking stream sockets on the event loop: every call tries the system call first and
 // waits for readiness only on EAGAIN, so a busy connection costs one syscall per transfer.
 
+#include "io/task.hpp"
+#include "util/result.hpp"
+
 #include <cstdint>
 #include <span>
 #include <string>
-
-#include "io/task.hpp"
-#include "util/result.hpp"
 
 namespace fleece::io {
 
 // Owns a file descriptor; closes it on destruction.
 class FileDescriptor {
-public:
+  public:
     FileDescriptor() = default;
     explicit FileDescriptor(int fd) : fd_(fd) {}
     FileDescriptor(FileDescriptor&& o) noexcept : fd_(o.release()) {}
@@ -28,7 +28,7 @@ public:
     void reset(int fd = -1);
     explicit operator bool() const { return fd_ >= 0; }
 
-private:
+  private:
     int fd_ = -1;
 };
 

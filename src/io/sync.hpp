@@ -4,13 +4,13 @@
 // inline, so a notifier never runs a waiter's code in the middle of its own critical section.
 // None of these are thread-safe; they are not meant to be.
 
-#include <coroutine>
-#include <cstdint>
-#include <utility>
-
 #include "io/event_loop.hpp"
 #include "io/task.hpp"
 #include "util/assert.hpp"
+
+#include <coroutine>
+#include <cstdint>
+#include <utility>
 
 namespace fleece::io {
 
@@ -22,7 +22,7 @@ struct WaitNode {
     std::uint64_t amount = 0; // semaphore units wanted
 };
 class WaitList {
-public:
+  public:
     bool empty() const { return head_ == nullptr; }
     WaitNode* front() const { return head_; }
     void push(WaitNode* n) {
@@ -37,13 +37,12 @@ public:
         WaitNode* n = head_;
         if (n) {
             head_ = n->next;
-            if (!head_)
-                tail_ = nullptr;
+            if (!head_) tail_ = nullptr;
         }
         return n;
     }
 
-private:
+  private:
     WaitNode* head_ = nullptr;
     WaitNode* tail_ = nullptr;
 };
@@ -51,7 +50,7 @@ private:
 
 // A list of coroutines waiting for "something changed"; waiters re-check their condition.
 class WaitQueue {
-public:
+  public:
     auto wait() {
         struct Awaiter {
             WaitQueue* q;
@@ -66,8 +65,7 @@ public:
         return Awaiter{this, {}};
     }
     void notify_one() {
-        if (auto* n = waiters_.pop())
-            EventLoop::current().post(n->handle);
+        if (auto* n = waiters_.pop()) EventLoop::current().post(n->handle);
     }
     void notify_all() {
         while (auto* n = waiters_.pop())
@@ -75,13 +73,13 @@ public:
     }
     bool empty() const { return waiters_.empty(); }
 
-private:
+  private:
     detail::WaitList waiters_;
 };
 
 // A manual-reset event.
 class Event {
-public:
+  public:
     bool is_set() const { return set_; }
     void set() {
         set_ = true;
@@ -93,15 +91,15 @@ public:
             co_await queue_.wait();
     }
 
-private:
+  private:
     WaitQueue queue_;
     bool set_ = false;
 };
 
 class AsyncMutex {
-public:
+  public:
     class Guard {
-    public:
+      public:
         Guard() = default;
         explicit Guard(AsyncMutex* m) : m_(m) {}
         Guard(Guard&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
@@ -114,11 +112,10 @@ public:
         }
         ~Guard() { unlock(); }
         void unlock() {
-            if (m_)
-                std::exchange(m_, nullptr)->unlock();
+            if (m_) std::exchange(m_, nullptr)->unlock();
         }
 
-    private:
+      private:
         AsyncMutex* m_ = nullptr;
     };
 
@@ -143,8 +140,7 @@ public:
         return Awaiter{this, {}};
     }
     bool try_lock() {
-        if (locked_)
-            return false;
+        if (locked_) return false;
         locked_ = true;
         return true;
     }
@@ -158,17 +154,17 @@ public:
             locked_ = false;
     }
 
-private:
+  private:
     detail::WaitList waiters_;
     bool locked_ = false;
 };
 
 class AsyncSemaphore {
-public:
+  public:
     explicit AsyncSemaphore(std::uint64_t units) : available_(units) {}
 
     class Units {
-    public:
+      public:
         Units() = default;
         Units(AsyncSemaphore* s, std::uint64_t n) : s_(s), n_(n) {}
         Units(Units&& o) noexcept : s_(std::exchange(o.s_, nullptr)), n_(o.n_) {}
@@ -182,13 +178,12 @@ public:
         }
         ~Units() { release(); }
         void release() {
-            if (s_)
-                std::exchange(s_, nullptr)->release(n_);
+            if (s_) std::exchange(s_, nullptr)->release(n_);
         }
         // Keep the units taken; the owner returns them later with AsyncSemaphore::release.
         void detach() { s_ = nullptr; }
 
-    private:
+      private:
         AsyncSemaphore* s_ = nullptr;
         std::uint64_t n_ = 0;
     };
@@ -216,23 +211,21 @@ public:
         return a;
     }
     bool try_acquire(std::uint64_t n = 1) {
-        if (!waiters_.empty() || available_ < n)
-            return false;
+        if (!waiters_.empty() || available_ < n) return false;
         available_ -= n;
         return true;
     }
     void release(std::uint64_t n = 1) {
         available_ += n;
         while (auto* front = waiters_.front()) {
-            if (front->amount > available_)
-                break;
+            if (front->amount > available_) break;
             available_ -= front->amount;
             EventLoop::current().post(waiters_.pop()->handle);
         }
     }
     std::uint64_t available() const { return available_; }
 
-private:
+  private:
     detail::WaitList waiters_;
     std::uint64_t available_;
 };
@@ -240,9 +233,9 @@ private:
 // A Gate tracks in-flight work for shutdown: enter() fails once close() started, and
 // close() completes when everything that entered has left.
 class Gate {
-public:
+  public:
     class Holder {
-    public:
+      public:
         Holder() = default;
         explicit Holder(Gate* g) : g_(g) {}
         Holder(Holder&& o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
@@ -256,18 +249,16 @@ public:
         ~Holder() { leave(); }
         explicit operator bool() const { return g_ != nullptr; }
         void leave() {
-            if (g_)
-                std::exchange(g_, nullptr)->leave();
+            if (g_) std::exchange(g_, nullptr)->leave();
         }
 
-    private:
+      private:
         Gate* g_ = nullptr;
     };
 
     // An empty Holder when the gate is closed.
     Holder enter() {
-        if (closed_)
-            return Holder();
+        if (closed_) return Holder();
         ++count_;
         return Holder(this);
     }
@@ -279,11 +270,10 @@ public:
             co_await drained_.wait();
     }
 
-private:
+  private:
     void leave() {
         FLEECE_ASSERT(count_ > 0);
-        if (--count_ == 0)
-            drained_.notify_all();
+        if (--count_ == 0) drained_.notify_all();
     }
     WaitQueue drained_;
     std::uint64_t count_ = 0;

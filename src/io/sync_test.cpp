@@ -1,10 +1,8 @@
+#include "io/buffer_pool.hpp"
 #include "io/sync.hpp"
 
 #include <gtest/gtest.h>
-
 #include <vector>
-
-#include "io/buffer_pool.hpp"
 
 namespace fleece::io {
 namespace {
@@ -106,8 +104,7 @@ Task<void> pool_scenario(int* max_seen) {
         EventLoop::current().spawn(pool_user(&pool, max_seen, &live));
     while (true) {
         co_await sleep_for(std::chrono::milliseconds(2));
-        if (live == 0 && pool.bytes_in_use() == 0)
-            break;
+        if (live == 0 && pool.bytes_in_use() == 0) break;
     }
 }
 

@@ -8,6 +8,8 @@
 //    never be coroutines: their captures die with the lambda object, not the frame.
 //  - Detached work is started with EventLoop::spawn(); it owns its arguments.
 
+#include "util/assert.hpp"
+
 #include <coroutine>
 #include <cstddef>
 #include <exception>
@@ -15,8 +17,6 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
-
-#include "util/assert.hpp"
 
 namespace fleece::io {
 
@@ -30,7 +30,7 @@ void* allocate_frame(std::size_t size);
 void free_frame(void* p, std::size_t size) noexcept;
 
 class PromiseBase {
-public:
+  public:
     static void* operator new(std::size_t size) { return allocate_frame(size); }
     static void operator delete(void* p, std::size_t size) noexcept { free_frame(p, size); }
 
@@ -50,37 +50,34 @@ public:
 
     void set_continuation(std::coroutine_handle<> c) { continuation_ = c; }
 
-protected:
+  protected:
     void rethrow_if_failed() {
-        if (exception_)
-            std::rethrow_exception(exception_);
+        if (exception_) std::rethrow_exception(exception_);
     }
 
-private:
+  private:
     std::coroutine_handle<> continuation_;
     std::exception_ptr exception_;
 };
 
 template <class T> class Promise final : public PromiseBase {
-public:
+  public:
     Task<T> get_return_object() noexcept;
     template <class U>
-        requires std::is_convertible_v<U&&, T>
-    void return_value(U&& value) {
-        value_.emplace(std::forward<U>(value));
-    }
+    requires std::is_convertible_v<U&&, T>
+    void return_value(U&& value) { value_.emplace(std::forward<U>(value)); }
     T take_result() {
         rethrow_if_failed();
         FLEECE_ASSERT(value_.has_value());
         return std::move(*value_);
     }
 
-private:
+  private:
     std::optional<T> value_;
 };
 
 template <> class Promise<void> final : public PromiseBase {
-public:
+  public:
     Task<void> get_return_object() noexcept;
     void return_void() noexcept {}
     void take_result() { rethrow_if_failed(); }
@@ -89,7 +86,7 @@ public:
 } // namespace detail
 
 template <class T> class [[nodiscard]] Task {
-public:
+  public:
     using promise_type = detail::Promise<T>;
     using handle_type = std::coroutine_handle<promise_type>;
 
@@ -123,7 +120,7 @@ public:
         return Awaiter{h_};
     }
 
-private:
+  private:
     void destroy() {
         if (h_) {
             h_.destroy();

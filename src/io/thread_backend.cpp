@@ -1,18 +1,17 @@
 // Fallback backend: file operations run on a thread pool, socket readiness uses poll(2) on
 // the loop thread. Slower than io_uring but works wherever plain system calls do.
 
-#include <cerrno>
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
-
-#include <mutex>
-#include <vector>
-
 #include "io/event_loop.hpp"
 #include "io/thread_pool.hpp"
 #include "util/assert.hpp"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <mutex>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <vector>
 
 namespace fleece::io {
 namespace {
@@ -35,7 +34,8 @@ std::int64_t run_blocking(const IoOp& op) {
         r = ::fdatasync(op.fd);
         break;
     case IoOpcode::fallocate:
-        r = ::fallocate(op.fd, op.mode, static_cast<off_t>(op.offset), static_cast<off_t>(op.length));
+        r = ::fallocate(op.fd, op.mode, static_cast<off_t>(op.offset),
+                        static_cast<off_t>(op.length));
         break;
     case IoOpcode::poll:
         FLEECE_ASSERT(false);
@@ -44,7 +44,7 @@ std::int64_t run_blocking(const IoOp& op) {
 }
 
 class ThreadBackend final : public Backend {
-public:
+  public:
     explicit ThreadBackend(EventLoop& loop)
         : loop_(loop), pool_(file_threads), event_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
         FLEECE_ASSERT(event_fd_ >= 0);
@@ -76,11 +76,9 @@ public:
         for (IoOp* op : polls_)
             fds.push_back({op->fd, static_cast<short>(op->mode), 0});
         int timeout_ms = -1;
-        if (timeout_ns >= 0)
-            timeout_ms = static_cast<int>((timeout_ns + 999999) / 1000000);
+        if (timeout_ns >= 0) timeout_ms = static_cast<int>((timeout_ns + 999999) / 1000000);
         const int n = ::poll(fds.data(), fds.size(), timeout_ms);
-        if (n > 0)
-            complete_polls(fds);
+        if (n > 0) complete_polls(fds);
         std::uint64_t value = 0;
         [[maybe_unused]] ssize_t r = ::read(event_fd_, &value, sizeof value);
         std::vector<IoOp*> done;
@@ -101,7 +99,7 @@ public:
 
     std::size_t in_flight() const override { return in_flight_; }
 
-private:
+  private:
     void complete_polls(const std::vector<pollfd>& fds) {
         std::vector<IoOp*> still;
         for (std::size_t i = 0; i < polls_.size(); ++i) {

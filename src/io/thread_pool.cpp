@@ -30,8 +30,7 @@ void ThreadPool::worker() {
         ++idle_;
         cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
         --idle_;
-        if (jobs_.empty())
-            return; // stopping and nothing left
+        if (jobs_.empty()) return; // stopping and nothing left
         auto job = std::move(jobs_.front());
         jobs_.pop_front();
         lock.unlock();

@@ -13,7 +13,7 @@
 namespace fleece::io {
 
 class ThreadPool {
-public:
+  public:
     explicit ThreadPool(std::size_t max_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -22,7 +22,7 @@ public:
     // Run `job` on a worker. Threads are started lazily up to max_threads.
     void execute(std::function<void()> job);
 
-private:
+  private:
     void worker();
 
     std::mutex mutex_;

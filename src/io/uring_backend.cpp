@@ -1,6 +1,10 @@
 // io_uring backend: every IoOp becomes one SQE; completions are reaped in batches.
 // A read on an eventfd stays queued so other threads can interrupt a blocking wait.
 
+#include "io/event_loop.hpp"
+#include "util/assert.hpp"
+#include "util/log.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <liburing.h>
@@ -8,24 +12,19 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "io/event_loop.hpp"
-#include "util/assert.hpp"
-#include "util/log.hpp"
-
 namespace fleece::io {
 namespace {
 
 constexpr unsigned ring_entries = 512;
 
 class UringBackend final : public Backend {
-public:
+  public:
     explicit UringBackend(EventLoop& loop) : loop_(loop) {}
     ~UringBackend() override {
         if (ready_) {
             io_uring_queue_exit(&ring_);
         }
-        if (event_fd_ >= 0)
-            ::close(event_fd_);
+        if (event_fd_ >= 0) ::close(event_fd_);
     }
 
     bool init() {
@@ -37,8 +36,7 @@ public:
         }
         ready_ = true;
         event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (event_fd_ < 0)
-            return false;
+        if (event_fd_ < 0) return false;
         arm_wakeup();
         return true;
     }
@@ -49,10 +47,12 @@ public:
         io_uring_sqe* sqe = get_sqe();
         switch (op->opcode) {
         case IoOpcode::read:
-            io_uring_prep_read(sqe, op->fd, op->buffer, static_cast<unsigned>(op->length), op->offset);
+            io_uring_prep_read(sqe, op->fd, op->buffer, static_cast<unsigned>(op->length),
+                               op->offset);
             break;
         case IoOpcode::write:
-            io_uring_prep_write(sqe, op->fd, op->buffer, static_cast<unsigned>(op->length), op->offset);
+            io_uring_prep_write(sqe, op->fd, op->buffer, static_cast<unsigned>(op->length),
+                                op->offset);
             break;
         case IoOpcode::fsync:
             io_uring_prep_fsync(sqe, op->fd, 0);
@@ -93,7 +93,7 @@ public:
 
     std::size_t in_flight() const override { return in_flight_; }
 
-private:
+  private:
     io_uring_sqe* get_sqe() {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         while (sqe == nullptr) {
@@ -127,8 +127,7 @@ private:
             loop_.post(op->waiter);
         }
         io_uring_cq_advance(&ring_, count);
-        if (rearm)
-            arm_wakeup();
+        if (rearm) arm_wakeup();
     }
 
     EventLoop& loop_;
@@ -142,11 +141,11 @@ private:
 } // namespace
 
 std::unique_ptr<Backend> make_uring_backend(EventLoop& loop) {
-    if (const char* forced = std::getenv("FLEECE_IO_BACKEND"); forced && std::string_view(forced) == "threads")
+    if (const char* forced = std::getenv("FLEECE_IO_BACKEND");
+        forced && std::string_view(forced) == "threads")
         return nullptr;
     auto backend = std::make_unique<UringBackend>(loop);
-    if (!backend->init())
-        return nullptr;
+    if (!backend->init()) return nullptr;
     return backend;
 }
 

@@ -8,28 +8,27 @@ BackupJob::BackupJob(block::Graph& graph, BackupOptions options, EventSink event
     : Job(options.job, "backup", std::move(events)), graph_(graph), options_(std::move(options)) {}
 
 BackupJob::~BackupJob() {
-    if (source_)
-        graph_.detach(std::move(source_));
-    if (target_)
-        graph_.detach(std::move(target_));
+    if (source_) graph_.detach(std::move(source_));
+    if (target_) graph_.detach(std::move(target_));
 }
 
 Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, BackupOptions options,
                                                      EventSink events) {
     block::Node* source = graph.find(options.device);
     if (!source)
-        return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'", options.device, options.device)};
+        return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'",
+                                                   options.device, options.device)};
     block::Node* target = graph.find(options.target);
     if (!target)
-        return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'", options.target, options.target)};
-    if (source == target)
-        return make_error("Source and target cannot be the same");
+        return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'",
+                                                   options.target, options.target)};
+    if (source == target) return make_error("Source and target cannot be the same");
     if (options.sync != "full")
-        return make_error(fmt::format("sync mode '{}' is not supported yet (only 'full')", options.sync));
+        return make_error(
+            fmt::format("sync mode '{}' is not supported yet (only 'full')", options.sync));
     if (source->size() != target->size())
         return make_error("Source and target image have different sizes");
-    if (options.max_workers == 0)
-        return make_error("max-workers must be greater than zero");
+    if (options.max_workers == 0) return make_error("max-workers must be greater than zero");
     std::unique_ptr<BackupJob> job(new BackupJob(graph, std::move(options), std::move(events)));
     // The source must be immutable for the job's life: read it consistently and let nobody
     // write it. A source with writers needs a copy-before-write filter, which this job does
@@ -37,20 +36,21 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
     auto src = graph.attach(*job, *source, block::perm_consistent_read,
                             block::perm_consistent_read | block::perm_write_unchanged, "root");
     if (!src)
-        return make_error(fmt::format("Cannot back up '{}' while it has writers: {} "
-                                      "(back up a snapshot-access node of a copy-before-write filter instead)",
-                                      source->name(), src.error().message));
+        return make_error(
+            fmt::format("Cannot back up '{}' while it has writers: {} "
+                        "(back up a snapshot-access node of a copy-before-write filter instead)",
+                        source->name(), src.error().message));
     job->source_ = std::move(*src);
     auto tgt = graph.attach(*job, *target, block::perm_write,
                             block::perm_consistent_read | block::perm_write_unchanged, "target");
-    if (!tgt)
-        return tgt.error(); // the destructor detaches the source
+    if (!tgt) return tgt.error(); // the destructor detaches the source
     job->target_ = std::move(*tgt);
     const std::uint64_t cluster =
         block::BlockCopy::cluster_size_for(*target, job->options_.min_cluster_size);
     if (job->options_.max_chunk != 0 && job->options_.max_chunk < cluster)
-        return make_error(fmt::format("Required max-chunk ({}) is less than backup cluster size ({})",
-                                      job->options_.max_chunk, cluster));
+        return make_error(
+            fmt::format("Required max-chunk ({}) is less than backup cluster size ({})",
+                        job->options_.max_chunk, cluster));
     job->copy_ = std::make_unique<block::BlockCopy>(*job->source_, *job->target_, cluster, false);
     job->copy_->copy_bitmap().set_all();
     job->copy_->set_speed(job->options_.job.speed);
@@ -65,38 +65,31 @@ io::Task<std::error_code> BackupJob::run() {
     std::error_code result;
     while (true) {
         co_await pause_point();
-        if (cancelled())
-            break;
+        if (cancelled()) break;
         result = co_await copy_->copy_all_background(opts);
         set_progress_total(copy_->progress_total());
         add_progress(copy_->progress_done() - progress_current());
-        if (result || cancelled() || copy_->copy_bitmap().count() == 0)
-            break;
+        if (result || cancelled() || copy_->copy_bitmap().count() == 0) break;
         // The call ended early (pause): loop, wait out the pause, continue where we were.
     }
-    if (!result && !cancelled())
-        result = co_await target_->flush();
+    if (!result && !cancelled()) result = co_await target_->flush();
     co_await copy_->close();
     co_return result;
 }
 
 void BackupJob::on_speed_changed() {
-    if (copy_)
-        copy_->set_speed(speed());
+    if (copy_) copy_->set_speed(speed());
 }
 
 void BackupJob::on_interrupt() {
     // Ends the running background call; in-flight chunks finish, the rest stays dirty.
-    if (copy_)
-        copy_->cancel_background();
+    if (copy_) copy_->cancel_background();
 }
 
 void BackupJob::clean() {
     // Detach now so the nodes are free as soon as the job concludes.
-    if (source_)
-        graph_.detach(std::move(source_));
-    if (target_)
-        graph_.detach(std::move(target_));
+    if (source_) graph_.detach(std::move(source_));
+    if (target_) graph_.detach(std::move(target_));
 }
 
 } // namespace fleece::jobs

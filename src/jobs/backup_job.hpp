@@ -6,12 +6,12 @@
 // source as immutable (consistent-read, and unshares write) instead of inserting a
 // copy-before-write filter, so no guest write can change what it copies.
 
-#include <memory>
-#include <string>
-
 #include "block/block_copy.hpp"
 #include "block/graph.hpp"
 #include "jobs/job.hpp"
+
+#include <memory>
+#include <string>
 
 namespace fleece::jobs {
 
@@ -27,7 +27,7 @@ struct BackupOptions {
 };
 
 class BackupJob final : public Job, public block::ChildParent {
-public:
+  public:
     // Validates the request and attaches to source and target; nothing is left attached
     // when it fails.
     static Result<std::unique_ptr<BackupJob>> create(block::Graph& graph, BackupOptions options,
@@ -38,13 +38,13 @@ public:
     std::string parent_name() const override { return id(); }
     const char* parent_type() const override { return "block-job"; }
 
-protected:
+  protected:
     io::Task<std::error_code> run() override;
     void clean() override;
     void on_speed_changed() override;
     void on_interrupt() override;
 
-private:
+  private:
     BackupJob(block::Graph& graph, BackupOptions options, EventSink events);
 
     block::Graph& graph_;

@@ -1,9 +1,8 @@
 #include "jobs/backup_job.hpp"
-
-#include <gtest/gtest.h>
-
 #include "jobs/job_manager.hpp"
 #include "nodes/testing/memory_node.hpp"
+
+#include <gtest/gtest.h>
 
 namespace fleece::jobs {
 namespace {
@@ -22,11 +21,13 @@ struct Fixture {
             s->data()[i] = static_cast<std::byte>((i * 31) >> 9);
         s->set_random_delay(7, 3);
         source = static_cast<nodes::MemoryNode*>(*graph.add(std::move(s)));
-        target = static_cast<nodes::MemoryNode*>(*graph.add(std::make_unique<nodes::MemoryNode>("tgt", size)));
+        target = static_cast<nodes::MemoryNode*>(
+            *graph.add(std::make_unique<nodes::MemoryNode>("tgt", size)));
     }
     EventSink sink() {
         return [this](const std::string& name, const json& data) {
-            events.push_back(name == "JOB_STATUS_CHANGE" ? data["status"].get<std::string>() : name);
+            events.push_back(name == "JOB_STATUS_CHANGE" ? data["status"].get<std::string>()
+                                                         : name);
         };
     }
 };
@@ -61,7 +62,8 @@ TEST(BackupJob, SourceWithWritersIsRefusedAndNothingStaysAttached) {
         std::string parent_name() const override { return "guest"; }
         const char* parent_type() const override { return "block-backend"; }
     } writer;
-    auto edge = f.graph.attach(writer, *f.source, block::perm_write | block::perm_consistent_read, block::perm_all);
+    auto edge = f.graph.attach(writer, *f.source, block::perm_write | block::perm_consistent_read,
+                               block::perm_all);
     ASSERT_TRUE(edge.ok());
     BackupOptions o;
     o.job.id = "bk";

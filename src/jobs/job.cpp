@@ -1,9 +1,9 @@
 #include "jobs/job.hpp"
 
+#include "util/assert.hpp"
+
 #include <chrono>
 #include <fmt/format.h>
-
-#include "util/assert.hpp"
 
 namespace fleece::jobs {
 
@@ -15,8 +15,7 @@ Job::Job(JobOptions options, std::string type, EventSink events)
 Job::~Job() = default;
 
 void Job::emit(const std::string& name, json data) {
-    if (events_)
-        events_(name, data);
+    if (events_) events_(name, data);
 }
 
 void Job::set_status(JobStatus s) {
@@ -33,15 +32,13 @@ void Job::start() {
 }
 
 Status Job::check_verb(JobVerb verb) const {
-    if (verb_allowed(verb, status_))
-        return {};
+    if (verb_allowed(verb, status_)) return {};
     return make_error(fmt::format("Job '{}' in state '{}' cannot accept command verb '{}'", id(),
                                   status_name(status_), verb_name(verb)));
 }
 
 Status Job::pause() {
-    if (Status st = check_verb(JobVerb::pause); !st)
-        return st;
+    if (Status st = check_verb(JobVerb::pause); !st) return st;
     ++pause_count_;
     kick();
     on_interrupt();
@@ -49,18 +46,15 @@ Status Job::pause() {
 }
 
 Status Job::resume() {
-    if (Status st = check_verb(JobVerb::resume); !st)
-        return st;
-    if (pause_count_ == 0)
-        return make_error(fmt::format("Can't resume a job that was not paused"));
+    if (Status st = check_verb(JobVerb::resume); !st) return st;
+    if (pause_count_ == 0) return make_error(fmt::format("Can't resume a job that was not paused"));
     --pause_count_;
     state_changed_.notify_all();
     return {};
 }
 
 Status Job::cancel() {
-    if (Status st = check_verb(JobVerb::cancel); !st)
-        return st;
+    if (Status st = check_verb(JobVerb::cancel); !st) return st;
     cancel_requested_ = true;
     kick();
     on_interrupt();
@@ -69,8 +63,7 @@ Status Job::cancel() {
 }
 
 Status Job::set_speed(std::uint64_t bytes_per_second) {
-    if (Status st = check_verb(JobVerb::set_speed); !st)
-        return st;
+    if (Status st = check_verb(JobVerb::set_speed); !st) return st;
     options_.speed = bytes_per_second;
     on_speed_changed();
     kick();
@@ -78,24 +71,21 @@ Status Job::set_speed(std::uint64_t bytes_per_second) {
 }
 
 Status Job::finalize() {
-    if (Status st = check_verb(JobVerb::finalize); !st)
-        return st;
+    if (Status st = check_verb(JobVerb::finalize); !st) return st;
     finalize_requested_ = true;
     state_changed_.notify_all();
     return {};
 }
 
 Status Job::dismiss() {
-    if (Status st = check_verb(JobVerb::dismiss); !st)
-        return st;
+    if (Status st = check_verb(JobVerb::dismiss); !st) return st;
     set_status(JobStatus::null);
     dismissed_ = true;
     return {};
 }
 
 io::Task<void> Job::pause_point() {
-    if (pause_count_ == 0 || cancel_requested_)
-        co_return;
+    if (pause_count_ == 0 || cancel_requested_) co_return;
     set_status(JobStatus::paused);
     while (pause_count_ > 0 && !cancel_requested_)
         co_await state_changed_.wait();
@@ -108,8 +98,7 @@ io::Task<void> Job::sleep_or_kick(io::Clock::duration d) {
     struct Waker {
         static io::Task<void> run(io::WaitQueue* q, io::EventLoop::Timer* t, bool* done) {
             co_await q->wait();
-            if (!*done)
-                t->cancel();
+            if (!*done) t->cancel();
         }
     };
     bool done = false;
@@ -132,8 +121,7 @@ json Job::completion_data() const {
 
 io::Task<void> Job::lifecycle() {
     std::error_code result = co_await run();
-    if (cancel_requested_ && !result)
-        result = std::make_error_code(std::errc::operation_canceled);
+    if (cancel_requested_ && !result) result = std::make_error_code(std::errc::operation_canceled);
     if (!result) {
         set_status(JobStatus::waiting);
         set_status(JobStatus::pending);
@@ -148,8 +136,7 @@ io::Task<void> Job::lifecycle() {
         clean();
         emit("BLOCK_JOB_COMPLETED", completion_data());
     } else {
-        if (!result)
-            result = std::make_error_code(std::errc::operation_canceled);
+        if (!result) result = std::make_error_code(std::errc::operation_canceled);
         set_status(JobStatus::aborting);
         abort();
         clean();
@@ -157,8 +144,7 @@ io::Task<void> Job::lifecycle() {
             error_text_ = "Operation canceled";
             emit("BLOCK_JOB_CANCELLED", completion_data());
         } else {
-            if (error_text_.empty())
-                error_text_ = result.message();
+            if (error_text_.empty()) error_text_ = result.message();
             json data = completion_data();
             data["error"] = error_text_;
             emit("BLOCK_JOB_COMPLETED", data);
@@ -182,8 +168,7 @@ json Job::query_job() const {
               {"status", status_name(status_)},
               {"current-progress", progress_current_},
               {"total-progress", progress_total_}};
-    if (!error_text_.empty() && status_ == JobStatus::concluded)
-        j["error"] = error_text_;
+    if (!error_text_.empty() && status_ == JobStatus::concluded) j["error"] = error_text_;
     return j;
 }
 

@@ -3,18 +3,18 @@
 // QEMU's states, verbs and events. A driver implements run() and the commit/abort/clean
 // hooks; this class owns the state machine, pause/cancel points, progress and events.
 
+#include "io/event_loop.hpp"
+#include "io/sync.hpp"
+#include "io/task.hpp"
+#include "jobs/job_status.hpp"
+#include "util/result.hpp"
+
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
-
-#include "io/event_loop.hpp"
-#include "io/sync.hpp"
-#include "io/task.hpp"
-#include "jobs/job_status.hpp"
-#include "util/result.hpp"
 
 namespace fleece::jobs {
 
@@ -28,7 +28,7 @@ struct JobOptions {
 };
 
 class Job {
-public:
+  public:
     Job(JobOptions options, std::string type, EventSink events);
     virtual ~Job();
     Job(const Job&) = delete;
@@ -58,7 +58,7 @@ public:
     // Completes when the job reached `null` (dismissed).
     io::Task<void> wait_dismissed();
 
-protected:
+  protected:
     // The body. Return {} on success, an error otherwise; cancellation is noticed by the
     // framework, the body just returns early when cancelled() is true.
     virtual io::Task<std::error_code> run() = 0;
@@ -79,7 +79,7 @@ protected:
     io::Task<void> sleep_or_kick(io::Clock::duration d);
     void set_error_text(std::string text) { error_text_ = std::move(text); }
 
-private:
+  private:
     io::Task<void> lifecycle();
     void set_status(JobStatus s);
     void emit(const std::string& name, nlohmann::json data);

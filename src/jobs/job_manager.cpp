@@ -1,9 +1,9 @@
 #include "jobs/job_manager.hpp"
 
-#include <fmt/format.h>
-
 #include "io/event_loop.hpp"
 #include "util/assert.hpp"
+
+#include <fmt/format.h>
 
 namespace fleece::jobs {
 
@@ -15,14 +15,12 @@ Job* JobManager::find(const std::string& id) const {
 }
 
 Result<Job*> JobManager::lookup(const std::string& id) const {
-    if (Job* j = find(id))
-        return j;
+    if (Job* j = find(id)) return j;
     return Error{"DeviceNotActive", fmt::format("Job '{}' not found", id)};
 }
 
 Status JobManager::start(std::unique_ptr<Job> job) {
-    if (find(job->id()))
-        return make_error(fmt::format("Job ID '{}' already in use", job->id()));
+    if (find(job->id())) return make_error(fmt::format("Job ID '{}' already in use", job->id()));
     Job* raw = job.get();
     jobs_.emplace(raw->id(), std::move(job));
     raw->start();
@@ -47,8 +45,7 @@ nlohmann::json JobManager::query_jobs() const {
 nlohmann::json JobManager::query_block_jobs() const {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& [id, job] : jobs_)
-        if (job->status() != JobStatus::null)
-            out.push_back(job->query_block_job());
+        if (job->status() != JobStatus::null) out.push_back(job->query_block_job());
     return out;
 }
 
@@ -58,13 +55,11 @@ io::Task<void> JobManager::cancel_all() {
         all.push_back(job.get());
     for (Job* j : all) {
         (void)j->cancel();
-        if (j->status() == JobStatus::concluded)
-            (void)j->dismiss();
+        if (j->status() == JobStatus::concluded) (void)j->dismiss();
     }
     while (!jobs_.empty()) {
         Job* j = jobs_.begin()->second.get();
-        if (j->status() == JobStatus::concluded)
-            (void)j->dismiss();
+        if (j->status() == JobStatus::concluded) (void)j->dismiss();
         co_await io::sleep_for(std::chrono::milliseconds(1));
     }
 }

@@ -2,19 +2,19 @@
 // JobManager: owns the jobs by id, answers query-jobs / query-block-jobs and applies verbs.
 // A job leaves the table when it reaches `null` (dismissed).
 
+#include "io/task.hpp"
+#include "jobs/job.hpp"
+#include "util/result.hpp"
+
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "io/task.hpp"
-#include "jobs/job.hpp"
-#include "util/result.hpp"
-
 namespace fleece::jobs {
 
 class JobManager {
-public:
+  public:
     JobManager() = default;
     ~JobManager();
 
@@ -29,7 +29,7 @@ public:
     // Cancels every job and waits for them (daemon shutdown).
     io::Task<void> cancel_all();
 
-private:
+  private:
     io::Task<void> reap(Job* job);
     std::map<std::string, std::unique_ptr<Job>> jobs_;
 };

@@ -8,7 +8,17 @@
 namespace fleece::jobs {
 
 enum class JobStatus : std::uint8_t {
-    undefined, created, running, paused, ready, standby, waiting, pending, aborting, concluded, null,
+    undefined,
+    created,
+    running,
+    paused,
+    ready,
+    standby,
+    waiting,
+    pending,
+    aborting,
+    concluded,
+    null,
 };
 inline constexpr int job_status_count = 11;
 

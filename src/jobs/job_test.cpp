@@ -1,7 +1,6 @@
 #include "jobs/job.hpp"
 
 #include <gtest/gtest.h>
-
 #include <string>
 #include <vector>
 
@@ -24,18 +23,17 @@ TEST(JobTables, MatchQemu) {
 }
 
 class StepJob final : public Job {
-public:
+  public:
     StepJob(JobOptions o, EventSink s, int steps, bool fail)
         : Job(std::move(o), "backup", std::move(s)), steps_(steps), fail_(fail) {}
     int committed = 0, aborted = 0, cleaned = 0;
 
-protected:
+  protected:
     io::Task<std::error_code> run() override {
         set_progress_total(static_cast<std::uint64_t>(steps_) * 65536);
         for (int i = 0; i < steps_; ++i) {
             co_await pause_point();
-            if (cancelled())
-                co_return std::error_code{};
+            if (cancelled()) co_return std::error_code{};
             co_await sleep_or_kick(std::chrono::milliseconds(1));
             add_progress(65536);
             if (fail_ && i == steps_ / 2)
@@ -47,7 +45,7 @@ protected:
     void abort() override { ++aborted; }
     void clean() override { ++cleaned; }
 
-private:
+  private:
     int steps_;
     bool fail_;
 };
@@ -61,8 +59,7 @@ struct Recorder {
                 seq.push_back(data["status"].get<std::string>());
             else {
                 seq.push_back(name);
-                if (name != "BLOCK_JOB_PENDING")
-                    last_completion = data;
+                if (name != "BLOCK_JOB_PENDING") last_completion = data;
             }
         };
     }
@@ -145,7 +142,8 @@ TEST(Job, PauseResumeThenCancel) {
     EXPECT_EQ(r.seq[2], "paused");
     EXPECT_EQ(r.seq[3], "running");
     const std::vector<std::string> tail(r.seq.end() - 4, r.seq.end());
-    EXPECT_EQ(tail, (std::vector<std::string>{"aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"}));
+    EXPECT_EQ(tail,
+              (std::vector<std::string>{"aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"}));
     EXPECT_LT(r.last_completion["offset"], r.last_completion["len"]);
 }
 

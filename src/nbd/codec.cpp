@@ -32,8 +32,7 @@ std::uint64_t get_u64(const std::byte* p) {
 }
 
 std::optional<Request> parse_request(std::span<const std::byte> h) {
-    if (h.size() < request_size || get_u32(h.data()) != request_magic)
-        return std::nullopt;
+    if (h.size() < request_size || get_u32(h.data()) != request_magic) return std::nullopt;
     Request r;
     r.flags = get_u16(h.data() + 4);
     r.type = get_u16(h.data() + 6);
@@ -59,10 +58,8 @@ bool in_range(const Request& r, const ExportParams& p) {
     return r.offset <= p.size && r.length <= p.size - r.offset;
 }
 bool aligned(const Request& r, const ExportParams& p) {
-    if (p.min_block <= 1)
-        return true;
-    if (r.offset % p.min_block != 0)
-        return false;
+    if (p.min_block <= 1) return true;
+    if (r.offset % p.min_block != 0) return false;
     // The tail of an export whose size is not a multiple of the block size is allowed.
     return r.length % p.min_block == 0 || r.offset + r.length == p.size;
 }
@@ -88,8 +85,7 @@ Validation validate_request(const Request& r, const ExportParams& p) {
         break;
     case cmd_write_zeroes:
         allowed = cmd_flag_fua | cmd_flag_no_hole;
-        if (p.transmission_flags & tflag_send_fast_zero)
-            allowed |= cmd_flag_fast_zero;
+        if (p.transmission_flags & tflag_send_fast_zero) allowed |= cmd_flag_fast_zero;
         break;
     case cmd_block_status:
         allowed = cmd_flag_req_one;
@@ -105,32 +101,25 @@ Validation validate_request(const Request& r, const ExportParams& p) {
     const bool has_payload = r.type == cmd_write;
     if (has_payload && r.length > p.max_payload)
         return {p.structured_replies ? err_overflow : err_inval, true};
-    if (r.flags & ~allowed)
-        return {err_inval, false};
+    if (r.flags & ~allowed) return {err_inval, false};
     if (read_only && (r.type == cmd_write || r.type == cmd_trim || r.type == cmd_write_zeroes))
         return {err_perm, false};
-    if (r.type == cmd_trim && !(p.transmission_flags & tflag_send_trim))
-        return {err_inval, false};
+    if (r.type == cmd_trim && !(p.transmission_flags & tflag_send_trim)) return {err_inval, false};
     if (r.type == cmd_write_zeroes && !(p.transmission_flags & tflag_send_write_zeroes))
         return {err_inval, false};
     if (r.type == cmd_block_status && (!p.structured_replies || !p.base_allocation))
         return {err_inval, false};
-    if (!ranged)
-        return {};
-    if (!in_range(r, p))
-        return {err_inval, false};
-    if (!aligned(r, p))
-        return {err_inval, false};
+    if (!ranged) return {};
+    if (!in_range(r, p)) return {err_inval, false};
+    if (!aligned(r, p)) return {err_inval, false};
     if (r.type == cmd_read && r.length > p.max_payload)
         return {p.structured_replies ? err_overflow : err_inval, false};
-    if (r.type == cmd_block_status && r.length == 0)
-        return {err_inval, false};
+    if (r.type == cmd_block_status && r.length == 0) return {err_inval, false};
     return {};
 }
 
 std::uint32_t errno_to_nbd(int err, bool fast_zero) {
-    if (err < 0)
-        err = -err;
+    if (err < 0) err = -err;
     switch (err) {
     case 0:
         return err_none;
@@ -188,8 +177,7 @@ void encode_offset_hole(Bytes& out, std::uint64_t cookie, std::uint64_t offset,
 
 void encode_error_chunk(Bytes& out, std::uint64_t cookie, std::uint32_t error,
                         std::string_view message) {
-    if (message.size() > 4096)
-        message = message.substr(0, 4096);
+    if (message.size() > 4096) message = message.substr(0, 4096);
     encode_structured_header(out, reply_flag_done, reply_type_error, cookie,
                              static_cast<std::uint32_t>(6 + message.size()));
     put_u32(out, error);
@@ -213,8 +201,7 @@ void encode_block_status(Bytes& out, std::uint64_t cookie, std::uint32_t context
 }
 
 std::optional<OptionHeader> parse_option_header(std::span<const std::byte> h) {
-    if (h.size() < option_header_size || get_u64(h.data()) != opt_magic)
-        return std::nullopt;
+    if (h.size() < option_header_size || get_u64(h.data()) != opt_magic) return std::nullopt;
     return OptionHeader{get_u32(h.data() + 8), get_u32(h.data() + 12)};
 }
 
@@ -293,20 +280,17 @@ Bytes export_name_reply(std::uint64_t size, std::uint16_t flags, bool no_zeroes)
     Bytes out;
     put_u64(out, size);
     put_u16(out, flags);
-    if (!no_zeroes)
-        out.resize(out.size() + 124, std::byte{0});
+    if (!no_zeroes) out.resize(out.size() + 124, std::byte{0});
     return out;
 }
 
 namespace {
 // Reads a u32-length-prefixed string at `pos`; advances pos.
 bool read_string(std::span<const std::byte> d, std::size_t& pos, std::string& out) {
-    if (d.size() - pos < 4)
-        return false;
+    if (d.size() - pos < 4) return false;
     const std::uint32_t n = get_u32(d.data() + pos);
     pos += 4;
-    if (n > d.size() - pos || n > 4096)
-        return false;
+    if (n > d.size() - pos || n > 4096) return false;
     out.assign(reinterpret_cast<const char*>(d.data() + pos), n);
     pos += n;
     return true;
@@ -316,14 +300,11 @@ bool read_string(std::span<const std::byte> d, std::size_t& pos, std::string& ou
 std::optional<InfoRequest> parse_info_request(std::span<const std::byte> d) {
     InfoRequest r;
     std::size_t pos = 0;
-    if (!read_string(d, pos, r.name))
-        return std::nullopt;
-    if (d.size() - pos < 2)
-        return std::nullopt;
+    if (!read_string(d, pos, r.name)) return std::nullopt;
+    if (d.size() - pos < 2) return std::nullopt;
     const std::uint16_t n = get_u16(d.data() + pos);
     pos += 2;
-    if (d.size() - pos != std::size_t{n} * 2)
-        return std::nullopt;
+    if (d.size() - pos != std::size_t{n} * 2) return std::nullopt;
     for (std::uint16_t i = 0; i < n; ++i, pos += 2)
         r.infos.push_back(get_u16(d.data() + pos));
     return r;
@@ -332,23 +313,18 @@ std::optional<InfoRequest> parse_info_request(std::span<const std::byte> d) {
 std::optional<MetaContextRequest> parse_meta_context_request(std::span<const std::byte> d) {
     MetaContextRequest r;
     std::size_t pos = 0;
-    if (!read_string(d, pos, r.export_name))
-        return std::nullopt;
-    if (d.size() - pos < 4)
-        return std::nullopt;
+    if (!read_string(d, pos, r.export_name)) return std::nullopt;
+    if (d.size() - pos < 4) return std::nullopt;
     const std::uint32_t n = get_u32(d.data() + pos);
     pos += 4;
     // Each query takes at least 4 bytes; bound the count by what the data can hold.
-    if (n > (d.size() - pos) / 4)
-        return std::nullopt;
+    if (n > (d.size() - pos) / 4) return std::nullopt;
     for (std::uint32_t i = 0; i < n; ++i) {
         std::string q;
-        if (!read_string(d, pos, q))
-            return std::nullopt;
+        if (!read_string(d, pos, q)) return std::nullopt;
         r.queries.push_back(std::move(q));
     }
-    if (pos != d.size())
-        return std::nullopt;
+    if (pos != d.size()) return std::nullopt;
     return r;
 }
 

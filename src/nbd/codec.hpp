@@ -2,6 +2,8 @@
 // Pure encoding and decoding of NBD messages: no I/O, no state. Used by the connection
 // code and exercised directly by unit tests and the fuzz target.
 
+#include "nbd/protocol.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -9,8 +11,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "nbd/protocol.hpp"
 
 namespace fleece::nbd {
 

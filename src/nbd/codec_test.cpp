@@ -1,13 +1,14 @@
 #include "nbd/codec.hpp"
 
-#include <gtest/gtest.h>
-
 #include <cerrno>
+#include <gtest/gtest.h>
 
 using namespace fleece::nbd;
 
 namespace {
-std::span<const std::byte> sp(const Bytes& b) { return {b.data(), b.size()}; }
+std::span<const std::byte> sp(const Bytes& b) {
+    return {b.data(), b.size()};
+}
 ExportParams params() {
     ExportParams p;
     p.size = 1 << 20;

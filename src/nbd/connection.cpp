@@ -1,36 +1,34 @@
 #include "nbd/connection.hpp"
 
-#include <sys/socket.h>
+#include "io/event_loop.hpp"
+#include "nbd/server.hpp"
 
 #include <algorithm>
 #include <cerrno>
-
-#include "io/event_loop.hpp"
-#include "nbd/server.hpp"
+#include <sys/socket.h>
 
 namespace fleece::nbd {
 
 namespace {
-std::span<const std::byte> as_bytes(const Bytes& b) { return {b.data(), b.size()}; }
+std::span<const std::byte> as_bytes(const Bytes& b) {
+    return {b.data(), b.size()};
+}
 } // namespace
 
 void Connection::shut_down() {
     broken_ = true;
-    if (fd_)
-        ::shutdown(fd_.get(), SHUT_RDWR);
+    if (fd_) ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
 io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holder server_hold) {
     try {
-        if (co_await self->handshake())
-            co_await self->transmission();
+        if (co_await self->handshake()) co_await self->transmission();
     } catch (const std::exception&) {
         // A connection problem never takes the daemon down.
     }
     self->broken_ = true;
     co_await self->requests_.close();
-    if (self->export_)
-        self->export_->connections_.erase(self.get());
+    if (self->export_) self->export_->connections_.erase(self.get());
     self->export_hold_.leave();
     self->server_->connection_finished(self.get());
     self->fd_.reset();
@@ -38,8 +36,7 @@ io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holde
 }
 
 io::Task<bool> Connection::send(Bytes bytes) {
-    if (broken_)
-        co_return false;
+    if (broken_) co_return false;
     const int r = co_await io::write_all(fd_.get(), as_bytes(bytes));
     if (r < 0) {
         shut_down();
@@ -58,9 +55,9 @@ io::Task<bool> Connection::send_option_reply(std::uint32_t option, std::uint32_t
 io::Task<bool> Connection::discard_input(std::uint64_t length) {
     std::vector<std::byte> scratch(std::min<std::uint64_t>(length, 64 * 1024));
     while (length > 0) {
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(length, scratch.size()));
-        if (co_await io::read_exact(fd_.get(), std::span(scratch.data(), n)) < 0)
-            co_return false;
+        const std::size_t n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(length, scratch.size()));
+        if (co_await io::read_exact(fd_.get(), std::span(scratch.data(), n)) < 0) co_return false;
         length -= n;
     }
     co_return true;
@@ -69,52 +66,40 @@ io::Task<bool> Connection::discard_input(std::uint64_t length) {
 // ---- Handshake -------------------------------------------------------------------------
 
 io::Task<bool> Connection::handshake() {
-    if (!co_await send(encode_greeting(flag_fixed_newstyle | flag_no_zeroes)))
-        co_return false;
+    if (!co_await send(encode_greeting(flag_fixed_newstyle | flag_no_zeroes))) co_return false;
     std::byte cf[4];
-    if (co_await io::read_exact(fd_.get(), cf) < 0)
-        co_return false;
+    if (co_await io::read_exact(fd_.get(), cf) < 0) co_return false;
     const std::uint32_t client_flags = get_u32(cf);
     // Unknown client flags: the spec says to close; we accept the known ones only.
-    if (client_flags & ~(client_flag_fixed_newstyle | client_flag_no_zeroes))
-        co_return false;
+    if (client_flags & ~(client_flag_fixed_newstyle | client_flag_no_zeroes)) co_return false;
     no_zeroes_ = client_flags & client_flag_no_zeroes;
     while (!broken_) {
         std::byte hdr[option_header_size];
-        if (co_await io::read_exact(fd_.get(), hdr) < 0)
-            co_return false;
+        if (co_await io::read_exact(fd_.get(), hdr) < 0) co_return false;
         auto h = parse_option_header(hdr);
-        if (!h)
-            co_return false;
+        if (!h) co_return false;
         const Next next = co_await handle_option(*h);
-        if (next == Next::close)
-            co_return false;
-        if (next == Next::transmission)
-            co_return true;
+        if (next == Next::close) co_return false;
+        if (next == Next::transmission) co_return true;
     }
     co_return false;
 }
 
 io::Task<Connection::Next> Connection::handle_option(OptionHeader h) {
     if (h.length > max_option_length) {
-        if (h.option == opt_export_name)
-            co_return Next::close; // no way to reply with an error
-        if (!co_await discard_input(h.length))
-            co_return Next::close;
+        if (h.option == opt_export_name) co_return Next::close; // no way to reply with an error
+        if (!co_await discard_input(h.length)) co_return Next::close;
         co_return co_await send_option_reply(h.option, rep_err_too_big) ? Next::again : Next::close;
     }
     Bytes data(h.length);
-    if (h.length > 0 && co_await io::read_exact(fd_.get(), data) < 0)
-        co_return Next::close;
+    if (h.length > 0 && co_await io::read_exact(fd_.get(), data) < 0) co_return Next::close;
 
     switch (h.option) {
     case opt_export_name: {
         std::string name(reinterpret_cast<const char*>(data.data()), data.size());
         auto exp = server_->find_export(name);
-        if (!exp)
-            co_return Next::close;
-        if (!co_await enter_transmission(exp))
-            co_return Next::close;
+        if (!exp) co_return Next::close;
+        if (!co_await enter_transmission(exp)) co_return Next::close;
         if (!co_await send(export_name_reply(exp->size(), exp->transmission_flags(), no_zeroes_)))
             co_return Next::close;
         co_return Next::transmission;
@@ -125,12 +110,11 @@ io::Task<Connection::Next> Connection::handle_option(OptionHeader h) {
     case opt_list: {
         if (!data.empty())
             co_return co_await send_option_reply(h.option, rep_err_invalid) ? Next::again
-                                                                           : Next::close;
+                                                                            : Next::close;
         for (const auto& e : server_->exports()) {
-            if (e->removing_)
-                continue;
-            if (!co_await send_option_reply(h.option, rep_server,
-                                            rep_server_payload(e->name(), e->options().description)))
+            if (e->removing_) continue;
+            if (!co_await send_option_reply(
+                    h.option, rep_server, rep_server_payload(e->name(), e->options().description)))
                 co_return Next::close;
         }
         co_return co_await send_option_reply(h.option, rep_ack) ? Next::again : Next::close;
@@ -174,9 +158,9 @@ io::Task<Connection::Next> Connection::option_info(std::uint32_t option, Bytes d
         !co_await send_option_reply(
             option, rep_info, info_string_payload(info_description, exp->options().description)))
         co_return Next::close;
-    if (!co_await send_option_reply(option, rep_info,
-                                    info_block_size_payload(exp->min_block(), exp->preferred_block(),
-                                                            exp->max_block())))
+    if (!co_await send_option_reply(
+            option, rep_info,
+            info_block_size_payload(exp->min_block(), exp->preferred_block(), exp->max_block())))
         co_return Next::close;
     if (option == opt_info)
         co_return co_await send_option_reply(option, rep_ack) ? Next::again : Next::close;
@@ -198,13 +182,13 @@ io::Task<Connection::Next> Connection::option_meta(std::uint32_t option, Bytes d
     const std::vector<std::string> offered = exp->meta_contexts();
     std::vector<std::string> matched;
     if (req->queries.empty()) {
-        if (!set)
-            matched = offered;
+        if (!set) matched = offered;
     } else {
         for (const std::string& q : req->queries) {
             for (const std::string& c : offered) {
                 // LIST accepts a namespace query ("base:") meaning every context in it.
-                const bool hit = q == c || (!set && !q.empty() && q.back() == ':' && c.rfind(q, 0) == 0);
+                const bool hit =
+                    q == c || (!set && !q.empty() && q.back() == ':' && c.rfind(q, 0) == 0);
                 if (hit && std::find(matched.begin(), matched.end(), c) == matched.end())
                     matched.push_back(c);
             }
@@ -216,8 +200,7 @@ io::Task<Connection::Next> Connection::option_meta(std::uint32_t option, Bytes d
     }
     for (const std::string& c : matched) {
         const std::uint32_t id = c == meta_base_allocation ? meta_id_base_allocation : 0;
-        if (set && c == meta_base_allocation)
-            base_allocation_ = true;
+        if (set && c == meta_base_allocation) base_allocation_ = true;
         if (!co_await send_option_reply(option, rep_meta_context, meta_context_payload(id, c)))
             co_return Next::close;
     }
@@ -226,13 +209,11 @@ io::Task<Connection::Next> Connection::option_meta(std::uint32_t option, Bytes d
 
 io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
     io::Gate::Holder hold = exp->gate_.enter();
-    if (!hold || exp->removing_)
-        co_return false;
+    if (!hold || exp->removing_) co_return false;
     export_hold_ = std::move(hold);
     export_ = exp;
     exp->connections_.insert(this);
-    if (meta_export_ != exp->name())
-        base_allocation_ = false;
+    if (meta_export_ != exp->name()) base_allocation_ = false;
     params_.size = exp->size();
     params_.transmission_flags = exp->transmission_flags();
     params_.min_block = exp->min_block();
@@ -247,13 +228,10 @@ io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
 io::Task<void> Connection::transmission() {
     while (!broken_) {
         std::byte hdr[request_size];
-        if (co_await io::read_exact(fd_.get(), hdr) < 0)
-            break;
+        if (co_await io::read_exact(fd_.get(), hdr) < 0) break;
         auto req = parse_request(hdr);
-        if (!req)
-            break; // bad magic: we cannot find the next request
-        if (req->type == cmd_disc)
-            break;
+        if (!req) break; // bad magic: we cannot find the next request
+        if (req->type == cmd_disc) break;
         params_.size = export_->size();
         const Validation v = validate_request(*req, params_);
         if (!v) {
@@ -261,31 +239,26 @@ io::Task<void> Connection::transmission() {
                 co_await reply_error(*req, v.error);
                 break;
             }
-            if (req->type == cmd_write && !co_await discard_input(req->length))
-                break;
+            if (req->type == cmd_write && !co_await discard_input(req->length)) break;
             co_await reply_error(*req, v.error);
             continue;
         }
         io::Buffer buf;
         if ((req->type == cmd_read || req->type == cmd_write) && req->length > 0) {
             buf = co_await buffers_.get(req->length);
-            if (req->type == cmd_write && co_await io::read_exact(fd_.get(), buf.span()) < 0)
-                break;
+            if (req->type == cmd_write && co_await io::read_exact(fd_.get(), buf.span()) < 0) break;
         }
         io::Gate::Holder hold = requests_.enter();
-        if (!hold)
-            break;
+        if (!hold) break;
         io::EventLoop::current().spawn(
             handle_request(shared_from_this(), *req, std::move(buf), std::move(hold)));
     }
     broken_ = true;
 }
 
-
 io::Task<void> Connection::write_locked(Bytes head, std::span<const std::byte> data) {
     auto guard = co_await write_mutex_.lock();
-    if (broken_ && !fd_)
-        co_return;
+    if (broken_ && !fd_) co_return;
     if (co_await io::write_all(fd_.get(), as_bytes(head)) < 0 ||
         (!data.empty() && co_await io::write_all(fd_.get(), data) < 0))
         shut_down();
@@ -331,23 +304,18 @@ io::Task<void> Connection::handle_request(std::shared_ptr<Connection> self, Requ
         ec = co_await child.flush();
         break;
     case cmd_trim:
-        if (req.length > 0)
-            ec = co_await child.discard(req.offset, req.length);
-        if (!ec && (req.flags & cmd_flag_fua))
-            ec = co_await child.flush();
+        if (req.length > 0) ec = co_await child.discard(req.offset, req.length);
+        if (!ec && (req.flags & cmd_flag_fua)) ec = co_await child.flush();
         break;
     case cmd_write_zeroes: {
         block::ReqFlags f = 0;
-        if (req.flags & cmd_flag_fua)
-            f |= block::req_fua;
-        if (!(req.flags & cmd_flag_no_hole))
-            f |= block::req_may_unmap;
+        if (req.flags & cmd_flag_fua) f |= block::req_fua;
+        if (!(req.flags & cmd_flag_no_hole)) f |= block::req_may_unmap;
         if (req.flags & cmd_flag_fast_zero) {
             f |= block::req_no_fallback;
             fast_zero = true;
         }
-        if (req.length > 0)
-            ec = co_await child.write_zeroes(req.offset, req.length, f);
+        if (req.length > 0) ec = co_await child.write_zeroes(req.offset, req.length, f);
         break;
     }
     case cmd_cache:
@@ -367,16 +335,14 @@ io::Task<void> Connection::handle_request(std::shared_ptr<Connection> self, Requ
 
 io::Task<void> Connection::do_read(Request req, io::Buffer buf) {
     std::error_code ec;
-    if (req.length > 0)
-        ec = co_await export_->child().read(req.offset, buf.span());
+    if (req.length > 0) ec = co_await export_->child().read(req.offset, buf.span());
     if (ec) {
         co_await reply_error(req, errno_to_nbd(ec.value()));
         co_return;
     }
     Bytes head;
     std::span<const std::byte> data;
-    if (req.length > 0)
-        data = std::span<const std::byte>(buf.data(), req.length);
+    if (req.length > 0) data = std::span<const std::byte>(buf.data(), req.length);
     if (structured_) {
         if (req.length == 0)
             encode_done_chunk(head, req.cookie);
@@ -403,28 +369,23 @@ io::Task<void> Connection::do_block_status(Request req) {
             }
             break;
         }
-        if (bs.length == 0)
-            break;
+        if (bs.length == 0) break;
         const std::uint64_t len = std::min(bs.length, end - offset);
         std::uint32_t flags = 0;
-        if (!(bs.flags & block::status_data))
-            flags |= state_hole;
-        if (bs.flags & block::status_zero)
-            flags |= state_zero;
+        if (!(bs.flags & block::status_data)) flags |= state_hole;
+        if (bs.flags & block::status_zero) flags |= state_zero;
         if (!extents.empty() && extents.back().flags == flags)
             extents.back().length += static_cast<std::uint32_t>(len);
         else
             extents.push_back({static_cast<std::uint32_t>(len), flags});
         offset += len;
-        if (one || extents.size() >= max_extents)
-            break;
+        if (one || extents.size() >= max_extents) break;
     }
     if (extents.empty()) {
         co_await reply_error(req, err_io);
         co_return;
     }
-    if (one)
-        extents.resize(1);
+    if (one) extents.resize(1);
     Bytes out;
     encode_block_status(out, req.cookie, meta_id_base_allocation, extents, true);
     co_await write_locked(std::move(out), {});

@@ -1,10 +1,6 @@
 #pragma once
 // Internal: one client connection (handshake, then the transmission phase).
 
-#include <cstdint>
-#include <memory>
-#include <string>
-
 #include "io/buffer_pool.hpp"
 #include "io/socket.hpp"
 #include "io/sync.hpp"
@@ -12,12 +8,16 @@
 #include "nbd/codec.hpp"
 #include "nbd/export.hpp"
 
+#include <cstdint>
+#include <memory>
+#include <string>
+
 namespace fleece::nbd {
 
 class NbdServer;
 
 class Connection : public std::enable_shared_from_this<Connection> {
-public:
+  public:
     // Bytes of request payload (reads and writes) a connection may have in flight.
     static constexpr std::size_t max_in_flight_bytes = 64u << 20;
 
@@ -29,7 +29,7 @@ public:
     // Wake the reader so the connection winds down (remove_export, stop).
     void shut_down();
 
-private:
+  private:
     enum class Next { again, transmission, close };
     io::Task<bool> handshake();
     io::Task<Next> handle_option(OptionHeader h);
@@ -55,8 +55,8 @@ private:
     ExportParams params_;
     bool no_zeroes_ = false;
     bool structured_ = false;
-    bool base_allocation_ = false;    // selected by SET_META_CONTEXT
-    std::string meta_export_;          // export name the selection was made for
+    bool base_allocation_ = false; // selected by SET_META_CONTEXT
+    std::string meta_export_;      // export name the selection was made for
     bool broken_ = false;
     io::AsyncMutex write_mutex_;
     io::BufferPool buffers_{max_in_flight_bytes};

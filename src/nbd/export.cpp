@@ -1,8 +1,8 @@
 #include "nbd/export.hpp"
 
-#include <algorithm>
-
 #include "nbd/protocol.hpp"
+
+#include <algorithm>
 
 namespace fleece::nbd {
 
@@ -14,8 +14,7 @@ std::uint16_t Export::transmission_flags() const {
         f |= tflag_read_only;
     } else {
         f |= tflag_send_trim | tflag_send_write_zeroes;
-        if (caps.fast_zero)
-            f |= tflag_send_fast_zero;
+        if (caps.fast_zero) f |= tflag_send_fast_zero;
     }
     return f;
 }
@@ -31,8 +30,7 @@ std::uint32_t Export::preferred_block() const {
 std::uint32_t Export::max_block() const {
     std::uint32_t m = max_payload;
     const std::uint32_t node_max = node().limits().max_transfer;
-    if (node_max != 0 && node_max < m && node_max >= preferred_block())
-        m = node_max;
+    if (node_max != 0 && node_max < m && node_max >= preferred_block()) m = node_max;
     return m;
 }
 

@@ -1,15 +1,15 @@
 #pragma once
 // One NBD export: a named view of a block node, attached to it by a root edge.
 
+#include "block/graph.hpp"
+#include "block/node.hpp"
+#include "io/sync.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <set>
 #include <string>
 #include <vector>
-
-#include "block/graph.hpp"
-#include "block/node.hpp"
-#include "io/sync.hpp"
 
 namespace fleece::nbd {
 
@@ -24,7 +24,7 @@ struct ExportOptions {
 class Connection;
 
 class Export final : public block::ChildParent {
-public:
+  public:
     explicit Export(ExportOptions opts) : opts_(std::move(opts)) {}
 
     const ExportOptions& options() const { return opts_; }
@@ -48,12 +48,12 @@ public:
     std::string parent_name() const override { return opts_.id; }
     const char* parent_type() const override { return "block-backend"; }
 
-private:
+  private:
     friend class NbdServer;
     friend class Connection;
     ExportOptions opts_;
     std::unique_ptr<block::Child> child_;
-    io::Gate gate_;                  // one holder per connection using the export
+    io::Gate gate_; // one holder per connection using the export
     std::set<Connection*> connections_;
     bool removing_ = false;
 };

@@ -7,8 +7,8 @@
 namespace fleece::nbd {
 
 // Handshake
-inline constexpr std::uint64_t nbd_magic = 0x4e42444d41474943ull;       // "NBDMAGIC"
-inline constexpr std::uint64_t opt_magic = 0x49484156454f5054ull;       // "IHAVEOPT"
+inline constexpr std::uint64_t nbd_magic = 0x4e42444d41474943ull; // "NBDMAGIC"
+inline constexpr std::uint64_t opt_magic = 0x49484156454f5054ull; // "IHAVEOPT"
 inline constexpr std::uint64_t opt_reply_magic = 0x0003e889045565a9ull;
 
 inline constexpr std::uint16_t flag_fixed_newstyle = 1u << 0;
@@ -114,7 +114,7 @@ inline constexpr std::size_t request_size = 28;
 inline constexpr std::size_t simple_reply_size = 16;
 inline constexpr std::size_t structured_reply_header_size = 20;
 inline constexpr std::size_t option_header_size = 16;
-inline constexpr std::uint32_t max_payload = 32u << 20;     // largest read/write/request
+inline constexpr std::uint32_t max_payload = 32u << 20;       // largest read/write/request
 inline constexpr std::uint32_t max_option_length = 64u << 10; // larger options are refused
 inline constexpr std::uint32_t preferred_block_size = 4096;
 

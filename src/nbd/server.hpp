@@ -24,18 +24,18 @@
 // - stop() must be awaited before the server is destroyed if it ever listened.
 // - Malformed clients only ever lose their own connection.
 
-#include <cstdint>
-#include <memory>
-#include <set>
-#include <string>
-#include <vector>
-
 #include "block/graph.hpp"
 #include "io/socket.hpp"
 #include "io/sync.hpp"
 #include "io/task.hpp"
 #include "nbd/export.hpp"
 #include "util/result.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
 
 namespace fleece::nbd {
 
@@ -49,7 +49,7 @@ struct ExportInfo {
 };
 
 class NbdServer {
-public:
+  public:
     explicit NbdServer(block::Graph& graph);
     ~NbdServer();
     NbdServer(const NbdServer&) = delete;
@@ -77,7 +77,7 @@ public:
     void connection_started(Connection* c) { connections_.insert(c); }
     void connection_finished(Connection* c) { connections_.erase(c); }
 
-private:
+  private:
     static io::Task<void> accept_loop(NbdServer* server, int listen_fd, io::Gate::Holder hold);
     Status start_listening(Result<io::FileDescriptor> fd);
 

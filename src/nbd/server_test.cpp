@@ -1,23 +1,21 @@
 // Component tests: NbdServer on a unix socket, driven by libnbd from a client thread while
 // the test thread runs the event loop.
+#include "block/graph.hpp"
+#include "io/event_loop.hpp"
+#include "nbd/codec.hpp"
 #include "nbd/server.hpp"
-
-#include <gtest/gtest.h>
-#include <libnbd.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <gtest/gtest.h>
+#include <libnbd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <thread>
-
-#include "block/graph.hpp"
-#include "io/event_loop.hpp"
-#include "nbd/codec.hpp"
+#include <unistd.h>
 
 using namespace fleece;
 using namespace fleece::block;
@@ -30,7 +28,7 @@ constexpr std::uint64_t kBlock = 4096;
 
 // In-memory node that tracks allocation per 4 KiB block, so block status has holes.
 class MemNode final : public Node {
-public:
+  public:
     MemNode(std::string name, std::uint64_t size)
         : Node(std::move(name), "memory"), data_(size), alloc_((size + kBlock - 1) / kBlock) {
         set_size(size);
@@ -43,8 +41,9 @@ public:
     std::vector<bool> alloc_;
     int flushes = 0;
 
-protected:
-    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf, ReqFlags) override {
+  protected:
+    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf,
+                                      ReqFlags) override {
         co_await io::EventLoop::current().yield();
         std::memcpy(buf.data(), data_.data() + off, buf.size());
         co_return std::error_code{};
@@ -84,7 +83,7 @@ protected:
         co_return bs;
     }
 
-private:
+  private:
     void punch(std::uint64_t off, std::uint64_t len, bool unmap) {
         for (std::uint64_t b = off / kBlock; b * kBlock < off + len; ++b) {
             const bool whole = b * kBlock >= off && (b + 1) * kBlock <= off + len;
@@ -139,8 +138,7 @@ struct Fixture {
         nbd_handle* h = nbd_create();
         EXPECT_NE(h, nullptr);
         nbd_set_export_name(h, name);
-        if (meta)
-            nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+        if (meta) nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
         if (nbd_connect_unix(h, sock.c_str()) == -1) {
             ADD_FAILURE() << "connect: " << nbd_get_error();
             nbd_close(h);
@@ -155,8 +153,7 @@ struct ExtentCollector {
     static int cb(void* user, const char* ctx, std::uint64_t, std::uint32_t* e, std::size_t n,
                   int*) {
         auto* self = static_cast<ExtentCollector*>(user);
-        if (std::strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0)
-            self->entries.assign(e, e + n);
+        if (std::strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0) self->entries.assign(e, e + n);
         return 0;
     }
 };
@@ -400,8 +397,7 @@ TEST(NbdServer, MaxConnections) {
 }
 
 TEST(NbdServer, QemuIo) {
-    if (::access("/usr/bin/qemu-io", X_OK) != 0)
-        GTEST_SKIP() << "qemu-io not installed";
+    if (::access("/usr/bin/qemu-io", X_OK) != 0) GTEST_SKIP() << "qemu-io not installed";
     Fixture f;
     ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
     f.run_client([&] {

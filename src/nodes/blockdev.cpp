@@ -1,6 +1,6 @@
-#include <fmt/format.h>
-
 #include "nodes/registry.hpp"
+
+#include <fmt/format.h>
 
 namespace fleece::nodes {
 
@@ -22,16 +22,13 @@ Result<CommonOptions> read_common(OptionReader& r) {
     c.auto_read_only = r.boolean("auto-read-only").value_or(false);
     c.force_share = r.boolean("force-share").value_or(false);
     c.discard = r.choice("discard", {"ignore", "off", "unmap", "on"}).value_or("ignore");
-    if (c.discard == "off")
-        c.discard = "ignore";
-    if (c.discard == "on")
-        c.discard = "unmap";
+    if (c.discard == "off") c.discard = "ignore";
+    if (c.discard == "on") c.discard = "unmap";
     c.detect_zeroes = r.choice("detect-zeroes", {"off", "on", "unmap"}).value_or("off");
     OptionReader cache = r.object("cache");
     c.cache_direct = cache.boolean("direct").value_or(false);
     c.cache_no_flush = cache.boolean("no-flush").value_or(false);
-    if (Status st = cache.finish(); !st)
-        return st.error();
+    if (Status st = cache.finish(); !st) return st.error();
     return c;
 }
 
@@ -50,43 +47,39 @@ io::Task<Result<block::Node*>> open_node(OpenContext& ctx, nlohmann::json option
     } else {
         r.fail("Parameter 'node-name' is missing");
     }
-    if (Status st = r.finish(); !st && driver_name.empty())
-        co_return st.error();
+    if (Status st = r.finish(); !st && driver_name.empty()) co_return st.error();
     const DriverSpec* driver = find_driver(driver_name);
     if (!driver)
-        co_return make_error(fmt::format("Parameter 'driver' does not accept value '{}'", driver_name));
+        co_return make_error(
+            fmt::format("Parameter 'driver' does not accept value '{}'", driver_name));
     if (!node_name.empty() && ctx.graph.find(node_name))
         co_return make_error(fmt::format("Duplicate nodes with node-name='{}'", node_name));
     auto common = read_common(r);
-    if (!common)
-        co_return common.error();
+    if (!common) co_return common.error();
     auto node = co_await driver->open(ctx, node_name, *common, r);
-    if (!node)
-        co_return node.error();
-    if (Status st = r.finish(); !st)
-        co_return st.error();
+    if (!node) co_return node.error();
+    if (Status st = r.finish(); !st) co_return st.error();
     (*node)->set_implicit(implicit && !options.contains("node-name"));
     auto added = ctx.graph.add(std::move(*node));
-    if (!added)
-        co_return added.error();
-    if (implicit)
-        ctx.created.push_back((*added)->name());
+    if (!added) co_return added.error();
+    if (implicit) ctx.created.push_back((*added)->name());
     co_return *added;
 }
 
 } // namespace
 
-io::Task<Result<block::Node*>> resolve_ref(OpenContext& ctx, const nlohmann::json& ref, std::string what) {
+io::Task<Result<block::Node*>> resolve_ref(OpenContext& ctx, const nlohmann::json& ref,
+                                           std::string what) {
     if (ref.is_string()) {
         block::Node* n = ctx.graph.find(ref.get<std::string>());
         if (!n)
-            co_return make_error(fmt::format("Cannot find device='' nor node-name='{}'",
-                                             ref.get<std::string>()));
+            co_return make_error(
+                fmt::format("Cannot find device='' nor node-name='{}'", ref.get<std::string>()));
         co_return n;
     }
-    if (ref.is_object())
-        co_return co_await open_node(ctx, ref, true);
-    co_return make_error(fmt::format("Invalid parameter type for '{}', expected: object or string", what));
+    if (ref.is_object()) co_return co_await open_node(ctx, ref, true);
+    co_return make_error(
+        fmt::format("Invalid parameter type for '{}', expected: object or string", what));
 }
 
 io::Task<Result<block::Node*>> blockdev_add(block::Graph& graph, nlohmann::json options) {
@@ -102,8 +95,7 @@ io::Task<Result<block::Node*>> blockdev_add(block::Graph& graph, nlohmann::json 
 
 const DriverSpec* find_driver(std::string_view name) {
     for (const auto& d : drivers())
-        if (d.name == name)
-            return &d;
+        if (d.name == name) return &d;
     return nullptr;
 }
 

@@ -20,8 +20,7 @@ OptionReader::OptionReader(const nlohmann::json& options, std::string prefix)
 }
 
 void OptionReader::fail(std::string message) {
-    if (!error_)
-        error_ = Error{"GenericError", std::move(message)};
+    if (!error_) error_ = Error{"GenericError", std::move(message)};
 }
 
 const nlohmann::json* OptionReader::raw(const std::string& key) {
@@ -32,8 +31,7 @@ const nlohmann::json* OptionReader::raw(const std::string& key) {
 
 std::optional<std::string> OptionReader::string(const std::string& key) {
     const nlohmann::json* v = raw(key);
-    if (!v)
-        return std::nullopt;
+    if (!v) return std::nullopt;
     if (!v->is_string()) {
         fail(fmt::format("Invalid parameter type for '{}', expected: string", full(key)));
         return std::nullopt;
@@ -43,16 +41,12 @@ std::optional<std::string> OptionReader::string(const std::string& key) {
 
 std::optional<bool> OptionReader::boolean(const std::string& key) {
     const nlohmann::json* v = raw(key);
-    if (!v)
-        return std::nullopt;
-    if (v->is_boolean())
-        return v->get<bool>();
+    if (!v) return std::nullopt;
+    if (v->is_boolean()) return v->get<bool>();
     if (v->is_string()) {
         const auto s = v->get<std::string>();
-        if (s == "on" || s == "true" || s == "yes")
-            return true;
-        if (s == "off" || s == "false" || s == "no")
-            return false;
+        if (s == "on" || s == "true" || s == "yes") return true;
+        if (s == "off" || s == "false" || s == "no") return false;
     }
     fail(fmt::format("Invalid parameter type for '{}', expected: boolean", full(key)));
     return std::nullopt;
@@ -60,16 +54,13 @@ std::optional<bool> OptionReader::boolean(const std::string& key) {
 
 std::optional<std::int64_t> OptionReader::integer(const std::string& key) {
     const nlohmann::json* v = raw(key);
-    if (!v)
-        return std::nullopt;
-    if (v->is_number_integer())
-        return v->get<std::int64_t>();
+    if (!v) return std::nullopt;
+    if (v->is_number_integer()) return v->get<std::int64_t>();
     if (v->is_string()) {
         const auto s = v->get<std::string>();
         std::int64_t out = 0;
         auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-        if (ec == std::errc() && p == s.data() + s.size())
-            return out;
+        if (ec == std::errc() && p == s.data() + s.size()) return out;
     }
     fail(fmt::format("Invalid parameter type for '{}', expected: integer", full(key)));
     return std::nullopt;
@@ -77,8 +68,7 @@ std::optional<std::int64_t> OptionReader::integer(const std::string& key) {
 
 std::optional<std::uint64_t> OptionReader::uint(const std::string& key) {
     auto v = integer(key);
-    if (!v)
-        return std::nullopt;
+    if (!v) return std::nullopt;
     if (*v < 0) {
         fail(fmt::format("Parameter '{}' expects a non-negative integer", full(key)));
         return std::nullopt;
@@ -89,11 +79,9 @@ std::optional<std::uint64_t> OptionReader::uint(const std::string& key) {
 std::optional<std::string> OptionReader::choice(const std::string& key,
                                                 const std::vector<std::string>& choices) {
     auto v = string(key);
-    if (!v)
-        return std::nullopt;
+    if (!v) return std::nullopt;
     for (const auto& c : choices)
-        if (c == *v)
-            return v;
+        if (c == *v) return v;
     fail(fmt::format("Parameter '{}' does not accept value '{}'", full(key), *v));
     return std::nullopt;
 }
@@ -117,14 +105,12 @@ std::string OptionReader::required_string(const std::string& key) {
 
 const nlohmann::json* OptionReader::required_raw(const std::string& key) {
     const nlohmann::json* v = raw(key);
-    if (!v)
-        fail(fmt::format("Parameter '{}' is missing", full(key)));
+    if (!v) fail(fmt::format("Parameter '{}' is missing", full(key)));
     return v;
 }
 
 Status OptionReader::finish() {
-    if (error_)
-        return *error_;
+    if (error_) return *error_;
     for (auto it = options_.begin(); it != options_.end(); ++it)
         if (!known_.count(it.key()))
             return make_error(fmt::format("Parameter '{}' is unexpected", full(it.key())));

@@ -4,6 +4,8 @@
 // form), so booleans accept true/false and "on"/"off", and integers accept numbers and
 // numeric strings. Every key must be consumed: finish() reports the first unexpected one.
 
+#include "util/result.hpp"
+
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -11,12 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "util/result.hpp"
-
 namespace fleece::nodes {
 
 class OptionReader {
-public:
+  public:
     explicit OptionReader(const nlohmann::json& options, std::string prefix = "");
 
     // Each getter marks the key as known. On a type error it records the first error.
@@ -25,7 +25,8 @@ public:
     std::optional<std::uint64_t> uint(const std::string& key);
     std::optional<std::int64_t> integer(const std::string& key);
     // One of `choices`, or an error naming them.
-    std::optional<std::string> choice(const std::string& key, const std::vector<std::string>& choices);
+    std::optional<std::string> choice(const std::string& key,
+                                      const std::vector<std::string>& choices);
     // A raw value (e.g. a BlockdevRef: node name or nested options).
     const nlohmann::json* raw(const std::string& key);
     // A nested object such as "cache": returns a reader for it (empty if absent).
@@ -40,7 +41,7 @@ public:
     // The first error, or an "unexpected parameter" error for keys nobody asked for.
     Status finish();
 
-private:
+  private:
     std::string full(const std::string& key) const { return prefix_ + key; }
     const nlohmann::json& options_;
     std::string prefix_;

@@ -9,8 +9,7 @@ using nlohmann::json;
 json perm_list(block::PermSet perms) {
     json out = json::array();
     for (block::PermSet bit = 1; bit <= block::perm_resize; bit <<= 1)
-        if (perms & bit)
-            out.push_back(block::perm_name(bit));
+        if (perms & bit) out.push_back(block::perm_name(bit));
     return out;
 }
 
@@ -22,22 +21,24 @@ int backing_depth(const block::Node& n) {
 
 json node_info(const block::Node& n) {
     json image = {{"virtual-size", n.size()}, {"filename", n.filename()}, {"format", n.driver()}};
-    return json{{"node-name", n.name()},
-                {"drv", n.driver()},
-                {"file", n.filename()},
-                {"ro", n.read_only()},
-                {"encrypted", false},
-                {"detect_zeroes", "off"},
-                {"bps", 0},
-                {"bps_rd", 0},
-                {"bps_wr", 0},
-                {"iops", 0},
-                {"iops_rd", 0},
-                {"iops_wr", 0},
-                {"backing_file_depth", backing_depth(n)},
-                {"write_threshold", 0},
-                {"cache", {{"writeback", true}, {"direct", n.cache_direct()}, {"no-flush", n.cache_no_flush()}}},
-                {"image", image}};
+    return json{
+        {"node-name", n.name()},
+        {"drv", n.driver()},
+        {"file", n.filename()},
+        {"ro", n.read_only()},
+        {"encrypted", false},
+        {"detect_zeroes", "off"},
+        {"bps", 0},
+        {"bps_rd", 0},
+        {"bps_wr", 0},
+        {"iops", 0},
+        {"iops_rd", 0},
+        {"iops_wr", 0},
+        {"backing_file_depth", backing_depth(n)},
+        {"write_threshold", 0},
+        {"cache",
+         {{"writeback", true}, {"direct", n.cache_direct()}, {"no-flush", n.cache_no_flush()}}},
+        {"image", image}};
 }
 } // namespace
 
@@ -56,8 +57,7 @@ json debug_block_graph(const block::Graph& graph) {
     int next = 1;
     auto id_of = [&](const void* p) {
         auto [it, inserted] = ids.emplace(p, next);
-        if (inserted)
-            ++next;
+        if (inserted) ++next;
         return it->second;
     };
     for (const block::Node* n : graph.nodes())
@@ -66,7 +66,9 @@ json debug_block_graph(const block::Graph& graph) {
         for (const block::Child* p : n->parents()) {
             block::ChildParent& parent = p->parent();
             if (!parent.as_node() && !ids.count(&parent))
-                nodes.push_back({{"id", id_of(&parent)}, {"type", parent.parent_type()}, {"name", parent.parent_name()}});
+                nodes.push_back({{"id", id_of(&parent)},
+                                 {"type", parent.parent_type()},
+                                 {"name", parent.parent_name()}});
             const void* parent_key = parent.as_node() ? static_cast<const void*>(parent.as_node())
                                                       : static_cast<const void*>(&parent);
             edges.push_back({{"parent", id_of(parent_key)},

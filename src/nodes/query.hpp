@@ -2,9 +2,9 @@
 // JSON views of the graph in QEMU's shapes: query-named-block-nodes (BlockDeviceInfo) and
 // x-debug-query-block-graph (XDbgBlockGraph).
 
-#include <nlohmann/json.hpp>
-
 #include "block/graph.hpp"
+
+#include <nlohmann/json.hpp>
 
 namespace fleece::nodes {
 

@@ -3,16 +3,16 @@
 // in registry.cpp: name, summary and an open function. Adding a driver touches its folder,
 // one line in registry.cpp, one line in CMakeLists.txt and its docs/nodes/<name>.md page.
 
+#include "block/graph.hpp"
+#include "io/task.hpp"
+#include "nodes/options.hpp"
+#include "util/result.hpp"
+
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "block/graph.hpp"
-#include "io/task.hpp"
-#include "nodes/options.hpp"
-#include "util/result.hpp"
 
 namespace fleece::nodes {
 
@@ -21,8 +21,8 @@ struct CommonOptions {
     bool read_only = false;
     bool auto_read_only = false;
     bool force_share = false;
-    std::string discard = "ignore";      // ignore | unmap
-    std::string detect_zeroes = "off";   // off | on | unmap
+    std::string discard = "ignore";    // ignore | unmap
+    std::string detect_zeroes = "off"; // off | on | unmap
     bool cache_direct = false;
     bool cache_no_flush = false;
 };
@@ -38,8 +38,10 @@ struct OpenContext {
 io::Task<Result<block::Node*>> resolve_ref(OpenContext& ctx, const nlohmann::json& ref,
                                            std::string what);
 
-using OpenFunction = io::Task<Result<std::unique_ptr<block::Node>>> (*)(
-    OpenContext& ctx, std::string node_name, const CommonOptions& common, OptionReader& opts);
+using OpenFunction = io::Task<Result<std::unique_ptr<block::Node>>> (*)(OpenContext& ctx,
+                                                                        std::string node_name,
+                                                                        const CommonOptions& common,
+                                                                        OptionReader& opts);
 
 struct DriverSpec {
     std::string_view name;

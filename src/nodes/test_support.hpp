@@ -2,27 +2,26 @@
 // Helpers for driver tests: a scratch directory on a real file system (st_blocks and
 // O_DIRECT need one), a user outside the graph, and synchronous wrappers around I/O.
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "io/event_loop.hpp"
+#include "nodes/registry.hpp"
 
 #include <cstdlib>
+#include <fcntl.h>
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <string>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
-
-#include "io/event_loop.hpp"
-#include "nodes/registry.hpp"
 
 namespace fleece::nodes::testing {
 
 class ScratchDir {
-public:
+  public:
     ScratchDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "fleece-nodes-XXXXXX").string();
-        if (!::mkdtemp(tmpl.data()))
-            throw std::runtime_error("mkdtemp failed");
+        std::string tmpl =
+            (std::filesystem::temp_directory_path() / "fleece-nodes-XXXXXX").string();
+        if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
         path_ = tmpl;
     }
     ~ScratchDir() {
@@ -39,7 +38,7 @@ public:
     }
     const std::filesystem::path& path() const { return path_; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
@@ -70,8 +69,7 @@ struct Harness {
     std::unique_ptr<block::Child> root;
 
     ~Harness() {
-        if (root)
-            graph.detach(std::move(root));
+        if (root) graph.detach(std::move(root));
         loop.run_until_complete(graph.close_all());
     }
     Result<block::Node*> add(nlohmann::json options) {
@@ -79,15 +77,15 @@ struct Harness {
     }
     Status attach(block::Node& n, block::PermSet perm) {
         auto c = graph.attach(user, n, perm, block::perm_all);
-        if (!c)
-            return c.error();
+        if (!c) return c.error();
         root = std::move(*c);
         return {};
     }
     std::error_code read(std::uint64_t off, std::span<std::byte> buf, block::ReqFlags f = 0) {
         return loop.run_until_complete(root->read(off, buf, f));
     }
-    std::error_code write(std::uint64_t off, std::span<const std::byte> buf, block::ReqFlags f = 0) {
+    std::error_code write(std::uint64_t off, std::span<const std::byte> buf,
+                          block::ReqFlags f = 0) {
         return loop.run_until_complete(root->write(off, buf, f));
     }
     std::error_code write_zeroes(std::uint64_t off, std::uint64_t len, block::ReqFlags f = 0) {

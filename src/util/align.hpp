@@ -6,13 +6,21 @@
 
 namespace fleece {
 
-constexpr bool is_power_of_two(std::uint64_t v) { return v != 0 && std::has_single_bit(v); }
-constexpr std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v - v % a; }
+constexpr bool is_power_of_two(std::uint64_t v) {
+    return v != 0 && std::has_single_bit(v);
+}
+constexpr std::uint64_t align_down(std::uint64_t v, std::uint64_t a) {
+    return v - v % a;
+}
 constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
     return v % a == 0 ? v : v + (a - v % a);
 }
-constexpr bool is_aligned(std::uint64_t v, std::uint64_t a) { return v % a == 0; }
-constexpr std::uint64_t div_round_up(std::uint64_t v, std::uint64_t d) { return (v + d - 1) / d; }
+constexpr bool is_aligned(std::uint64_t v, std::uint64_t a) {
+    return v % a == 0;
+}
+constexpr std::uint64_t div_round_up(std::uint64_t v, std::uint64_t d) {
+    return (v + d - 1) / d;
+}
 
 // True when [offset, offset+length) lies within [0, size) without overflow.
 constexpr bool range_within(std::uint64_t offset, std::uint64_t length, std::uint64_t size) {

@@ -1,8 +1,8 @@
 #include "util/bitmap.hpp"
 
-#include <bit>
-
 #include "util/assert.hpp"
+
+#include <bit>
 
 namespace fleece {
 namespace {
@@ -29,7 +29,8 @@ template <bool Set> void Bitmap::apply_range(std::uint64_t first, std::uint64_t 
     while (bit < end) {
         const std::uint64_t w = bit / word_bits;
         const unsigned lo = static_cast<unsigned>(bit % word_bits);
-        const unsigned hi = static_cast<unsigned>(std::min<std::uint64_t>(word_bits, lo + (end - bit)));
+        const unsigned hi =
+            static_cast<unsigned>(std::min<std::uint64_t>(word_bits, lo + (end - bit)));
         const std::uint64_t mask = word_mask(lo, hi);
         const std::uint64_t before = words_[w];
         words_[w] = Set ? (before | mask) : (before & ~mask);
@@ -39,30 +40,35 @@ template <bool Set> void Bitmap::apply_range(std::uint64_t first, std::uint64_t 
     }
 }
 
-void Bitmap::set_range(std::uint64_t first, std::uint64_t count) { apply_range<true>(first, count); }
+void Bitmap::set_range(std::uint64_t first, std::uint64_t count) {
+    apply_range<true>(first, count);
+}
 void Bitmap::reset_range(std::uint64_t first, std::uint64_t count) {
     apply_range<false>(first, count);
 }
 
 template <bool Set> std::uint64_t Bitmap::find_next(std::uint64_t from) const {
-    if (from >= bit_count_)
-        return bit_count_;
+    if (from >= bit_count_) return bit_count_;
     std::uint64_t w = from / word_bits;
     std::uint64_t word = Set ? words_[w] : ~words_[w];
     word &= ~0ULL << (from % word_bits);
     while (true) {
         if (word != 0) {
-            const std::uint64_t bit = w * word_bits + static_cast<std::uint64_t>(std::countr_zero(word));
+            const std::uint64_t bit =
+                w * word_bits + static_cast<std::uint64_t>(std::countr_zero(word));
             return bit < bit_count_ ? bit : bit_count_;
         }
-        if (++w >= words_.size())
-            return bit_count_;
+        if (++w >= words_.size()) return bit_count_;
         word = Set ? words_[w] : ~words_[w];
     }
 }
 
-std::uint64_t Bitmap::find_next_set(std::uint64_t from) const { return find_next<true>(from); }
-std::uint64_t Bitmap::find_next_clear(std::uint64_t from) const { return find_next<false>(from); }
+std::uint64_t Bitmap::find_next_set(std::uint64_t from) const {
+    return find_next<true>(from);
+}
+std::uint64_t Bitmap::find_next_clear(std::uint64_t from) const {
+    return find_next<false>(from);
+}
 
 bool Bitmap::all_set(std::uint64_t first, std::uint64_t count) const {
     FLEECE_ASSERT(first <= bit_count_ && count <= bit_count_ - first);

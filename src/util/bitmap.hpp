@@ -8,7 +8,7 @@
 namespace fleece {
 
 class Bitmap {
-public:
+  public:
     Bitmap() = default;
     explicit Bitmap(std::uint64_t bit_count);
 
@@ -30,14 +30,14 @@ public:
     bool all_set(std::uint64_t first, std::uint64_t count) const;
     bool none_set(std::uint64_t first, std::uint64_t count) const;
 
-    void merge(const Bitmap& other); // this |= other; sizes must match
+    void merge(const Bitmap& other);      // this |= other; sizes must match
     void resize(std::uint64_t bit_count); // new bits are clear
 
     const std::vector<std::uint64_t>& words() const { return words_; }
     // Replace the content from raw little-endian words (persistence); extra bits are cleared.
     void load_words(const std::vector<std::uint64_t>& words);
 
-private:
+  private:
     template <bool Set> void apply_range(std::uint64_t first, std::uint64_t count);
     template <bool Set> std::uint64_t find_next(std::uint64_t from) const;
     void clear_tail();

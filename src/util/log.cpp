@@ -24,11 +24,16 @@ const char* level_name(Level l) {
 }
 } // namespace
 
-void set_level(Level l) { g_level = l; }
-Level level() { return g_level.load(std::memory_order_relaxed); }
+void set_level(Level l) {
+    g_level = l;
+}
+Level level() {
+    return g_level.load(std::memory_order_relaxed);
+}
 
 void write(Level l, std::string_view message) {
-    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
+    const double t =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
     std::string line = fmt::format("[{:10.3f}] fleece {}: {}\n", t, level_name(l), message);
     std::fwrite(line.data(), 1, line.size(), stderr);
 }

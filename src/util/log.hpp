@@ -14,16 +14,13 @@ Level level();
 void write(Level level, std::string_view message);
 
 template <class... Args> void debug(fmt::format_string<Args...> f, Args&&... args) {
-    if (level() <= Level::debug)
-        write(Level::debug, fmt::format(f, std::forward<Args>(args)...));
+    if (level() <= Level::debug) write(Level::debug, fmt::format(f, std::forward<Args>(args)...));
 }
 template <class... Args> void info(fmt::format_string<Args...> f, Args&&... args) {
-    if (level() <= Level::info)
-        write(Level::info, fmt::format(f, std::forward<Args>(args)...));
+    if (level() <= Level::info) write(Level::info, fmt::format(f, std::forward<Args>(args)...));
 }
 template <class... Args> void warn(fmt::format_string<Args...> f, Args&&... args) {
-    if (level() <= Level::warn)
-        write(Level::warn, fmt::format(f, std::forward<Args>(args)...));
+    if (level() <= Level::warn) write(Level::warn, fmt::format(f, std::forward<Args>(args)...));
 }
 template <class... Args> void error(fmt::format_string<Args...> f, Args&&... args) {
     write(Level::error, fmt::format(f, std::forward<Args>(args)...));

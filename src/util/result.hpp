@@ -3,11 +3,11 @@
 // where failures carry a human message and a QMP error class. The data path uses
 // std::error_code (errno values) instead.
 
+#include "util/assert.hpp"
+
 #include <string>
 #include <utility>
 #include <variant>
-
-#include "util/assert.hpp"
 
 namespace fleece {
 
@@ -17,10 +17,12 @@ struct Error {
     std::string message;
 };
 
-inline Error make_error(std::string message) { return Error{"GenericError", std::move(message)}; }
+inline Error make_error(std::string message) {
+    return Error{"GenericError", std::move(message)};
+}
 
 template <class T> class [[nodiscard]] Result {
-public:
+  public:
     Result(T value) : v_(std::move(value)) {}
     Result(Error error) : v_(std::move(error)) {}
 
@@ -42,12 +44,12 @@ public:
         return std::get<1>(v_);
     }
 
-private:
+  private:
     std::variant<T, Error> v_;
 };
 
 template <> class [[nodiscard]] Result<void> {
-public:
+  public:
     Result() = default;
     Result(Error error) : error_(std::move(error)), ok_(false) {}
     bool ok() const { return ok_; }
@@ -57,7 +59,7 @@ public:
         return error_;
     }
 
-private:
+  private:
     Error error_;
     bool ok_ = true;
 };

@@ -8,14 +8,14 @@
 //
 // Link against fleece_block (and libFuzzer: -fsanitize=fuzzer).
 
+#include "block/range_lock_model.hpp"
+#include "io/event_loop.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-#include "block/range_lock_model.hpp"
-#include "io/event_loop.hpp"
 
 namespace {
 
@@ -24,8 +24,7 @@ struct ByteSource {
     std::size_t size;
     std::size_t pos = 0;
     std::uint64_t next(std::uint64_t bound) {
-        if (bound <= 1)
-            return 0;
+        if (bound <= 1) return 0;
         std::uint64_t v = 0;
         // One byte for small bounds, two for larger ones (offsets).
         const int bytes = bound <= 256 ? 1 : 2;

@@ -1,9 +1,9 @@
 // BlockCopy on its own: exactly-once copies under concurrency, re-dirtying on failure,
 // rate limit and cancellation of the background loop.
-#include <cstring>
-
 #include "block/block_copy.hpp"
 #include "nodes/copy_before_write/cbw_test_util.hpp"
+
+#include <cstring>
 
 namespace fleece::nodes::testing {
 namespace {
@@ -46,14 +46,15 @@ struct Count {
 
 io::Task<void> one_copy(Count* c, BlockCopy* bc, std::uint64_t off, std::uint64_t len) {
     c->results.push_back(co_await bc->copy(off, len, CopyOptions{true, {}, 4, 256 * 1024}));
-    if (--c->running == 0)
-        c->idle.notify_all();
+    if (--c->running == 0) c->idle.notify_all();
 }
 io::Task<void> wait_count(Count* c) {
     while (c->running)
         co_await c->idle.wait();
 }
-io::Task<std::error_code> copy_all(BlockCopy* bc, CopyOptions o) { co_return co_await bc->copy_all_background(o); }
+io::Task<std::error_code> copy_all(BlockCopy* bc, CopyOptions o) {
+    co_return co_await bc->copy_all_background(o);
+}
 io::Task<std::error_code> copy_range(BlockCopy* bc, std::uint64_t off, std::uint64_t len) {
     co_return co_await bc->copy(off, len, CopyOptions{true, {}, 64, 0});
 }
@@ -123,14 +124,17 @@ io::Task<std::error_code> cancel_after(BlockCopy* bc, std::chrono::milliseconds 
     bc->cancel_background();
     co_return std::error_code{};
 }
-io::Task<void> spawn_cancel(BlockCopy* bc) { (void)co_await cancel_after(bc, 100ms); }
+io::Task<void> spawn_cancel(BlockCopy* bc) {
+    (void)co_await cancel_after(bc, 100ms);
+}
 
 TEST(BlockCopy, BackgroundCancelWakesRateLimitSleep) {
     Copier c(4 * M);
     c.bc->set_speed(1); // first chunk, then effectively stalls
     c.loop.spawn(spawn_cancel(c.bc.get()));
     const auto t0 = io::Clock::now();
-    EXPECT_EQ(c.loop.run_until_complete(copy_all(c.bc.get(), CopyOptions{})), block::errno_code(ECANCELED));
+    EXPECT_EQ(c.loop.run_until_complete(copy_all(c.bc.get(), CopyOptions{})),
+              block::errno_code(ECANCELED));
     EXPECT_LT(io::Clock::now() - t0, 1s);
     EXPECT_EQ(c.bc->progress_done(), 1 * M);
 }

@@ -1,8 +1,8 @@
 #include "nodes/copy_before_write/cbw_node.hpp"
 
-#include <fmt/format.h>
-
 #include "util/align.hpp"
+
+#include <fmt/format.h>
 
 namespace fleece::nodes {
 
@@ -44,7 +44,9 @@ PermPair CbwNode::child_perms(const Child& c, PermSet parent_perm, PermSet paren
     return p;
 }
 
-io::Task<void> CbwNode::close() { co_await bcs_->close(); }
+io::Task<void> CbwNode::close() {
+    co_await bcs_->close();
+}
 
 io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::uint64_t length) {
     if (snapshot_error_)
@@ -57,10 +59,8 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     opts.timeout = cfg_.timeout;
     std::error_code ec = co_await bcs_->copy(start, end - start, opts);
     if (ec) {
-        if (cfg_.on_error == OnCbwError::break_guest_write)
-            co_return ec;
-        if (!snapshot_error_)
-            snapshot_error_ = ec;
+        if (cfg_.on_error == OnCbwError::break_guest_write) co_return ec;
+        if (!snapshot_error_) snapshot_error_ = ec;
     } else {
         done_.set_range(start / c, (end - start) / c);
     }
@@ -72,8 +72,7 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
 io::Task<std::error_code> CbwNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                             ReqFlags flags) {
     if (!(flags & req_write_unchanged)) {
-        if (auto ec = co_await copy_before_write(offset, buf.size()))
-            co_return ec;
+        if (auto ec = co_await copy_before_write(offset, buf.size())) co_return ec;
     }
     co_return co_await file().write(offset, buf, flags);
 }
@@ -81,27 +80,23 @@ io::Task<std::error_code> CbwNode::do_write(std::uint64_t offset, std::span<cons
 io::Task<std::error_code> CbwNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                    ReqFlags flags) {
     if (!(flags & req_write_unchanged)) {
-        if (auto ec = co_await copy_before_write(offset, length))
-            co_return ec;
+        if (auto ec = co_await copy_before_write(offset, length)) co_return ec;
     }
     co_return co_await file().write_zeroes(offset, length, flags);
 }
 
 io::Task<std::error_code> CbwNode::do_discard(std::uint64_t offset, std::uint64_t length) {
     // A discard changes what the source reads as, so the old data must be saved first.
-    if (auto ec = co_await copy_before_write(offset, length))
-        co_return ec;
+    if (auto ec = co_await copy_before_write(offset, length)) co_return ec;
     co_return co_await file().discard(offset, length);
 }
 
 std::error_code CbwNode::check_access(std::uint64_t offset, std::uint64_t length) const {
-    if (snapshot_error_)
-        return errno_code(EACCES);
+    if (snapshot_error_) return errno_code(EACCES);
     const std::uint64_t c = bcs_->cluster_size();
     const std::uint64_t first = offset / c;
     const std::uint64_t last = div_round_up(offset + length, c);
-    if (!access_.all_set(first, last - first))
-        return errno_code(EACCES);
+    if (!access_.all_set(first, last - first)) return errno_code(EACCES);
     return {};
 }
 
@@ -117,28 +112,24 @@ io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span
     std::uint64_t pos = offset;
     const std::uint64_t end = offset + buf.size();
     while (pos < end) {
-        if (auto ec = check_access(pos, end - pos))
-            co_return ec;
+        if (auto ec = check_access(pos, end - pos)) co_return ec;
         bool done = false;
         std::uint64_t n = uniform_prefix(pos, end, &done);
         RangeLockTable::Guard guard = co_await frozen_.lock(pos, n, RangeLockTable::Mode::shared);
         // The lock may have waited behind a guest write: decide again under the lock. From
         // here to the child request there is no await, so a guest write that has not yet
         // marked these clusters done will wait for us before changing the source.
-        if (auto ec = check_access(pos, n))
-            co_return ec;
+        if (auto ec = check_access(pos, n)) co_return ec;
         n = std::min(n, uniform_prefix(pos, end, &done));
         auto piece = buf.subspan(pos - offset, n);
-        std::error_code ec = done ? co_await target_->read(pos, piece)
-                                  : co_await file().read(pos, piece);
+        std::error_code ec =
+            done ? co_await target_->read(pos, piece) : co_await file().read(pos, piece);
         guard.release();
-        if (ec)
-            co_return ec;
+        if (ec) co_return ec;
         pos += n;
     }
     // A snapshot that broke while we read cannot vouch for the data.
-    if (snapshot_error_)
-        co_return errno_code(EACCES);
+    if (snapshot_error_) co_return errno_code(EACCES);
     co_return std::error_code{};
 }
 
@@ -167,14 +158,13 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
 }
 
 io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::uint64_t length) {
-    if (snapshot_error_)
-        co_return errno_code(EACCES);
+    if (snapshot_error_) co_return errno_code(EACCES);
     const std::uint64_t c = bcs_->cluster_size();
     // Inward to whole clusters: a partial cluster may still be read, so it stays.
     const std::uint64_t first = div_round_up(offset, c);
-    const std::uint64_t end_bit = offset + length >= size() ? access_.size() : (offset + length) / c;
-    if (end_bit <= first)
-        co_return std::error_code{};
+    const std::uint64_t end_bit =
+        offset + length >= size() ? access_.size() : (offset + length) / c;
+    if (end_bit <= first) co_return std::error_code{};
     access_.reset_range(first, end_bit - first);
     bcs_->reset(first * c, std::min(end_bit * c, size()) - first * c);
     const std::uint64_t start = first * c;
@@ -196,28 +186,24 @@ io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string n
         co_return make_error("copy-before-write: option 'bitmap' is not supported yet");
     }
     if (auto e = opts.choice("on-cbw-error", {"break-guest-write", "break-snapshot"}))
-        cfg.on_error = *e == "break-snapshot" ? OnCbwError::break_snapshot : OnCbwError::break_guest_write;
+        cfg.on_error =
+            *e == "break-snapshot" ? OnCbwError::break_snapshot : OnCbwError::break_guest_write;
     // Seconds as a 64-bit nanosecond count: QEMU <= 9.0 wrapped values >= 5 s in 32 bits.
     if (auto t = opts.uint("cbw-timeout")) {
-        if (*t > 1'000'000'000ull)
-            co_return make_error("Parameter 'cbw-timeout' is too large");
+        if (*t > 1'000'000'000ull) co_return make_error("Parameter 'cbw-timeout' is too large");
         cfg.timeout = std::chrono::seconds(*t);
     }
     if (auto m = opts.uint("min-cluster-size")) {
         if (*m != 0 && !is_power_of_two(*m))
             co_return make_error("min-cluster-size needs to be a power of 2");
-        if (*m > (1ull << 30))
-            co_return make_error("min-cluster-size must not exceed 1 GiB");
+        if (*m > (1ull << 30)) co_return make_error("min-cluster-size must not exceed 1 GiB");
         cfg.min_cluster_size = *m;
     }
-    if (Status st = opts.finish(); !st)
-        co_return st.error();
+    if (Status st = opts.finish(); !st) co_return st.error();
     auto file = co_await resolve_ref(ctx, *file_ref, "file");
-    if (!file)
-        co_return file.error();
+    if (!file) co_return file.error();
     auto target = co_await resolve_ref(ctx, *target_ref, "target");
-    if (!target)
-        co_return target.error();
+    if (!target) co_return target.error();
     if ((*file)->size() != (*target)->size())
         co_return make_error(fmt::format("Source and target image have different sizes ({} vs {})",
                                          (*file)->size(), (*target)->size()));
@@ -227,7 +213,8 @@ io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string n
 } // namespace
 
 DriverSpec copy_before_write_driver() {
-    return {"copy-before-write", "copies old data to a target before guest writes (fleecing)", open_cbw};
+    return {"copy-before-write", "copies old data to a target before guest writes (fleecing)",
+            open_cbw};
 }
 
 } // namespace fleece::nodes

@@ -3,15 +3,15 @@
 // and serves the point-in-time view through the SnapshotSource API (see
 // docs/nodes/copy-before-write.md).
 
-#include <chrono>
-#include <memory>
-
 #include "block/block_copy.hpp"
 #include "block/node.hpp"
 #include "block/range_lock.hpp"
 #include "block/snapshot_source.hpp"
 #include "nodes/registry.hpp"
 #include "util/bitmap.hpp"
+
+#include <chrono>
+#include <memory>
 
 namespace fleece::nodes {
 
@@ -24,7 +24,7 @@ struct CbwConfig {
 };
 
 class CbwNode final : public block::FilterNode, public block::SnapshotSource {
-public:
+  public:
     CbwNode(std::string name, block::Node& file, block::Node& target, CbwConfig cfg);
     ~CbwNode() override;
 
@@ -32,21 +32,23 @@ public:
                                 block::PermSet parent_shared) const override;
     io::Task<void> close() override;
 
-    io::Task<std::error_code> snapshot_read(std::uint64_t offset, std::span<std::byte> buf) override;
-    io::Task<block::BlockStatus> snapshot_block_status(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<std::error_code> snapshot_read(std::uint64_t offset,
+                                            std::span<std::byte> buf) override;
+    io::Task<block::BlockStatus> snapshot_block_status(std::uint64_t offset,
+                                                       std::uint64_t length) override;
     io::Task<std::error_code> snapshot_discard(std::uint64_t offset, std::uint64_t length) override;
 
     block::BlockCopy& block_copy() { return *bcs_; }
     std::error_code snapshot_error() const { return snapshot_error_; }
 
-protected:
+  protected:
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                        block::ReqFlags flags) override;
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               block::ReqFlags flags) override;
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
 
-private:
+  private:
     io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
     bool is_fleecing() const;
     // Length of the prefix of [offset, end) that is uniformly done or not done.

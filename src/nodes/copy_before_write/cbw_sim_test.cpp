@@ -1,9 +1,9 @@
 // Deterministic simulation: random guest writes, zero-writes and discards race with
 // snapshot reads and snapshot discards while both memory nodes reorder completions. The
 // invariant: every successful snapshot read returns the point-in-time data.
-#include <random>
-
 #include "nodes/copy_before_write/cbw_test_util.hpp"
+
+#include <random>
 
 namespace fleece::nodes::testing {
 namespace {
@@ -24,12 +24,11 @@ io::Task<void> start_later(unsigned turns) {
 }
 
 void finished(Sim* s) {
-    if (--s->running == 0)
-        s->idle.notify_all();
+    if (--s->running == 0) s->idle.notify_all();
 }
 
-io::Task<void> guest_op(Sim* s, block::Child* c, int kind, std::uint64_t off, std::uint64_t len, int p,
-                        unsigned wait) {
+io::Task<void> guest_op(Sim* s, block::Child* c, int kind, std::uint64_t off, std::uint64_t len,
+                        int p, unsigned wait) {
     co_await start_later(wait);
     if (kind == 0)
         (void)co_await write_pattern(c, off, len, p);
@@ -40,13 +39,14 @@ io::Task<void> guest_op(Sim* s, block::Child* c, int kind, std::uint64_t off, st
     finished(s);
 }
 
-io::Task<void> snapshot_read(Sim* s, block::Child* c, std::uint64_t off, std::uint64_t len, unsigned wait) {
+io::Task<void> snapshot_read(Sim* s, block::Child* c, std::uint64_t off, std::uint64_t len,
+                             unsigned wait) {
     co_await start_later(wait);
     std::vector<std::byte> buf(len);
     std::error_code ec = co_await c->read(off, buf);
     if (!ec && !std::equal(buf.begin(), buf.end(), s->snapshot.begin() + off))
-        s->failures.push_back("snapshot read at " + std::to_string(off) + "+" + std::to_string(len) +
-                              " returned data that is not point-in-time");
+        s->failures.push_back("snapshot read at " + std::to_string(off) + "+" +
+                              std::to_string(len) + " returned data that is not point-in-time");
     else if (ec && ec != block::errno_code(EACCES))
         s->failures.push_back("snapshot read failed: " + ec.message());
     finished(s);
@@ -87,7 +87,8 @@ void run_seed(std::uint64_t seed) {
             ++s.running;
             if (what < 4) {
                 rnd_range(200 * 1024, &off, &len);
-                f.loop.spawn(guest_op(&s, f.gc.get(), what % 3, off, len, static_cast<int>(1 + rng() % 255), wait));
+                f.loop.spawn(guest_op(&s, f.gc.get(), what % 3, off, len,
+                                      static_cast<int>(1 + rng() % 255), wait));
             } else if (what < 9) {
                 rnd_range(300 * 1024, &off, &len);
                 f.loop.spawn(snapshot_read(&s, f.rc.get(), off, len, wait));

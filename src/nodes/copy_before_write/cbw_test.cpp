@@ -13,10 +13,15 @@ struct Pat {
     int p;
     std::uint64_t off, len;
 };
-const Pat patterns[] = {{0x5d, 0, 64 * k}, {0xd5, 1 * M, 64 * k}, {0xdc, 32 * M, 64 * k}, {0xcd, 0x3ff0000, 64 * k}};
+const Pat patterns[] = {
+    {0x5d, 0, 64 * k}, {0xd5, 1 * M, 64 * k}, {0xdc, 32 * M, 64 * k}, {0xcd, 0x3ff0000, 64 * k}};
 const Pat zeroes[] = {{0, 0x00f8000, 32 * k}, {0, 0x2010000, 32 * k}, {0, 0x3fe0000, 64 * k}};
-const Pat overwrites[] = {{0xab, 0, 64 * k}, {0xad, 0x00f8000, 64 * k}, {0x1d, 0x2008000, 64 * k}, {0xea, 0x3fe0000, 64 * k}};
-const Pat remainder[] = {{0xd5, 0x108000, 32 * k}, {0xdc, 32 * M, 32 * k}, {0xcd, 0x3ff0000, 64 * k}};
+const Pat overwrites[] = {{0xab, 0, 64 * k},
+                          {0xad, 0x00f8000, 64 * k},
+                          {0x1d, 0x2008000, 64 * k},
+                          {0xea, 0x3fe0000, 64 * k}};
+const Pat remainder[] = {
+    {0xd5, 0x108000, 32 * k}, {0xdc, 32 * M, 32 * k}, {0xcd, 0x3ff0000, 64 * k}};
 
 TEST(CopyBeforeWrite, ImageFleecingPatterns) {
     Fleece f(64 * M);
@@ -140,11 +145,14 @@ TEST(CopyBeforeWrite, ParentlessFilterIsRelaxedUntilItGetsParents) {
     g.add(std::make_unique<MemoryNode>("source", M)).value();
     g.add(std::make_unique<MemoryNode>("temp", M)).value();
     User direct("direct"), guest("guest");
-    auto w = g.attach(direct, *g.find("source"), block::perm_write | block::perm_consistent_read, block::perm_all);
+    auto w = g.attach(direct, *g.find("source"), block::perm_write | block::perm_consistent_read,
+                      block::perm_all);
     ASSERT_TRUE(w.ok());
     // Being inserted: no parents yet, so it must not conflict with the disk's writer.
-    auto cbw = loop.run_until_complete(blockdev_add(
-        g, {{"driver", "copy-before-write"}, {"node-name", "fl-cbw"}, {"file", "source"}, {"target", "temp"}}));
+    auto cbw = loop.run_until_complete(blockdev_add(g, {{"driver", "copy-before-write"},
+                                                        {"node-name", "fl-cbw"},
+                                                        {"file", "source"},
+                                                        {"target", "temp"}}));
     ASSERT_TRUE(cbw.ok()) << cbw.error().message;
     // With a parent it unshares write on the disk, which the direct writer holds.
     auto gw = g.attach(guest, **cbw, block::perm_write, block::perm_all);
@@ -186,7 +194,9 @@ TEST(CopyBeforeWrite, SnapshotAccessRejectsWritesAndOtherNodes) {
 TEST(CopyBeforeWrite, OptionValidation) {
     Fleece f(1 * M);
     auto add = [&](nlohmann::json extra) {
-        nlohmann::json o = {{"driver", "copy-before-write"}, {"node-name", "x"}, {"file", "source"},
+        nlohmann::json o = {{"driver", "copy-before-write"},
+                            {"node-name", "x"},
+                            {"file", "source"},
                             {"target", "temp"}};
         o.update(extra);
         return f.loop.run_until_complete(blockdev_add(f.g, o));

@@ -1,8 +1,7 @@
 #include "nodes/fault_injection/fault_injection_node.hpp"
+#include "nodes/test_support.hpp"
 
 #include <gtest/gtest.h>
-
-#include "nodes/test_support.hpp"
 
 namespace fleece::nodes {
 namespace {
@@ -19,7 +18,9 @@ struct FaultInjection : ::testing::Test {
 
     void open(json rules) {
         const std::string path = dir.file("disk.img", MiB);
-        auto n = h.add(json{{"driver", "fault-injection"}, {"node-name", "fi"}, {"rules", std::move(rules)},
+        auto n = h.add(json{{"driver", "fault-injection"},
+                            {"node-name", "fi"},
+                            {"rules", std::move(rules)},
                             {"file", json{{"driver", "file"}, {"filename", path}}}});
         ASSERT_TRUE(n.ok()) << n.error().message;
         fi = as_fault_injection(*n);
@@ -46,7 +47,8 @@ TEST_F(FaultInjection, OnceFiresOnlyOnce) {
 }
 
 TEST_F(FaultInjection, EveryTimeOnlyForItsOperationAndRange) {
-    open(json::array({json{{"operation", "write"}, {"errno", 28}, {"offset", 65536}, {"length", 4096}}}));
+    open(json::array(
+        {json{{"operation", "write"}, {"errno", 28}, {"offset", 65536}, {"length", 4096}}}));
     const auto data = pattern(4096, 1);
     EXPECT_EQ(h.write(65536, data), std::errc::no_space_on_device);
     EXPECT_EQ(h.write(65536 - 2048, data), std::errc::no_space_on_device); // overlaps
@@ -75,18 +77,21 @@ TEST_F(FaultInjection, SetRulesFromJsonValidatesAndReplaces) {
     block::Node* node = h.graph.find("fi");
     Status st = fault_injection_set(*node, json::array({json{{"operation", "reed"}}}));
     ASSERT_FALSE(st.ok());
-    EXPECT_NE(st.error().message.find("rules[0].operation"), std::string::npos) << st.error().message;
+    EXPECT_NE(st.error().message.find("rules[0].operation"), std::string::npos)
+        << st.error().message;
     st = fault_injection_set(*node, json::array({json{{"operation", "read"}, {"bogus", 1}}}));
     ASSERT_FALSE(st.ok());
     EXPECT_EQ(st.error().message, "Parameter 'rules[0].bogus' is unexpected");
     st = fault_injection_set(*node, json{{"operation", "read"}});
     ASSERT_FALSE(st.ok());
     EXPECT_TRUE(fi->rules().empty()); // failed updates change nothing
-    st = fault_injection_set(*node, json::array({json{{"operation", "read"}, {"errno", 30}, {"offset", 8192}}}));
+    st = fault_injection_set(
+        *node, json::array({json{{"operation", "read"}, {"errno", 30}, {"offset", 8192}}}));
     ASSERT_TRUE(st.ok()) << st.error().message;
     EXPECT_FALSE(read_at(0));
     EXPECT_EQ(read_at(8192), std::errc::read_only_file_system);
-    EXPECT_EQ(read_at(MiB - 4096), std::errc::read_only_file_system); // length defaults to the whole disk
+    EXPECT_EQ(read_at(MiB - 4096),
+              std::errc::read_only_file_system); // length defaults to the whole disk
     // Not a fault-injection node.
     st = fault_injection_set(fi->child("file")->node(), json::array());
     ASSERT_FALSE(st.ok());

@@ -1,19 +1,18 @@
 #include "nodes/file/file_node.hpp"
 
+#include "io/file_io.hpp"
+#include "util/align.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
-#include <fmt/format.h>
-
-#include "io/file_io.hpp"
-#include "util/align.hpp"
 
 namespace fleece::nodes {
 namespace {
@@ -28,8 +27,7 @@ using AlignedBuffer = std::unique_ptr<std::byte, FreeDeleter>;
 AlignedBuffer aligned_buffer(std::size_t alignment, std::size_t size) {
     // aligned_alloc wants size to be a multiple of the alignment.
     void* p = std::aligned_alloc(alignment, align_up(std::max<std::size_t>(size, 1), alignment));
-    if (!p)
-        throw std::bad_alloc();
+    if (!p) throw std::bad_alloc();
     return AlignedBuffer(static_cast<std::byte*>(p));
 }
 
@@ -37,18 +35,16 @@ AlignedBuffer aligned_buffer(std::size_t alignment, std::size_t size) {
 // accepts for a read at offset 0. An empty file reads 0 bytes whatever the alignment, so
 // it proves nothing and we take the safe 4096.
 std::uint32_t probe_direct_alignment(int fd, std::uint64_t file_size) {
-    if (file_size < 4096)
-        return 4096;
+    if (file_size < 4096) return 4096;
     AlignedBuffer buf = aligned_buffer(4096, 4096);
     for (std::uint32_t a : {512u, 4096u}) {
-        if (::pread(fd, buf.get(), a, 0) >= 0)
-            return a;
+        if (::pread(fd, buf.get(), a, 0) >= 0) return a;
     }
     return 4096;
 }
 
 class FileNode final : public block::Node {
-public:
+  public:
     FileNode(std::string name, std::string path, int fd, std::uint64_t size, bool is_block_device,
              bool read_only, bool direct, bool no_flush, bool unmap, std::uint32_t alignment)
         : Node(std::move(name), "file"), path_(std::move(path)), fd_(fd),
@@ -72,8 +68,7 @@ public:
     }
     ~FileNode() override {
         // close() normally ran already; this covers nodes destroyed without it (a failed add).
-        if (fd_ >= 0)
-            ::close(fd_);
+        if (fd_ >= 0) ::close(fd_);
     }
 
     std::string filename() const override { return path_; }
@@ -81,15 +76,13 @@ public:
     bool cache_no_flush() const override { return no_flush_; }
 
     io::Task<void> close() override {
-        if (fd_ < 0)
-            co_return;
-        if (!read_only_ && !no_flush_)
-            (void)co_await io::fdatasync(fd_);
+        if (fd_ < 0) co_return;
+        if (!read_only_ && !no_flush_) (void)co_await io::fdatasync(fd_);
         ::close(fd_);
         fd_ = -1;
     }
 
-protected:
+  protected:
     // O_DIRECT needs aligned offsets and lengths; the Node entry points do not pad yet,
     // so a misaligned request is the caller's bug and gets EINVAL (like the kernel would).
     bool misaligned(std::uint64_t offset, std::uint64_t length) const {
@@ -102,14 +95,12 @@ protected:
 
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
                                       block::ReqFlags) override {
-        if (misaligned(offset, buf.size()))
-            co_return errno_code(EINVAL);
+        if (misaligned(offset, buf.size())) co_return errno_code(EINVAL);
         if (buffer_misaligned(buf.data())) {
             // Memory alignment is our problem, not the caller's: bounce through an aligned copy.
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
             std::span<std::byte> b(bounce.get(), buf.size());
-            if (auto e = co_await read_at(offset, b))
-                co_return e;
+            if (auto e = co_await read_at(offset, b)) co_return e;
             std::memcpy(buf.data(), b.data(), b.size());
             co_return std::error_code{};
         }
@@ -118,19 +109,16 @@ protected:
 
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                        block::ReqFlags flags) override {
-        if (misaligned(offset, buf.size()))
-            co_return errno_code(EINVAL);
+        if (misaligned(offset, buf.size())) co_return errno_code(EINVAL);
         if (buffer_misaligned(buf.data())) {
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
             std::memcpy(bounce.get(), buf.data(), buf.size());
-            const std::int64_t r =
-                co_await io::pwrite_full(fd_, std::span<const std::byte>(bounce.get(), buf.size()), offset);
-            if (r < 0)
-                co_return errno_code(static_cast<int>(-r));
+            const std::int64_t r = co_await io::pwrite_full(
+                fd_, std::span<const std::byte>(bounce.get(), buf.size()), offset);
+            if (r < 0) co_return errno_code(static_cast<int>(-r));
         } else {
             const std::int64_t r = co_await io::pwrite_full(fd_, buf, offset);
-            if (r < 0)
-                co_return errno_code(static_cast<int>(-r));
+            if (r < 0) co_return errno_code(static_cast<int>(-r));
         }
         co_return co_await fua_if(flags);
     }
@@ -142,36 +130,29 @@ protected:
         if ((flags & block::req_may_unmap) && unmap_ && punch_supported_) {
             const std::int64_t r = co_await io::fallocate(
                 fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-            if (r == 0)
-                co_return co_await fua_if(flags);
-            if (!unsupported(r))
-                co_return errno_code(static_cast<int>(-r));
+            if (r == 0) co_return co_await fua_if(flags);
+            if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             punch_supported_ = false;
         }
         if (zero_range_supported_) {
             const std::int64_t r = co_await io::fallocate(
                 fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-            if (r == 0)
-                co_return co_await fua_if(flags);
-            if (!unsupported(r))
-                co_return errno_code(static_cast<int>(-r));
+            if (r == 0) co_return co_await fua_if(flags);
+            if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             // Remember, so that every later request does not pay a failing system call.
             zero_range_supported_ = false;
         }
-        if (flags & block::req_no_fallback)
-            co_return errno_code(ENOTSUP);
+        if (flags & block::req_no_fallback) co_return errno_code(ENOTSUP);
         co_return co_await Node::do_write_zeroes(offset, length, flags);
     }
 
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override {
         // discard=ignore (QEMU's default) keeps the allocation; discard is advisory, so
         // "not supported" is success too.
-        if (!unmap_ || !punch_supported_)
-            co_return std::error_code{};
+        if (!unmap_ || !punch_supported_) co_return std::error_code{};
         const std::int64_t r =
             co_await io::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-        if (r == 0)
-            co_return std::error_code{};
+        if (r == 0) co_return std::error_code{};
         if (unsupported(r)) {
             punch_supported_ = false;
             co_return std::error_code{};
@@ -180,25 +161,23 @@ protected:
     }
 
     io::Task<std::error_code> do_flush() override {
-        if (no_flush_ || read_only_)
-            co_return std::error_code{};
+        if (no_flush_ || read_only_) co_return std::error_code{};
         const std::int64_t r = co_await io::fdatasync(fd_);
         co_return r < 0 ? errno_code(static_cast<int>(-r)) : std::error_code{};
     }
 
-    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length) override {
+    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
+                                                 std::uint64_t length) override {
         block::BlockStatus s;
         s.length = length;
         s.flags = block::status_data | block::status_allocated;
-        if (is_block_device_)
-            co_return s;
+        if (is_block_device_) co_return s;
         // lseek is a cheap metadata lookup, done inline like QEMU's file-posix does.
         const off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
         if (data < 0) {
             // ENXIO: offset lies in a trailing hole (or past the current EOF, if the file
             // shrank under us): zeroes up to our size. Other errors: no information, data.
-            if (errno == ENXIO)
-                s.flags = block::status_zero | block::status_allocated;
+            if (errno == ENXIO) s.flags = block::status_zero | block::status_allocated;
             co_return s;
         }
         const auto d = static_cast<std::uint64_t>(data);
@@ -213,13 +192,14 @@ protected:
         co_return s;
     }
 
-private:
-    static bool unsupported(std::int64_t r) { return r == -EOPNOTSUPP || r == -ENOTTY || r == -ENOSYS; }
+  private:
+    static bool unsupported(std::int64_t r) {
+        return r == -EOPNOTSUPP || r == -ENOTTY || r == -ENOSYS;
+    }
 
     io::Task<std::error_code> read_at(std::uint64_t offset, std::span<std::byte> buf) {
         const std::int64_t r = co_await io::pread_full(fd_, buf, offset);
-        if (r < 0)
-            co_return errno_code(static_cast<int>(-r));
+        if (r < 0) co_return errno_code(static_cast<int>(-r));
         // The node's size was fixed at open; if the file shrank since, what is gone reads
         // as zeroes rather than failing the guest.
         if (static_cast<std::uint64_t>(r) < buf.size())
@@ -228,8 +208,7 @@ private:
     }
 
     io::Task<std::error_code> fua_if(block::ReqFlags flags) {
-        if (!(flags & block::req_fua))
-            co_return std::error_code{};
+        if (!(flags & block::req_fua)) co_return std::error_code{};
         co_return co_await do_flush();
     }
 
@@ -243,19 +222,17 @@ private:
     bool zero_range_supported_ = true;
 };
 
-io::Task<Result<std::unique_ptr<block::Node>>> open_file(OpenContext&, std::string node_name,
-                                                         const CommonOptions& common, OptionReader& opts) {
+io::Task<Result<std::unique_ptr<block::Node>>>
+open_file(OpenContext&, std::string node_name, const CommonOptions& common, OptionReader& opts) {
     const std::string path = opts.required_string("filename");
     // Accepted as QEMU spells them; every mode uses the event loop's backend.
     opts.choice("aio", {"threads", "native", "io_uring"});
     // Image locking is not implemented: fleece is the only user of its images.
     opts.choice("locking", {"auto", "on", "off"});
-    if (Status st = opts.finish(); !st)
-        co_return st.error();
+    if (Status st = opts.finish(); !st) co_return st.error();
 
     int flags = O_CLOEXEC | (common.read_only ? O_RDONLY : O_RDWR);
-    if (common.cache_direct)
-        flags |= O_DIRECT;
+    if (common.cache_direct) flags |= O_DIRECT;
     const int fd = ::open(path.c_str(), flags);
     if (fd < 0)
         co_return make_error(fmt::format("Could not open '{}': {}", path, std::strerror(errno)));
@@ -266,14 +243,12 @@ io::Task<Result<std::unique_ptr<block::Node>>> open_file(OpenContext&, std::stri
     };
 
     struct stat st {};
-    if (::fstat(fd, &st) < 0)
-        co_return fail("stat");
+    if (::fstat(fd, &st) < 0) co_return fail("stat");
     std::uint64_t size = 0;
     std::uint32_t alignment = 1;
     const bool is_block_device = S_ISBLK(st.st_mode);
     if (is_block_device) {
-        if (::ioctl(fd, BLKGETSIZE64, &size) < 0)
-            co_return fail("get size of");
+        if (::ioctl(fd, BLKGETSIZE64, &size) < 0) co_return fail("get size of");
         if (common.cache_direct) {
             int sector = 512;
             if (::ioctl(fd, BLKSSZGET, &sector) < 0)
@@ -282,20 +257,21 @@ io::Task<Result<std::unique_ptr<block::Node>>> open_file(OpenContext&, std::stri
         }
     } else if (S_ISREG(st.st_mode)) {
         size = static_cast<std::uint64_t>(st.st_size);
-        if (common.cache_direct)
-            alignment = probe_direct_alignment(fd, size);
+        if (common.cache_direct) alignment = probe_direct_alignment(fd, size);
     } else {
         ::close(fd);
         co_return make_error(fmt::format("'{}' is not a regular file or block device", path));
     }
 
     co_return std::unique_ptr<block::Node>(std::make_unique<FileNode>(
-        std::move(node_name), path, fd, size, is_block_device, common.read_only, common.cache_direct,
-        common.cache_no_flush, common.discard == "unmap", alignment));
+        std::move(node_name), path, fd, size, is_block_device, common.read_only,
+        common.cache_direct, common.cache_no_flush, common.discard == "unmap", alignment));
 }
 
 } // namespace
 
-DriverSpec file_driver() { return {"file", "regular file or block device (host_device)", open_file}; }
+DriverSpec file_driver() {
+    return {"file", "regular file or block device (host_device)", open_file};
+}
 
 } // namespace fleece::nodes

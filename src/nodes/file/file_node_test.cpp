@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "nodes/test_support.hpp"
+
+#include <gtest/gtest.h>
 
 namespace fleece::nodes {
 namespace {
@@ -14,7 +14,10 @@ TEST(FileNode, ReadWriteFlushAndQueries) {
     ScratchDir dir;
     const std::string path = dir.file("disk.img", 4 * MiB);
     Harness h;
-    auto n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}, {"aio", "io_uring"},
+    auto n = h.add(json{{"driver", "file"},
+                        {"node-name", "f0"},
+                        {"filename", path},
+                        {"aio", "io_uring"},
                         {"locking", "off"}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_EQ((*n)->size(), 4 * MiB);
@@ -34,7 +37,8 @@ TEST(FileNode, ReadWriteFlushAndQueries) {
     // write-zeroes without unmap (ZERO_RANGE or fallback), then reads zeroes.
     ASSERT_FALSE(h.write_zeroes(12345, 1000));
     ASSERT_FALSE(h.read(12345, back));
-    EXPECT_TRUE(std::all_of(back.begin(), back.begin() + 1000, [](std::byte b) { return b == std::byte{0}; }));
+    EXPECT_TRUE(std::all_of(back.begin(), back.begin() + 1000,
+                            [](std::byte b) { return b == std::byte{0}; }));
     EXPECT_EQ(back[1000], data[1000]);
 }
 
@@ -56,7 +60,8 @@ TEST(FileNode, DiscardPunchesHoleOnlyWithUnmap) {
         EXPECT_EQ(st_blocks(path), before);
     }
     Harness h;
-    auto n = h.add(json{{"driver", "file"}, {"node-name", "f1"}, {"filename", path}, {"discard", "unmap"}});
+    auto n = h.add(
+        json{{"driver", "file"}, {"node-name", "f1"}, {"filename", path}, {"discard", "unmap"}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_TRUE((*n)->caps().trim);
     ASSERT_TRUE(h.attach(**n, rw).ok());
@@ -106,7 +111,10 @@ TEST(FileNode, DirectIoNeedsAlignment) {
     ScratchDir dir;
     const std::string path = dir.file("direct.img", 4 * MiB);
     Harness h;
-    auto n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}, {"cache", json::object({{"direct", true}})}});
+    auto n = h.add(json{{"driver", "file"},
+                        {"node-name", "f0"},
+                        {"filename", path},
+                        {"cache", json::object({{"direct", true}})}});
     if (!n.ok() && n.error().message.find("Invalid argument") != std::string::npos)
         GTEST_SKIP() << "file system without O_DIRECT: " << n.error().message;
     ASSERT_TRUE(n.ok()) << n.error().message;
@@ -123,7 +131,8 @@ TEST(FileNode, DirectIoNeedsAlignment) {
     EXPECT_EQ(back, data);
     // Misaligned offsets and lengths are refused (no padding yet).
     EXPECT_EQ(h.read(a * 3 + 1, std::span(back).first(a)), std::errc::invalid_argument);
-    EXPECT_EQ(h.write(0, std::span<const std::byte>(data).first(a + 1)), std::errc::invalid_argument);
+    EXPECT_EQ(h.write(0, std::span<const std::byte>(data).first(a + 1)),
+              std::errc::invalid_argument);
     EXPECT_FALSE(h.flush());
 }
 
@@ -132,12 +141,14 @@ TEST(FileNode, ReadOnlyRefusesWriters) {
     const std::string path = dir.file("ro.img", MiB);
     ::chmod(path.c_str(), 0400); // O_RDONLY must be what we open with
     Harness h;
-    auto n = h.add(json{{"driver", "file"}, {"node-name", "ro"}, {"filename", path}, {"read-only", true}});
+    auto n = h.add(
+        json{{"driver", "file"}, {"node-name", "ro"}, {"filename", path}, {"read-only", true}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_TRUE((*n)->read_only());
     Status st = h.attach(**n, rw);
     ASSERT_FALSE(st.ok());
-    EXPECT_EQ(st.error().message, "Block node 'ro' is read-only: 'write' is taken by export 'test' (as 'root')");
+    EXPECT_EQ(st.error().message,
+              "Block node 'ro' is read-only: 'write' is taken by export 'test' (as 'root')");
     ASSERT_TRUE(h.attach(**n, block::perm_consistent_read).ok());
     std::vector<std::byte> back(4096);
     EXPECT_FALSE(h.read(0, back));
@@ -154,7 +165,8 @@ TEST(FileNode, OpenErrors) {
     n = h.add(json{{"driver", "file"}, {"node-name", "f0"}});
     ASSERT_FALSE(n.ok());
     EXPECT_EQ(n.error().message, "Parameter 'filename' is missing");
-    n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", missing}, {"aio", "posix"}});
+    n = h.add(
+        json{{"driver", "file"}, {"node-name", "f0"}, {"filename", missing}, {"aio", "posix"}});
     ASSERT_FALSE(n.ok());
     EXPECT_NE(n.error().message.find("'aio'"), std::string::npos) << n.error().message;
     n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", dir.path().string()}});
@@ -166,7 +178,10 @@ TEST(FileNode, NoFlushAndNoFallbackZeroes) {
     ScratchDir dir;
     const std::string path = dir.file("nf.img", MiB);
     Harness h;
-    auto n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}, {"cache", json::object({{"no-flush", "on"}})}});
+    auto n = h.add(json{{"driver", "file"},
+                        {"node-name", "f0"},
+                        {"filename", path},
+                        {"cache", json::object({{"no-flush", "on"}})}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_TRUE((*n)->cache_no_flush());
     ASSERT_TRUE(h.attach(**n, rw).ok());

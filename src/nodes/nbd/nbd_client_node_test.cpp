@@ -1,18 +1,17 @@
 // The nbd node against a real nbdkit server (memory plugin) on a unix socket.
+#include "io/event_loop.hpp"
+#include "nodes/registry.hpp"
+
+#include <cstring>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
+#include <string>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstring>
-#include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
-
-#include "io/event_loop.hpp"
-#include "nodes/registry.hpp"
 
 extern char** environ;
 
@@ -22,9 +21,10 @@ namespace {
 using nlohmann::json;
 
 class NbdkitServer {
-public:
+  public:
     explicit NbdkitServer(const std::string& sock) {
-        std::vector<std::string> args = {"nbdkit", "-f", "--exit-with-parent", "-U", sock, "memory", "16M"};
+        std::vector<std::string> args = {"nbdkit", "-f", "--exit-with-parent", "-U", sock,
+                                         "memory", "16M"};
         std::vector<char*> argv;
         for (auto& a : args)
             argv.push_back(a.data());
@@ -42,7 +42,7 @@ public:
     }
     bool started() const { return started_; }
 
-private:
+  private:
     pid_t pid_ = -1;
     bool started_ = false;
 };
@@ -60,11 +60,11 @@ io::Task<void> exercise(block::Graph* g, std::string sock, TestUser* user) {
     options["server"]["path"] = sock;
     auto node = co_await blockdev_add(*g, options);
     EXPECT_TRUE(node.ok()) << (node.ok() ? "" : node.error().message);
-    if (!node.ok())
-        co_return;
+    if (!node.ok()) co_return;
     block::Node* n = *node;
     EXPECT_EQ(n->size(), 16u << 20);
-    auto edge = g->attach(*user, *n, block::perm_write | block::perm_consistent_read, block::perm_all);
+    auto edge =
+        g->attach(*user, *n, block::perm_write | block::perm_consistent_read, block::perm_all);
     EXPECT_TRUE(edge.ok());
     block::Child& c = **edge;
     std::vector<std::byte> data(1 << 20);
@@ -89,7 +89,8 @@ io::Task<void> exercise(block::Graph* g, std::string sock, TestUser* user) {
 }
 
 TEST(NbdClientNode, TalksToNbdkit) {
-    const std::string sock = ::testing::TempDir() + "/fleece_nbd_client_" + std::to_string(::getpid()) + ".sock";
+    const std::string sock =
+        ::testing::TempDir() + "/fleece_nbd_client_" + std::to_string(::getpid()) + ".sock";
     NbdkitServer server(sock);
     ASSERT_TRUE(server.started()) << "nbdkit (Debian package nbdkit) is required";
     io::EventLoop loop;
@@ -101,12 +102,14 @@ TEST(NbdClientNode, TalksToNbdkit) {
 TEST(NbdClientNode, ConnectionFailureIsAClearError) {
     io::EventLoop loop;
     block::Graph g;
-    auto r = loop.run_until_complete(blockdev_add(g, json{{"driver", "nbd"}, {"node-name", "x"},
-                                                          {"server", {{"type", "unix"}, {"path", "/nonexistent/sock"}}}}));
+    auto r = loop.run_until_complete(
+        blockdev_add(g, json{{"driver", "nbd"},
+                             {"node-name", "x"},
+                             {"server", {{"type", "unix"}, {"path", "/nonexistent/sock"}}}}));
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.error().message.find("Failed to connect"), std::string::npos) << r.error().message;
-    auto bad = loop.run_until_complete(blockdev_add(g, json{{"driver", "nbd"}, {"node-name", "y"},
-                                                            {"server", {{"type", "vsock"}}}}));
+    auto bad = loop.run_until_complete(blockdev_add(
+        g, json{{"driver", "nbd"}, {"node-name", "y"}, {"server", {{"type", "vsock"}}}}));
     ASSERT_FALSE(bad.ok());
 }
 

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "nodes/test_support.hpp"
+
+#include <gtest/gtest.h>
 
 namespace fleece::nodes {
 namespace {
@@ -14,7 +14,8 @@ TEST(RawNode, NestedFileWithoutWindowIsTransparent) {
     ScratchDir dir;
     const std::string path = dir.file("disk.img", 2 * MiB);
     Harness h;
-    auto n = h.add(json{{"driver", "raw"}, {"node-name", "r0"},
+    auto n = h.add(json{{"driver", "raw"},
+                        {"node-name", "r0"},
                         {"file", json{{"driver", "file"}, {"filename", path}}}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_EQ((*n)->size(), 2 * MiB);
@@ -36,7 +37,8 @@ TEST(RawNode, OffsetAndSizeWindow) {
     Harness h;
     auto f = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}});
     ASSERT_TRUE(f.ok()) << f.error().message;
-    auto n = h.add(json{{"driver", "raw"}, {"node-name", "r0"}, {"file", "f0"}, {"offset", MiB}, {"size", MiB}});
+    auto n = h.add(json{
+        {"driver", "raw"}, {"node-name", "r0"}, {"file", "f0"}, {"offset", MiB}, {"size", MiB}});
     ASSERT_TRUE(n.ok()) << n.error().message;
     EXPECT_EQ((*n)->size(), MiB);
     EXPECT_FALSE((*n)->child("file")->shared() & block::perm_resize);
@@ -47,7 +49,8 @@ TEST(RawNode, OffsetAndSizeWindow) {
     EXPECT_EQ(h.write(MiB - 100, data), std::errc::invalid_argument);
 
     // Check through a second, read-only view of the file itself: data landed at +1 MiB.
-    auto g = h.add(json{{"driver", "file"}, {"node-name", "g"}, {"filename", path}, {"read-only", true}});
+    auto g = h.add(
+        json{{"driver", "file"}, {"node-name", "g"}, {"filename", path}, {"read-only", true}});
     ASSERT_TRUE(g.ok()) << g.error().message;
     TestUser other;
     auto view = h.graph.attach(other, **g, block::perm_consistent_read, block::perm_all, "view");
@@ -71,7 +74,8 @@ TEST(RawNode, RejectsWindowsOutsideTheChild) {
     Harness h;
     auto f = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}});
     ASSERT_TRUE(f.ok());
-    auto n = h.add(json{{"driver", "raw"}, {"node-name", "r0"}, {"file", "f0"}, {"offset", 4096}, {"size", MiB}});
+    auto n = h.add(json{
+        {"driver", "raw"}, {"node-name", "r0"}, {"file", "f0"}, {"offset", 4096}, {"size", MiB}});
     ASSERT_FALSE(n.ok());
     EXPECT_NE(n.error().message.find("has to be smaller or equal"), std::string::npos);
     n = h.add(json{{"driver", "raw"}, {"node-name", "r0"}, {"file", "f0"}, {"offset", 2 * MiB}});
@@ -80,7 +84,9 @@ TEST(RawNode, RejectsWindowsOutsideTheChild) {
     ASSERT_FALSE(n.ok());
     EXPECT_EQ(n.error().message, "Cannot find device='' nor node-name='nope'");
     // A failed nested open leaves nothing behind.
-    n = h.add(json{{"driver", "raw"}, {"node-name", "r0"}, {"size", 2 * MiB},
+    n = h.add(json{{"driver", "raw"},
+                   {"node-name", "r0"},
+                   {"size", 2 * MiB},
                    {"file", json{{"driver", "file"}, {"filename", path}}}});
     ASSERT_FALSE(n.ok());
     EXPECT_EQ(h.graph.nodes().size(), 1u);

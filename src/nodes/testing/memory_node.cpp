@@ -1,9 +1,9 @@
 #include "nodes/testing/memory_node.hpp"
 
+#include "io/event_loop.hpp"
+
 #include <algorithm>
 #include <cstring>
-
-#include "io/event_loop.hpp"
 
 namespace fleece::nodes {
 
@@ -17,8 +17,7 @@ MemoryNode::MemoryNode(std::string name, std::uint64_t size, std::uint32_t clust
 }
 
 io::Task<void> MemoryNode::delay() {
-    if (max_turns_ == 0)
-        co_return;
+    if (max_turns_ == 0) co_return;
     const unsigned turns = static_cast<unsigned>(rng_() % (max_turns_ + 1));
     for (unsigned i = 0; i < turns; ++i)
         co_await io::EventLoop::current().yield();
@@ -26,11 +25,9 @@ io::Task<void> MemoryNode::delay() {
 
 io::Task<std::error_code> MemoryNode::before_write(std::uint64_t bytes) {
     co_await delay();
-    if (write_latency_.count() > 0)
-        co_await io::sleep_for(write_latency_);
+    if (write_latency_.count() > 0) co_await io::sleep_for(write_latency_);
     if (fail_errno_ && fail_count_ != 0) {
-        if (fail_count_ > 0)
-            --fail_count_;
+        if (fail_count_ > 0) --fail_count_;
         co_return errno_code(fail_errno_);
     }
     ++writes_;
@@ -38,7 +35,8 @@ io::Task<std::error_code> MemoryNode::before_write(std::uint64_t bytes) {
     co_return std::error_code{};
 }
 
-io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags) {
+io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                              ReqFlags) {
     // Real storage may fetch any part of a request at any time: copy in two halves with a
     // delay in between, so a read racing with a write can come back torn.
     co_await delay();
@@ -51,28 +49,28 @@ io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<st
 
 io::Task<std::error_code> MemoryNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                                ReqFlags) {
-    if (auto ec = co_await before_write(buf.size()))
-        co_return ec;
+    if (auto ec = co_await before_write(buf.size())) co_return ec;
     std::memcpy(data_.data() + offset, buf.data(), buf.size());
     co_return std::error_code{};
 }
 
-io::Task<std::error_code> MemoryNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length, ReqFlags) {
-    if (auto ec = co_await before_write(length))
-        co_return ec;
+io::Task<std::error_code> MemoryNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                      ReqFlags) {
+    if (auto ec = co_await before_write(length)) co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};
 }
 
 // Discard really drops the data (reads back zeroes), so tests notice a premature discard.
 io::Task<std::error_code> MemoryNode::do_discard(std::uint64_t offset, std::uint64_t length) {
-    if (auto ec = co_await before_write(length))
-        co_return ec;
+    if (auto ec = co_await before_write(length)) co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};
 }
 
-io::Task<std::error_code> MemoryNode::do_flush() { co_return std::error_code{}; }
+io::Task<std::error_code> MemoryNode::do_flush() {
+    co_return std::error_code{};
+}
 
 // Zero detection at 4 KiB granularity: the prefix that is uniformly zero or not.
 io::Task<BlockStatus> MemoryNode::do_block_status(std::uint64_t offset, std::uint64_t length) {
@@ -89,8 +87,7 @@ io::Task<BlockStatus> MemoryNode::do_block_status(std::uint64_t offset, std::uin
     pos += step;
     while (pos < end) {
         step = std::min(end - pos, g);
-        if (is_zero(pos, step) != zero)
-            break;
+        if (is_zero(pos, step) != zero) break;
         pos += step;
     }
     BlockStatus s;

@@ -3,17 +3,17 @@
 // request by a random number of loop turns from a seeded RNG, so completions reorder
 // deterministically, and it can inject write errors and slow writes.
 
+#include "block/node.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <random>
 #include <vector>
 
-#include "block/node.hpp"
-
 namespace fleece::nodes {
 
 class MemoryNode final : public block::Node {
-public:
+  public:
     MemoryNode(std::string name, std::uint64_t size, std::uint32_t cluster_size = 0);
 
     std::vector<std::byte>& data() { return data_; }
@@ -31,7 +31,7 @@ public:
     std::uint64_t writes() const { return writes_; }
     std::uint64_t bytes_written() const { return bytes_written_; } // data + zeroes
 
-protected:
+  protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
                                       block::ReqFlags flags) override;
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
@@ -40,9 +40,10 @@ protected:
                                               block::ReqFlags flags) override;
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
     io::Task<std::error_code> do_flush() override;
-    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
+                                                 std::uint64_t length) override;
 
-private:
+  private:
     io::Task<void> delay();
     io::Task<std::error_code> before_write(std::uint64_t bytes);
 
