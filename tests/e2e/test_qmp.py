@@ -113,3 +113,29 @@ def test_refused_options(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert "blockdev-add: not available" in r.stderr
+
+
+FLEECE = os.environ.get("FLEECE", os.path.join(os.path.dirname(FLEECED), "fleece"))
+
+
+def test_fleece_qmp_cli(daemon, tmp_path):
+    r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "query-version"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert '"major": 7' in r.stdout
+    r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "nope"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "error: CommandNotFound: The command nope has not been found" in r.stderr
+    script = tmp_path / "script"
+    script.write_text('{"execute":"query-version"}\n\n{"execute":"query-commands"}\n')
+    r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "--script",
+                        str(script)], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+    r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "--script", "-"],
+                       input="{bad\n", capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "--wait-event",
+                        "NEVER", "--timeout", "0.3"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
