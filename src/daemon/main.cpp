@@ -1,0 +1,140 @@
+// fleeced: the backup daemon. Parses a qemu-storage-daemon style command line, serves QMP
+// monitors and (later) the block graph, all on one event loop.
+
+#include <chrono>
+#include <cstdio>
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "control/builtin_commands.hpp"
+#include "control/keyval.hpp"
+#include "control/qmp_server.hpp"
+#include "control/version.hpp"
+#include "daemon/graph_commands.hpp"
+#include "daemon/options.hpp"
+#include "daemon/process.hpp"
+#include "daemon/services.hpp"
+#include "io/event_loop.hpp"
+#include "io/file_io.hpp"
+#include "util/log.hpp"
+
+namespace fleece::daemon {
+namespace {
+
+io::Task<void> watch_signals(int fd, io::EventLoop* loop) {
+    while (true) {
+        const std::int64_t r = co_await io::poll(fd, POLLIN);
+        if (r < 0)
+            continue;
+        signalfd_siginfo info{};
+        if (::read(fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+            log::info("received signal {}, shutting down", info.ssi_signo);
+            loop->stop();
+            co_return;
+        }
+    }
+}
+
+// Lets the reply to 'quit' (and anything queued before it) reach the clients before the
+// loop stops; gives up after a second so a client that never reads cannot block exit.
+io::Task<void> stop_when_flushed(Services* services) {
+    for (int i = 0; i < 100 && !services->qmp->idle(); ++i)
+        co_await io::sleep_for(std::chrono::milliseconds(10));
+    services->loop->stop();
+}
+
+int fail(const std::string& msg) {
+    std::fprintf(stderr, "%s\n", msg.c_str());
+    return 1;
+}
+
+int run(const Options& options) {
+    if (options.daemonize)
+        daemonize_start(); // before the loop exists: io_uring must not cross a fork
+
+    io::EventLoop loop;
+    Services services;
+    services.loop = &loop;
+
+    control::CommandRegistry registry;
+    control::register_builtin_commands(registry);
+    register_graph_commands(registry, services);
+
+    control::CommandContext ctx;
+    ctx.services = &services;
+    ctx.request_quit = [&services] { services.loop->spawn(stop_when_flushed(&services)); };
+    control::QmpServer qmp(registry, ctx);
+    services.qmp = &qmp;
+
+    auto sigfd = open_termination_signalfd();
+    if (!sigfd)
+        return fail("fleeced: " + sigfd.error().message);
+
+    for (const auto& raw : options.blockdevs) {
+        auto opts = control::parse_keyval_or_json(raw);
+        if (!opts)
+            return fail("fleeced: --blockdev: " + opts.error().message);
+        if (Status st = services.blockdev_add(opts.value()); !st)
+            return fail("fleeced: --blockdev: " + st.error().message);
+    }
+
+    std::vector<std::string> socket_paths;
+    for (const auto& chardev_id : options.monitors) {
+        for (const auto& c : options.chardevs) {
+            if (c.id != chardev_id)
+                continue;
+            auto listener = io::listen_unix(c.path, 0600);
+            if (!listener)
+                return fail("fleeced: --chardev " + c.id + ": " + listener.error().message);
+            qmp.serve(std::move(listener.value()));
+            socket_paths.push_back(c.path);
+        }
+    }
+
+    if (!options.pidfile.empty())
+        if (Status st = write_pidfile(options.pidfile); !st)
+            return fail("fleeced: " + st.error().message);
+
+    loop.spawn(watch_signals(sigfd->get(), &loop));
+    if (options.daemonize)
+        daemonize_ready();
+    log::info("fleeced ready");
+    loop.run();
+
+    for (const auto& path : socket_paths)
+        ::unlink(path.c_str());
+    if (!options.pidfile.empty())
+        ::unlink(options.pidfile.c_str());
+    std::fflush(nullptr);
+    // The monitor coroutines are parked in polls that will never complete; tearing the loop
+    // down would only wait for them, so leave without running destructors.
+    std::_Exit(0);
+}
+
+} // namespace
+} // namespace fleece::daemon
+
+int main(int argc, char** argv) {
+    using namespace fleece::daemon;
+    auto options = parse_options(std::vector<std::string>(argv + 1, argv + argc));
+    if (!options) {
+        std::fprintf(stderr, "%s\n", options.error().message.c_str());
+        return 1;
+    }
+    if (options->help) {
+        std::fputs(usage_text(), stdout);
+        return 0;
+    }
+    if (options->version) {
+        std::printf("fleeced version %d.%d.%d (%s)\n", fleece::control::qemu_major,
+                    fleece::control::qemu_minor, fleece::control::qemu_micro,
+                    fleece::control::package_string);
+        return 0;
+    }
+    if (auto st = check_options(options.value()); !st) {
+        std::fprintf(stderr, "%s\n", st.error().message.c_str());
+        return 1;
+    }
+    return run(options.value());
+}

@@ -1,0 +1,33 @@
+#pragma once
+// The qemu-storage-daemon compatible command line.
+
+#include <string>
+#include <vector>
+
+#include "util/result.hpp"
+
+namespace fleece::daemon {
+
+struct ChardevOption {
+    std::string id;
+    std::string path;
+};
+
+struct Options {
+    std::vector<ChardevOption> chardevs;
+    std::vector<std::string> monitors; // chardev ids
+    std::vector<std::string> blockdevs; // raw option strings, parsed when applied
+    std::string pidfile;
+    bool daemonize = false;
+    bool help = false;
+    bool version = false;
+};
+
+// Parses argv (without argv[0]). Both "--opt value" and "--opt=value" are accepted.
+Result<Options> parse_options(const std::vector<std::string>& args);
+// Checks that every monitor names a chardev.
+Status check_options(const Options& options);
+
+const char* usage_text();
+
+} // namespace fleece::daemon
