@@ -1,10 +1,12 @@
 // fleece: command-line QMP client. Blocking sockets on purpose: it sends a handful of
 // messages and exits, so it needs none of the daemon's event loop.
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <poll.h>
 #include <string>
@@ -12,16 +14,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
 class Connection {
-public:
+  public:
     explicit Connection(const std::string& path) {
         fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_un addr{};
@@ -39,8 +38,7 @@ public:
         std::size_t done = 0;
         while (done < data.size()) {
             const ssize_t n = ::send(fd_, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-            if (n <= 0)
-                throw std::runtime_error("connection closed while sending");
+            if (n <= 0) throw std::runtime_error("connection closed while sending");
             done += static_cast<std::size_t>(n);
         }
     }
@@ -52,26 +50,22 @@ public:
             if (nl != std::string::npos) {
                 std::string line = buf_.substr(0, nl);
                 buf_.erase(0, nl + 1);
-                if (line.find_first_not_of(" \r\t") == std::string::npos)
-                    continue;
+                if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
                 return json::parse(line);
             }
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                deadline - Clock::now());
-            if (left.count() <= 0)
-                return std::nullopt;
+            const auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            if (left.count() <= 0) return std::nullopt;
             pollfd p{fd_, POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-                continue;
+            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
             char tmp[65536];
             const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-            if (n <= 0)
-                throw std::runtime_error("connection closed by the daemon");
+            if (n <= 0) throw std::runtime_error("connection closed by the daemon");
             buf_.append(tmp, static_cast<std::size_t>(n));
         }
     }
 
-private:
+  private:
     int fd_ = -1;
     std::string buf_;
 };
@@ -84,15 +78,13 @@ struct Runner {
 
     void print_event(const json& msg) {
         std::cout << msg.dump() << "\n";
-        if (!wait_event.empty() && msg.value("event", "") == wait_event)
-            seen_event = true;
+        if (!wait_event.empty() && msg.value("event", "") == wait_event) seen_event = true;
     }
     // Reads until a reply (not an event) arrives.
     json reply() {
         while (true) {
             auto msg = conn.receive(deadline);
-            if (!msg)
-                throw std::runtime_error("timed out waiting for a reply");
+            if (!msg) throw std::runtime_error("timed out waiting for a reply");
             if (msg->contains("event"))
                 print_event(*msg);
             else
@@ -111,29 +103,26 @@ struct Runner {
 };
 
 int run_qmp(const std::string& socket_path, const std::string& command,
-            const std::string& json_args, const std::string& script,
-            const std::string& wait_event, double timeout) {
+            const std::string& json_args, const std::string& script, const std::string& wait_event,
+            double timeout) {
     Connection conn(socket_path);
     Runner r{conn, Clock::now() + std::chrono::milliseconds(static_cast<long>(timeout * 1000)),
              wait_event};
     r.reply(); // greeting
     conn.send(R"({"execute":"qmp_capabilities"})");
-    if (!Runner::report(r.reply()))
-        return 1;
+    if (!Runner::report(r.reply())) return 1;
     bool ok = true;
     if (!script.empty()) {
         std::ifstream file;
         std::istream* in = &std::cin;
         if (script != "-") {
             file.open(script);
-            if (!file)
-                throw std::runtime_error("cannot open " + script);
+            if (!file) throw std::runtime_error("cannot open " + script);
             in = &file;
         }
         std::string line;
         while (std::getline(*in, line)) {
-            if (line.find_first_not_of(" \t\r") == std::string::npos)
-                continue;
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
             conn.send(line);
             json reply = r.reply();
             std::cout << reply.dump() << "\n";
@@ -141,8 +130,7 @@ int run_qmp(const std::string& socket_path, const std::string& command,
         }
     } else if (!command.empty()) {
         json req{{"execute", command}};
-        if (!json_args.empty())
-            req["arguments"] = json::parse(json_args);
+        if (!json_args.empty()) req["arguments"] = json::parse(json_args);
         conn.send(req.dump());
         json reply = r.reply();
         if (Runner::report(reply))
@@ -156,8 +144,7 @@ int run_qmp(const std::string& socket_path, const std::string& command,
             std::cerr << "error: timed out waiting for event " << wait_event << "\n";
             return 1;
         }
-        if (msg->contains("event"))
-            r.print_event(*msg);
+        if (msg->contains("event")) r.print_event(*msg);
     }
     return ok ? 0 : 1;
 }

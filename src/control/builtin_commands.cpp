@@ -25,8 +25,7 @@ io::Task<Result<json>> query_version(CommandContext&, const json&) {
 }
 
 io::Task<Result<json>> quit(CommandContext& ctx, const json&) {
-    if (ctx.request_quit)
-        ctx.request_quit();
+    if (ctx.request_quit) ctx.request_quit();
     co_return json::object();
 }
 
@@ -41,8 +40,11 @@ io::Task<Result<json>> query_commands(CommandContext& ctx, const json&) {
 } // namespace
 
 void register_builtin_commands(CommandRegistry& registry) {
-    registry.add({"qmp_capabilities", "Leave capabilities negotiation mode",
-                  {{"enable", ArgType::array, false}}, false, qmp_capabilities});
+    registry.add({"qmp_capabilities",
+                  "Leave capabilities negotiation mode",
+                  {{"enable", ArgType::array, false}},
+                  false,
+                  qmp_capabilities});
     registry.add({"query-version", "Report the version", {}, false, query_version});
     registry.add({"query-commands", "List the supported commands", {}, false, query_commands});
     registry.add({"quit", "Stop the daemon", {}, false, quit});

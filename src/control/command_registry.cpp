@@ -70,21 +70,18 @@ bool matches(ArgType type, const json& v) {
 
 const ArgSpec* find_arg(const CommandSpec& spec, const std::string& key) {
     for (const auto& a : spec.args)
-        if (a.name == key)
-            return &a;
+        if (a.name == key) return &a;
     return nullptr;
 }
 
 } // namespace
 
 Status validate_args(const CommandSpec& spec, const json& args) {
-    if (!args.is_object())
-        return make_error("QMP input member 'arguments' must be an object");
+    if (!args.is_object()) return make_error("QMP input member 'arguments' must be an object");
     for (const auto& [key, value] : args.items()) {
         const ArgSpec* a = find_arg(spec, key);
         if (!a) {
-            if (spec.open_schema)
-                continue;
+            if (spec.open_schema) continue;
             return make_error("Parameter '" + key + "' is unexpected");
         }
         if (!matches(a->type, value))
@@ -99,10 +96,8 @@ Status validate_args(const CommandSpec& spec, const json& args) {
 io::Task<Result<json>> dispatch(const CommandRegistry& registry, CommandContext& ctx,
                                 std::string name, json args) {
     const CommandSpec* spec = registry.find(name);
-    if (!spec)
-        co_return Error{"CommandNotFound", "The command " + name + " has not been found"};
-    if (Status st = validate_args(*spec, args); !st)
-        co_return st.error();
+    if (!spec) co_return Error{"CommandNotFound", "The command " + name + " has not been found"};
+    if (Status st = validate_args(*spec, args); !st) co_return st.error();
     ctx.registry = &registry;
     co_return co_await spec->handler(ctx, args);
 }

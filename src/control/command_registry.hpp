@@ -3,15 +3,14 @@
 // dispatcher checks before the handler runs, so handlers can index their arguments without
 // re-validating types and every command reports bad input with the same (QEMU) wording.
 
-#include <functional>
-#include <map>
-#include <string>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
 #include "io/task.hpp"
 #include "util/result.hpp"
+
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 namespace fleece::control {
 
@@ -53,14 +52,14 @@ struct CommandSpec {
 };
 
 class CommandRegistry {
-public:
+  public:
     // Adds a command; a second command with the same name is a programming error.
     void add(CommandSpec spec);
     const CommandSpec* find(const std::string& name) const;
     // Sorted by name.
     std::vector<const CommandSpec*> list() const;
 
-private:
+  private:
     std::map<std::string, CommandSpec> commands_;
 };
 

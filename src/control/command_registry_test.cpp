@@ -1,9 +1,8 @@
+#include "control/builtin_commands.hpp"
 #include "control/command_registry.hpp"
+#include "io/event_loop.hpp"
 
 #include <gtest/gtest.h>
-
-#include "control/builtin_commands.hpp"
-#include "io/event_loop.hpp"
 
 using namespace fleece;
 using namespace fleece::control;
@@ -11,7 +10,9 @@ using nlohmann::json;
 
 namespace {
 
-io::Task<Result<json>> echo(CommandContext&, const json& args) { co_return args; }
+io::Task<Result<json>> echo(CommandContext&, const json& args) {
+    co_return args;
+}
 
 CommandSpec echo_spec(bool open = false) {
     return {"echo",
@@ -35,8 +36,13 @@ std::string check(const json& args, bool open = false) {
 } // namespace
 
 TEST(Schema, AcceptsValidArguments) {
-    EXPECT_EQ(check({{"s", "x"}, {"n", 3}, {"b", true}, {"o", json::object()},
-                     {"a", json::array()}, {"node", "n1"}, {"x", nullptr}}),
+    EXPECT_EQ(check({{"s", "x"},
+                     {"n", 3},
+                     {"b", true},
+                     {"o", json::object()},
+                     {"a", json::array()},
+                     {"node", "n1"},
+                     {"x", nullptr}}),
               "");
     EXPECT_EQ(check({{"s", "x"}, {"node", {{"driver", "file"}}}}), "");
 }

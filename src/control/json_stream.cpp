@@ -3,16 +3,34 @@
 namespace fleece::control {
 
 namespace {
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+bool is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
 
 // Characters that may appear outside strings inside a JSON value.
 bool is_json_char(char c) {
-    if (is_space(c) || (c >= '0' && c <= '9'))
-        return true;
+    if (is_space(c) || (c >= '0' && c <= '9')) return true;
     switch (c) {
-    case '{': case '}': case '[': case ']': case ',': case ':': case '"':
-    case '-': case '+': case '.': case 'e': case 'E':
-    case 't': case 'r': case 'u': case 'f': case 'a': case 'l': case 's': case 'n':
+    case '{':
+    case '}':
+    case '[':
+    case ']':
+    case ',':
+    case ':':
+    case '"':
+    case '-':
+    case '+':
+    case '.':
+    case 'e':
+    case 'E':
+    case 't':
+    case 'r':
+    case 'u':
+    case 'f':
+    case 'a':
+    case 'l':
+    case 's':
+    case 'n':
         return true;
     default:
         return false;
@@ -37,13 +55,11 @@ void JsonStreamSplitter::finish(std::vector<StreamItem>& out) {
 void JsonStreamSplitter::feed(std::string_view bytes, std::vector<StreamItem>& out) {
     for (char c : bytes) {
         if (discarding_) {
-            if (c == '\n')
-                discarding_ = false;
+            if (c == '\n') discarding_ = false;
             continue;
         }
         if (depth_ == 0 && !in_scalar_) {
-            if (is_space(c))
-                continue; // whitespace between values
+            if (is_space(c)) continue; // whitespace between values
             buf_.push_back(c);
             if (c == '{' || c == '[')
                 depth_ = 1;

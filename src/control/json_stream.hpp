@@ -21,7 +21,7 @@ struct StreamItem {
 };
 
 class JsonStreamSplitter {
-public:
+  public:
     static constexpr std::size_t default_limit = 1024 * 1024;
     explicit JsonStreamSplitter(std::size_t limit = default_limit) : limit_(limit) {}
 
@@ -30,7 +30,7 @@ public:
     // Bytes of the value currently being collected.
     std::size_t pending() const { return buf_.size(); }
 
-private:
+  private:
     void finish(std::vector<StreamItem>& out);
     void reset();
 

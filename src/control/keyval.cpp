@@ -17,8 +17,7 @@ std::vector<std::string> split_dots(const std::string& key) {
     while (true) {
         const std::size_t dot = key.find('.', start);
         parts.push_back(key.substr(start, dot - start));
-        if (dot == std::string::npos)
-            break;
+        if (dot == std::string::npos) break;
         start = dot + 1;
     }
     return parts;
@@ -35,8 +34,7 @@ Status insert(json& root, const std::string& key, std::string value) {
     json* node = &root;
     std::string prefix;
     for (std::size_t i = 0; i < parts.size(); ++i) {
-        if (!valid_key_part(parts[i]))
-            return make_error("Invalid parameter '" + key + "'");
+        if (!valid_key_part(parts[i])) return make_error("Invalid parameter '" + key + "'");
         prefix += (i ? "." : "") + parts[i];
         const bool last = i + 1 == parts.size();
         auto it = node->find(parts[i]);
@@ -57,15 +55,12 @@ Status insert(json& root, const std::string& key, std::string value) {
 
 // Objects whose keys are exactly 0..n-1 are lists ('server.0.host=...').
 void convert_lists(json& node) {
-    if (!node.is_object())
-        return;
+    if (!node.is_object()) return;
     for (auto& [k, v] : node.items())
         convert_lists(v);
-    if (node.empty())
-        return;
+    if (node.empty()) return;
     for (std::size_t i = 0; i < node.size(); ++i)
-        if (!node.contains(std::to_string(i)))
-            return;
+        if (!node.contains(std::to_string(i))) return;
     json list = json::array();
     for (std::size_t i = 0; i < node.size(); ++i)
         list.push_back(std::move(node[std::to_string(i)]));
@@ -107,10 +102,8 @@ Result<json> parse_keyval(std::string_view text, std::string_view implied_key) {
                 value.push_back(text[pos++]);
             }
         }
-        if (Status st = insert(root, key, std::move(value)); !st)
-            return st.error();
-        if (pos < text.size())
-            ++pos; // the separating ','
+        if (Status st = insert(root, key, std::move(value)); !st) return st.error();
+        if (pos < text.size()) ++pos; // the separating ','
         first = false;
     }
     convert_lists(root);

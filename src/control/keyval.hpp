@@ -4,11 +4,10 @@
 // key=value values stay strings, as in QEMU's keyval: the command schema decides later
 // whether "4096" is a number or "on" a boolean.
 
-#include <string_view>
+#include "util/result.hpp"
 
 #include <nlohmann/json.hpp>
-
-#include "util/result.hpp"
+#include <string_view>
 
 namespace fleece::control {
 

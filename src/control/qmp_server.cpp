@@ -1,20 +1,19 @@
 #include "control/qmp_server.hpp"
 
-#include <chrono>
-#include <span>
-
 #include "control/json_stream.hpp"
 #include "control/qmp_session.hpp"
 #include "io/event_loop.hpp"
 #include "util/log.hpp"
+
+#include <chrono>
+#include <span>
 
 namespace fleece::control {
 
 using nlohmann::json;
 
 void send_message(QmpClient& client, const json& message) {
-    if (client.closed)
-        return;
+    if (client.closed) return;
     // Replace invalid UTF-8 instead of throwing: an id echoed back may contain anything.
     client.outq.push_back(message.dump(-1, ' ', false, json::error_handler_t::replace) + "\r\n");
     client.wake.notify_one();
@@ -30,13 +29,12 @@ io::Task<void> client_writer(std::shared_ptr<QmpClient> client) {
     while (true) {
         while (client->outq.empty() && !client->closed)
             co_await client->wake.wait();
-        if (client->closed)
-            break;
+        if (client->closed) break;
         std::string msg = std::move(client->outq.front());
         client->outq.pop_front();
         client->writing = true;
-        const int rc = co_await io::write_all(
-            client->sock.get(), std::as_bytes(std::span(msg.data(), msg.size())));
+        const int rc = co_await io::write_all(client->sock.get(),
+                                              std::as_bytes(std::span(msg.data(), msg.size())));
         client->writing = false;
         if (rc < 0) {
             client->closed = true;
@@ -54,8 +52,7 @@ io::Task<void> client_reader(QmpServer* server, std::shared_ptr<QmpClient> clien
     send_message(*client, qmp_greeting());
     while (!client->closed) {
         const std::int64_t n = co_await io::read_some(client->sock.get(), buf);
-        if (n <= 0)
-            break;
+        if (n <= 0) break;
         items.clear();
         splitter.feed(std::string_view(reinterpret_cast<const char*>(buf.data()),
                                        static_cast<std::size_t>(n)),
@@ -105,14 +102,12 @@ void QmpServer::emit_event(const std::string& name, const json& data) {
                {"data", data},
                {"timestamp", {{"seconds", us / 1000000}, {"microseconds", us % 1000000}}}};
     for (const auto& client : clients_)
-        if (client->command_mode)
-            send_message(*client, event);
+        if (client->command_mode) send_message(*client, event);
 }
 
 bool QmpServer::idle() const {
     for (const auto& client : clients_)
-        if (!client->closed && (!client->outq.empty() || client->writing))
-            return false;
+        if (!client->closed && (!client->outq.empty() || client->writing)) return false;
     return true;
 }
 

@@ -3,16 +3,15 @@
 // and executes requests in order, and a writer that drains the connection's outgoing queue,
 // so events broadcast while a command runs are never interleaved inside a reply.
 
-#include <deque>
-#include <memory>
-#include <set>
-#include <string>
-
-#include <nlohmann/json.hpp>
-
 #include "control/command_registry.hpp"
 #include "io/socket.hpp"
 #include "io/sync.hpp"
+
+#include <deque>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
 
 namespace fleece::control {
 
@@ -27,7 +26,7 @@ struct QmpClient {
 };
 
 class QmpServer {
-public:
+  public:
     // `ctx` is copied into every session; its emit_event is pointed at this server.
     QmpServer(const CommandRegistry& registry, CommandContext ctx);
 
@@ -40,7 +39,7 @@ public:
     bool idle() const;
     std::size_t client_count() const { return clients_.size(); }
 
-private:
+  private:
     friend io::Task<void> accept_loop(QmpServer* server, int listen_fd);
     friend io::Task<void> client_reader(QmpServer* server, std::shared_ptr<QmpClient> client);
     friend io::Task<void> client_writer(std::shared_ptr<QmpClient> client);

@@ -3,13 +3,12 @@
 // tests can drive it: turns one JSON text into the reply to send (if any), enforcing
 // capabilities negotiation and the QMP request shape before dispatching.
 
-#include <optional>
-#include <string>
-
-#include <nlohmann/json.hpp>
-
 #include "control/command_registry.hpp"
 #include "io/task.hpp"
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 
 namespace fleece::control {
 
@@ -19,7 +18,7 @@ nlohmann::json qmp_greeting();
 nlohmann::json qmp_error(const Error& error, const nlohmann::json* id = nullptr);
 
 class QmpSession {
-public:
+  public:
     QmpSession(const CommandRegistry& registry, CommandContext ctx)
         : registry_(&registry), ctx_(std::move(ctx)) {}
 
@@ -29,7 +28,7 @@ public:
     // The reply for a message that exceeded the size limit.
     static nlohmann::json too_large_reply();
 
-private:
+  private:
     io::Task<nlohmann::json> execute(nlohmann::json request);
 
     const CommandRegistry* registry_;

@@ -1,9 +1,8 @@
+#include "control/builtin_commands.hpp"
 #include "control/qmp_session.hpp"
+#include "io/event_loop.hpp"
 
 #include <gtest/gtest.h>
-
-#include "control/builtin_commands.hpp"
-#include "io/event_loop.hpp"
 
 using namespace fleece;
 using namespace fleece::control;

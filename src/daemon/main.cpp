@@ -1,23 +1,28 @@
 // fleeced: the backup daemon. Parses a qemu-storage-daemon style command line, serves QMP
 // monitors and (later) the block graph, all on one event loop.
 
-#include <chrono>
-#include <cstdio>
-#include <poll.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
-
+#include "block/graph.hpp"
 #include "control/builtin_commands.hpp"
 #include "control/keyval.hpp"
 #include "control/qmp_server.hpp"
 #include "control/version.hpp"
+#include "daemon/export_commands.hpp"
 #include "daemon/graph_commands.hpp"
+#include "daemon/job_commands.hpp"
 #include "daemon/options.hpp"
 #include "daemon/process.hpp"
 #include "daemon/services.hpp"
 #include "io/event_loop.hpp"
 #include "io/file_io.hpp"
+#include "jobs/job_manager.hpp"
+#include "nbd/server.hpp"
 #include "util/log.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 namespace fleece::daemon {
 namespace {
@@ -25,8 +30,7 @@ namespace {
 io::Task<void> watch_signals(int fd, io::EventLoop* loop) {
     while (true) {
         const std::int64_t r = co_await io::poll(fd, POLLIN);
-        if (r < 0)
-            continue;
+        if (r < 0) continue;
         signalfd_siginfo info{};
         if (::read(fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
             log::info("received signal {}, shutting down", info.ssi_signo);
@@ -44,6 +48,33 @@ io::Task<void> stop_when_flushed(Services* services) {
     services->loop->stop();
 }
 
+// Clean shutdown: stop jobs, close exports, then drain, flush and close every node.
+io::Task<void> shut_down(Services* services) {
+    co_await services->jobs->cancel_all();
+    if (services->nbd_server) {
+        co_await services->nbd_server->stop();
+        services->nbd_server.reset();
+    }
+    co_await services->graph->close_all();
+}
+
+// Applies --nbd-server and --export in that order, after the --blockdev options.
+Status apply_exports(Services& services, const Options& options) {
+    for (const auto& raw : options.nbd_servers) {
+        auto args = control::parse_keyval_or_json(raw);
+        if (!args) return make_error("--nbd-server: " + args.error().message);
+        if (Status st = start_nbd_server(services, args.value()); !st)
+            return make_error("--nbd-server: " + st.error().message);
+    }
+    for (const auto& raw : options.exports) {
+        auto args = control::parse_keyval_or_json(raw);
+        if (!args) return make_error("--export: " + args.error().message);
+        if (Status st = add_export(services, args.value()); !st)
+            return make_error("--export: " + st.error().message);
+    }
+    return {};
+}
+
 int fail(const std::string& msg) {
     std::fprintf(stderr, "%s\n", msg.c_str());
     return 1;
@@ -54,12 +85,18 @@ int run(const Options& options) {
         daemonize_start(); // before the loop exists: io_uring must not cross a fork
 
     io::EventLoop loop;
+    block::Graph graph;
+    jobs::JobManager job_manager;
     Services services;
     services.loop = &loop;
+    services.graph = &graph;
+    services.jobs = &job_manager;
 
     control::CommandRegistry registry;
     control::register_builtin_commands(registry);
     register_graph_commands(registry, services);
+    register_export_commands(registry);
+    register_job_commands(registry);
 
     control::CommandContext ctx;
     ctx.services = &services;
@@ -68,22 +105,21 @@ int run(const Options& options) {
     services.qmp = &qmp;
 
     auto sigfd = open_termination_signalfd();
-    if (!sigfd)
-        return fail("fleeced: " + sigfd.error().message);
+    if (!sigfd) return fail("fleeced: " + sigfd.error().message);
 
     for (const auto& raw : options.blockdevs) {
         auto opts = control::parse_keyval_or_json(raw);
-        if (!opts)
-            return fail("fleeced: --blockdev: " + opts.error().message);
+        if (!opts) return fail("fleeced: --blockdev: " + opts.error().message);
         if (Status st = services.blockdev_add(opts.value()); !st)
             return fail("fleeced: --blockdev: " + st.error().message);
     }
+    if (Status st = apply_exports(services, options); !st)
+        return fail("fleeced: " + st.error().message);
 
     std::vector<std::string> socket_paths;
     for (const auto& chardev_id : options.monitors) {
         for (const auto& c : options.chardevs) {
-            if (c.id != chardev_id)
-                continue;
+            if (c.id != chardev_id) continue;
             auto listener = io::listen_unix(c.path, 0600);
             if (!listener)
                 return fail("fleeced: --chardev " + c.id + ": " + listener.error().message);
@@ -97,15 +133,14 @@ int run(const Options& options) {
             return fail("fleeced: " + st.error().message);
 
     loop.spawn(watch_signals(sigfd->get(), &loop));
-    if (options.daemonize)
-        daemonize_ready();
+    if (options.daemonize) daemonize_ready();
     log::info("fleeced ready");
     loop.run();
+    loop.run_until_complete(shut_down(&services));
 
     for (const auto& path : socket_paths)
         ::unlink(path.c_str());
-    if (!options.pidfile.empty())
-        ::unlink(options.pidfile.c_str());
+    if (!options.pidfile.empty()) ::unlink(options.pidfile.c_str());
     std::fflush(nullptr);
     // The monitor coroutines are parked in polls that will never complete; tearing the loop
     // down would only wait for them, so leave without running destructors.

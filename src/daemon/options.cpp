@@ -1,8 +1,8 @@
 #include "daemon/options.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include "control/keyval.hpp"
+
+#include <nlohmann/json.hpp>
 
 namespace fleece::daemon {
 
@@ -21,15 +21,15 @@ const char* usage_text() {
 
 namespace {
 
-Error usage_error(const std::string& msg) { return make_error("fleeced: " + msg); }
+Error usage_error(const std::string& msg) {
+    return make_error("fleeced: " + msg);
+}
 
 // QEMU's boolean spellings for chardev flags.
 Result<bool> parse_bool(const std::string& key, const json& v) {
     const std::string s = v.get<std::string>();
-    if (s == "on" || s == "yes" || s == "true" || s == "y" || s.empty())
-        return true;
-    if (s == "off" || s == "no" || s == "false" || s == "n")
-        return false;
+    if (s == "on" || s == "yes" || s == "true" || s == "y" || s.empty()) return true;
+    if (s == "off" || s == "no" || s == "false" || s == "n") return false;
     return usage_error("--chardev: parameter '" + key + "' expects 'on' or 'off'");
 }
 
@@ -41,8 +41,7 @@ std::string normalize_legacy_flags(const std::string& text) {
     bool first = true;
     while (start <= text.size()) {
         std::size_t comma = text.find(',', start);
-        if (comma == std::string::npos)
-            comma = text.size();
+        if (comma == std::string::npos) comma = text.size();
         std::string part = text.substr(start, comma - start);
         if (!first) {
             if (part == "server")
@@ -61,13 +60,11 @@ std::string normalize_legacy_flags(const std::string& text) {
 
 Result<ChardevOption> parse_chardev(const std::string& text) {
     auto kv = control::parse_keyval(normalize_legacy_flags(text), "backend");
-    if (!kv)
-        return usage_error("--chardev: " + kv.error().message);
+    if (!kv) return usage_error("--chardev: " + kv.error().message);
     json& o = kv.value();
     ChardevOption c;
     for (auto& [key, value] : o.items()) {
-        if (!value.is_string())
-            return usage_error("--chardev: invalid parameter '" + key + "'");
+        if (!value.is_string()) return usage_error("--chardev: invalid parameter '" + key + "'");
         if (key == "backend") {
             if (value != "socket")
                 return usage_error("--chardev: only the 'socket' backend is supported");
@@ -77,49 +74,39 @@ Result<ChardevOption> parse_chardev(const std::string& text) {
             c.path = value.get<std::string>();
         } else if (key == "server") {
             auto b = parse_bool(key, value);
-            if (!b)
-                return b.error();
-            if (!b.value())
-                return usage_error("--chardev: only server=on is supported");
+            if (!b) return b.error();
+            if (!b.value()) return usage_error("--chardev: only server=on is supported");
         } else if (key == "wait") {
             auto b = parse_bool(key, value);
-            if (!b)
-                return b.error();
-            if (b.value())
-                return usage_error("--chardev: wait=on is not supported, use wait=off");
+            if (!b) return b.error();
+            if (b.value()) return usage_error("--chardev: wait=on is not supported, use wait=off");
         } else {
             return usage_error("--chardev: unsupported parameter '" + key + "'");
         }
     }
     if (!o.contains("backend"))
         return usage_error("--chardev: missing backend (e.g. 'socket,...')");
-    if (c.id.empty())
-        return usage_error("--chardev: parameter 'id' is missing");
-    if (c.path.empty())
-        return usage_error("--chardev: parameter 'path' is missing");
+    if (c.id.empty()) return usage_error("--chardev: parameter 'id' is missing");
+    if (c.path.empty()) return usage_error("--chardev: parameter 'path' is missing");
     return c;
 }
 
 Result<std::string> parse_monitor(const std::string& text) {
     auto kv = control::parse_keyval(text, "chardev");
-    if (!kv)
-        return usage_error("--monitor: " + kv.error().message);
+    if (!kv) return usage_error("--monitor: " + kv.error().message);
     std::string chardev;
     for (auto& [key, value] : kv.value().items()) {
-        if (!value.is_string())
-            return usage_error("--monitor: invalid parameter '" + key + "'");
+        if (!value.is_string()) return usage_error("--monitor: invalid parameter '" + key + "'");
         if (key == "chardev")
             chardev = value.get<std::string>();
         else if (key == "mode") {
-            if (value != "control")
-                return usage_error("--monitor: only mode=control is supported");
+            if (value != "control") return usage_error("--monitor: only mode=control is supported");
         } else if (key == "pretty" || key == "id") {
             // Accepted for compatibility; replies are always compact.
         } else
             return usage_error("--monitor: unsupported parameter '" + key + "'");
     }
-    if (chardev.empty())
-        return usage_error("--monitor: parameter 'chardev' is missing");
+    if (chardev.empty()) return usage_error("--monitor: parameter 'chardev' is missing");
     return chardev;
 }
 
@@ -142,8 +129,7 @@ Result<Options> parse_options(const std::vector<std::string>& args) {
             o.version = true;
             continue;
         }
-        if (arg.rfind("--", 0) != 0)
-            return usage_error("unexpected argument '" + arg + "'");
+        if (arg.rfind("--", 0) != 0) return usage_error("unexpected argument '" + arg + "'");
         std::string name = arg.substr(2);
         std::string value;
         bool has_value = false;
@@ -153,29 +139,31 @@ Result<Options> parse_options(const std::vector<std::string>& args) {
             has_value = true;
         }
         if (name == "daemonize") {
-            if (has_value)
-                return usage_error("--daemonize takes no value");
+            if (has_value) return usage_error("--daemonize takes no value");
             o.daemonize = true;
             continue;
         }
-        if (!takes_value(name))
-            return usage_error("unknown option '--" + name + "'");
+        if (!takes_value(name)) return usage_error("unknown option '--" + name + "'");
         if (!has_value) {
-            if (i + 1 >= args.size())
-                return usage_error("--" + name + " requires a value");
+            if (i + 1 >= args.size()) return usage_error("--" + name + " requires a value");
             value = args[++i];
         }
-        if (name == "nbd-server" || name == "export" || name == "object")
-            return usage_error("--" + name + " is not supported yet");
+        if (name == "object") return usage_error("--" + name + " is not supported yet");
+        if (name == "nbd-server") {
+            o.nbd_servers.push_back(value);
+            continue;
+        }
+        if (name == "export") {
+            o.exports.push_back(value);
+            continue;
+        }
         if (name == "chardev") {
             auto c = parse_chardev(value);
-            if (!c)
-                return c.error();
+            if (!c) return c.error();
             o.chardevs.push_back(std::move(c.value()));
         } else if (name == "monitor") {
             auto m = parse_monitor(value);
-            if (!m)
-                return m.error();
+            if (!m) return m.error();
             o.monitors.push_back(std::move(m.value()));
         } else if (name == "pidfile") {
             o.pidfile = value;
@@ -191,8 +179,7 @@ Status check_options(const Options& o) {
         bool found = false;
         for (const auto& c : o.chardevs)
             found = found || c.id == m;
-        if (!found)
-            return usage_error("--monitor: chardev '" + m + "' not found");
+        if (!found) return usage_error("--monitor: chardev '" + m + "' not found");
     }
     for (std::size_t i = 0; i < o.chardevs.size(); ++i)
         for (std::size_t j = i + 1; j < o.chardevs.size(); ++j)

@@ -1,10 +1,10 @@
 #pragma once
 // The qemu-storage-daemon compatible command line.
 
+#include "util/result.hpp"
+
 #include <string>
 #include <vector>
-
-#include "util/result.hpp"
 
 namespace fleece::daemon {
 
@@ -15,8 +15,10 @@ struct ChardevOption {
 
 struct Options {
     std::vector<ChardevOption> chardevs;
-    std::vector<std::string> monitors; // chardev ids
+    std::vector<std::string> monitors;  // chardev ids
     std::vector<std::string> blockdevs; // raw option strings, parsed when applied
+    std::vector<std::string> nbd_servers;
+    std::vector<std::string> exports;
     std::string pidfile;
     bool daemonize = false;
     bool help = false;

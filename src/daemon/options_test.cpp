@@ -6,10 +6,9 @@ using namespace fleece::daemon;
 
 TEST(DaemonOptions, ChardevMonitorBothSpellings) {
     auto o = parse_options({"--chardev", "socket,id=m0,path=/tmp/a,server=on,wait=off",
-                            "--chardev=socket,id=m1,path=/tmp/b,server,nowait",
-                            "--monitor", "chardev=m0,mode=control", "--monitor=m1",
-                            "--pidfile=/tmp/p", "--daemonize",
-                            "--blockdev", "driver=file,node-name=a,filename=x"});
+                            "--chardev=socket,id=m1,path=/tmp/b,server,nowait", "--monitor",
+                            "chardev=m0,mode=control", "--monitor=m1", "--pidfile=/tmp/p",
+                            "--daemonize", "--blockdev", "driver=file,node-name=a,filename=x"});
     ASSERT_TRUE(o) << o.error().message;
     ASSERT_EQ(o->chardevs.size(), 2u);
     EXPECT_EQ(o->chardevs[1].path, "/tmp/b");
@@ -21,9 +20,9 @@ TEST(DaemonOptions, ChardevMonitorBothSpellings) {
 }
 
 TEST(DaemonOptions, Refusals) {
-    auto e = parse_options({"--export", "type=nbd"});
+    auto e = parse_options({"--object", "tls-creds-x509,id=t"});
     ASSERT_FALSE(e);
-    EXPECT_EQ(e.error().message, "fleeced: --export is not supported yet");
+    EXPECT_EQ(e.error().message, "fleeced: --object is not supported yet");
     EXPECT_FALSE(parse_options({"--bogus"}));
     EXPECT_FALSE(parse_options({"--pidfile"}));
     EXPECT_FALSE(parse_options({"--chardev", "socket,id=x,path=/p,wait=on"}));

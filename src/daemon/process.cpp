@@ -47,15 +47,13 @@ void daemonize_start() {
 }
 
 void daemonize_ready() {
-    if (g_ready_fd < 0)
-        return;
+    if (g_ready_fd < 0) return;
     const int null = ::open("/dev/null", O_RDWR);
     if (null >= 0) {
         ::dup2(null, STDIN_FILENO);
         ::dup2(null, STDOUT_FILENO);
         ::dup2(null, STDERR_FILENO);
-        if (null > STDERR_FILENO)
-            ::close(null);
+        if (null > STDERR_FILENO) ::close(null);
     }
     const char c = 1;
     [[maybe_unused]] ssize_t n = ::write(g_ready_fd, &c, 1);
@@ -65,8 +63,7 @@ void daemonize_ready() {
 
 Status write_pidfile(const std::string& path) {
     FILE* f = std::fopen(path.c_str(), "w");
-    if (!f)
-        return make_error("cannot write pidfile '" + path + "': " + std::strerror(errno));
+    if (!f) return make_error("cannot write pidfile '" + path + "': " + std::strerror(errno));
     std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
     if (std::fclose(f) != 0)
         return make_error("cannot write pidfile '" + path + "': " + std::strerror(errno));
@@ -81,8 +78,7 @@ Result<io::FileDescriptor> open_termination_signalfd() {
     if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
         return make_error(std::string("sigprocmask: ") + std::strerror(errno));
     const int fd = ::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (fd < 0)
-        return make_error(std::string("signalfd: ") + std::strerror(errno));
+    if (fd < 0) return make_error(std::string("signalfd: ") + std::strerror(errno));
     return io::FileDescriptor(fd);
 }
 

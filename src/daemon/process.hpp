@@ -1,10 +1,10 @@
 #pragma once
 // Process plumbing for the daemon: detaching, the pidfile and termination signals.
 
-#include <string>
-
 #include "io/socket.hpp"
 #include "util/result.hpp"
+
+#include <string>
 
 namespace fleece::daemon {
 

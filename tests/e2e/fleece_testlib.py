@@ -51,10 +51,10 @@ class Qmp:
                 raise EOFError('QMP connection closed')
             self.buf += chunk
 
-    def command(self, name, **args):
+    def command(self, cmd_name, /, **args):
         """Returns the raw reply (return or error)."""
         self.next_id += 1
-        msg = {'execute': name, 'id': self.next_id}
+        msg = {"execute": cmd_name, "id": self.next_id}
         if args:
             msg['arguments'] = args
         self.sock.sendall(json.dumps(msg).encode() + b'\n')
@@ -66,8 +66,8 @@ class Qmp:
             if reply.get('id') == self.next_id:
                 return reply
 
-    def execute(self, name, **args):
-        reply = self.command(name, **args)
+    def execute(self, cmd_name, /, **args):
+        reply = self.command(cmd_name, **args)
         if 'error' in reply:
             raise QmpError(reply)
         return reply['return']

@@ -106,13 +106,18 @@ def test_daemonize(tmp_path):
 
 
 def test_refused_options(tmp_path):
-    r = subprocess.run([FLEECED, "--export", "type=nbd"], capture_output=True, text=True)
+    r = subprocess.run([FLEECED, "--object", "tls-creds-psk,id=t"], capture_output=True, text=True)
     assert r.returncode == 1
-    assert "fleeced: --export is not supported yet" in r.stderr
-    r = subprocess.run([FLEECED, "--blockdev", "driver=file,node-name=a,filename=x"],
+    assert "fleeced: --object is not supported yet" in r.stderr
+    # A --blockdev that cannot be opened stops the daemon with the driver's message.
+    missing = str(tmp_path / "absent.raw")
+    r = subprocess.run([FLEECED, "--blockdev", "driver=file,node-name=a,filename=" + missing],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    assert "blockdev-add: not available" in r.stderr
+    assert "Could not open" in r.stderr and missing in r.stderr
+    r = subprocess.run([FLEECED, "--export", "type=nbd,id=e,node-name=nope"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "NBD server not running" in r.stderr
 
 
 FLEECE = os.environ.get("FLEECE", os.path.join(os.path.dirname(FLEECED), "fleece"))
