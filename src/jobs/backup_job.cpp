@@ -67,8 +67,6 @@ io::Task<std::error_code> BackupJob::run() {
         co_await pause_point();
         if (cancelled()) break;
         result = co_await copy_->copy_all_background(opts);
-        set_progress_total(copy_->progress_total());
-        add_progress(copy_->progress_done() - progress_current());
         if (result || cancelled() || copy_->copy_bitmap().count() == 0) break;
         // The call ended early (pause): loop, wait out the pause, continue where we were.
     }
@@ -79,6 +77,13 @@ io::Task<std::error_code> BackupJob::run() {
 
 void BackupJob::on_speed_changed() {
     if (copy_) copy_->set_speed(speed());
+}
+
+void BackupJob::sync_progress() {
+    // Copies done by copy-before-write count too: both go through the same engine.
+    if (!copy_) return;
+    set_progress_total(copy_->progress_total());
+    add_progress(copy_->progress_done() - progress_current());
 }
 
 void BackupJob::on_interrupt() {

@@ -43,6 +43,7 @@ class BackupJob final : public Job, public block::ChildParent {
     void clean() override;
     void on_speed_changed() override;
     void on_interrupt() override;
+    void sync_progress() override;
 
   private:
     BackupJob(block::Graph& graph, BackupOptions options, EventSink events);

@@ -110,7 +110,8 @@ io::Task<void> Job::sleep_or_kick(io::Clock::duration d) {
     co_await io::EventLoop::current().yield();
 }
 
-json Job::completion_data() const {
+json Job::completion_data() {
+    sync_progress();
     json data = {{"device", id()},
                  {"type", type()},
                  {"len", progress_total_},
@@ -162,7 +163,8 @@ io::Task<void> Job::wait_dismissed() {
         co_await state_changed_.wait();
 }
 
-json Job::query_job() const {
+json Job::query_job() {
+    sync_progress();
     json j = {{"id", id()},
               {"type", type()},
               {"status", status_name(status_)},
@@ -172,7 +174,8 @@ json Job::query_job() const {
     return j;
 }
 
-json Job::query_block_job() const {
+json Job::query_block_job() {
+    sync_progress();
     return json{{"device", id()},
                 {"type", type()},
                 {"len", progress_total_},

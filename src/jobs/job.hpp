@@ -53,8 +53,8 @@ class Job {
     Status dismiss();
     Status check_verb(JobVerb verb) const;
 
-    nlohmann::json query_job() const;
-    nlohmann::json query_block_job() const;
+    nlohmann::json query_job();
+    nlohmann::json query_block_job();
     // Completes when the job reached `null` (dismissed).
     io::Task<void> wait_dismissed();
 
@@ -69,6 +69,8 @@ class Job {
     virtual void on_speed_changed() {}
     // A pause or cancel was requested: make the body reach a pause point soon.
     virtual void on_interrupt() {}
+    // Bring progress up to date before it is reported (e.g. from a copy engine).
+    virtual void sync_progress() {}
 
     // Body helpers.
     io::Task<void> pause_point(); // returns once not paused (or cancelled)
@@ -83,7 +85,7 @@ class Job {
     io::Task<void> lifecycle();
     void set_status(JobStatus s);
     void emit(const std::string& name, nlohmann::json data);
-    nlohmann::json completion_data() const;
+    nlohmann::json completion_data();
 
     JobOptions options_;
     std::string type_;
