@@ -253,6 +253,31 @@ io::Task<Status> Graph::replace(Node& from, Node& to) {
     co_return st;
 }
 
+io::Task<Status> Graph::replace_child(Child& edge, Node& to) {
+    Node& from = *edge.node_;
+    if (&from == &to) co_return Status{};
+    if (from.size() != to.size())
+        co_return make_error(
+            fmt::format("Node '{}' has size {} but node '{}' (used by {}) has size {}", to.name(),
+                        to.size(), from.name(), user_description(edge), from.size()));
+    DrainedSection drained_from = co_await drain(from);
+    DrainedSection drained_to = co_await drain(to);
+    if (edge.node_ != &from) co_return make_error("the edge changed while it was drained");
+    unlink(edge);
+    edge.node_ = &to;
+    link(edge);
+    Status st = refresh_permissions();
+    if (!st) {
+        unlink(edge);
+        edge.node_ = &from;
+        link(edge);
+        (void)refresh_permissions();
+        co_return st;
+    }
+    if (Node* parent = edge.parent_->as_node()) parent->refresh_from_children();
+    co_return st;
+}
+
 io::Task<DrainedSection> Graph::drain(Node& node) {
     DrainedSection section;
     std::set<Node*> seen;

@@ -63,6 +63,10 @@ class Graph {
     // Moves every parent of `from` (except edges coming from `to` itself, which is how a
     // filter sits on top of `from`) over to `to`, atomically and drained.
     io::Task<Status> replace(Node& from, Node& to);
+    // Points one edge (an export's root, or a node's child) at `to` instead of its current
+    // node, drained around both nodes so no request is in flight or fails while it moves.
+    // The permissions of the whole graph are rechecked; on a conflict nothing changes.
+    io::Task<Status> replace_child(Child& edge, Node& to);
 
     // Quiesce `node` and all its ancestors, then wait until none has a request in flight.
     io::Task<DrainedSection> drain(Node& node);

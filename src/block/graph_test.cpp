@@ -229,5 +229,67 @@ TEST(Graph, DrainHoldsRequestsFromOutside) {
     g.detach(std::move(*edge));
 }
 
+io::Task<void> move_one_edge_while_writing(Graph* g, Node* disk, Child* edge, int* done) {
+    while (*done < 20)
+        co_await io::EventLoop::current().yield();
+    Node* filter = *g->add(std::make_unique<CountingFilter>("filter", *disk));
+    Status st = co_await g->replace_child(*edge, *filter);
+    EXPECT_TRUE(st.ok());
+    const int at_insert = *done;
+    while (*done < at_insert + 50)
+        co_await io::EventLoop::current().yield();
+    st = co_await g->replace_child(*edge, *disk);
+    EXPECT_TRUE(st.ok());
+    EXPECT_TRUE((co_await g->remove("filter")).ok());
+    while (*done < 200)
+        co_await io::EventLoop::current().yield();
+}
+
+TEST(Graph, ReplaceChildMovesOneEdgeLiveWithoutFailingRequests) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    User guest("guest");
+    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(edge.ok());
+    int done = 0;
+    loop.spawn(guest_writer(edge->get(), 200, &done));
+    loop.run_until_complete(move_one_edge_while_writing(&g, disk, edge->get(), &done));
+    EXPECT_EQ(&(*edge)->node(), disk);
+    EXPECT_EQ(static_cast<MemNode*>(disk)->writes, 200);
+    g.detach(std::move(*edge));
+}
+
+TEST(Graph, ReplaceChildRollsBackOnConflictSizeOrLoop) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    Node* other = *g.add(std::make_unique<MemNode>("other", 65536));
+    Node* small = *g.add(std::make_unique<MemNode>("small", 4096));
+    User guest("guest");
+    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(edge.ok());
+    // Size mismatch.
+    Status st = loop.run_until_complete(g.replace_child(**edge, *small));
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.error().message.find("size"), std::string::npos) << st.error().message;
+    // Conflict: an exclusive reader on `other` unshares write.
+    Node* reader = *g.add(std::make_unique<ExclusiveReader>("reader", *other));
+    User user2("backup");
+    auto edge2 = g.attach(user2, *reader, perm_consistent_read, perm_all);
+    ASSERT_TRUE(edge2.ok());
+    st = loop.run_until_complete(g.replace_child(**edge, *other));
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(&(*edge)->node(), disk);
+    EXPECT_EQ(disk->parents().size(), 1u);
+    EXPECT_TRUE(other->parents().size() == 1u);
+    // Loop: the reader's file edge pointed at the reader itself.
+    st = loop.run_until_complete(g.replace_child(*reader->child("file"), *reader));
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(&reader->child("file")->node(), other);
+    g.detach(std::move(*edge2));
+    g.detach(std::move(*edge));
+}
+
 } // namespace
 } // namespace fleece::block

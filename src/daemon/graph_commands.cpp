@@ -4,6 +4,7 @@
 #include "daemon/graph_commands.hpp"
 
 #include "block/graph.hpp"
+#include "daemon/replace_command.hpp"
 #include "io/event_loop.hpp"
 #include "nodes/fault_injection/fault_injection_node.hpp"
 #include "nodes/query.hpp"
@@ -78,6 +79,7 @@ void register_graph_commands(control::CommandRegistry& registry, Services& servi
                   {{"node-name", ArgType::str, true}, {"rules", ArgType::array, true}},
                   false,
                   fault_injection_set_command});
+    register_replace_command(registry);
     services.blockdev_add = [&services](const json& options) -> Result<void> {
         auto node =
             services.loop->run_until_complete(nodes::blockdev_add(*services.graph, options));

@@ -131,8 +131,9 @@ std::vector<ExportInfo> NbdServer::query() const {
     std::vector<ExportInfo> out;
     for (const auto& e : exports_) {
         const auto& o = e->options();
+        // The current node, not the one given at creation: blockdev-replace may move it.
         out.push_back(
-            {o.id, o.node_name, o.name, o.description, o.writable, e->connections_.size()});
+            {o.id, e->node().name(), o.name, o.description, o.writable, e->connections_.size()});
     }
     return out;
 }
