@@ -14,6 +14,7 @@ struct BlockCopy::Call {
     unsigned running = 0;
     io::WaitQueue idle;
     std::error_code error;
+    bool error_is_read = false;
     bool cancelled = false;
     const bool* external_cancel = nullptr; // the background loop's flag
     bool stopped() const { return cancelled || (external_cancel && *external_cancel); }
@@ -99,7 +100,8 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
             // The bitmap may have changed while we waited for a slot: search again.
             bit = bitmap_.find_next_set(bit);
             if (bit >= end_bit) break;
-            const std::uint64_t max_bits = std::max<std::uint64_t>(1, call->max_chunk / cluster_);
+            const std::uint64_t max_bits =
+                compress_ ? 1 : std::max<std::uint64_t>(1, call->max_chunk / cluster_);
             std::uint64_t stop = std::min({bitmap_.find_next_clear(bit), end_bit, bit + max_bits});
             const std::uint64_t chunk_off = bit * cluster_;
             const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
@@ -141,9 +143,15 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
 io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Guard claim) {
     const std::uint64_t off = claim.offset(), len = claim.length();
     std::error_code ec;
+    bool is_read = false;
     {
         io::AsyncSemaphore::Units mem = co_await memory_.acquire(std::min(len, max_memory));
-        ec = co_await copy_piece(off, len);
+        ec = co_await copy_piece(off, len, &is_read);
+    }
+    if (!ec && discard_source_) {
+        // The chunk is on the target: release it on the source (fleecing space). Advisory,
+        // so a failure only means the space stays allocated until the fleecing ends.
+        (void)co_await source_.discard(off, len);
     }
     in_flight_bytes_ -= len;
     if (ec) {
@@ -151,7 +159,10 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
         // lock is released, so waiters re-checking the bitmap see them.
         const std::uint64_t b = off / cluster_;
         bitmap_.set_range(b, div_round_up(off + len, cluster_) - b);
-        if (!call->error) call->error = ec;
+        if (!call->error) {
+            call->error = ec;
+            call->error_is_read = is_read;
+        }
     } else {
         done_bytes_ += len;
     }
@@ -162,8 +173,10 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
 
 // Copies one claimed chunk, piece by piece along the source's block status, so zero areas
 // become write-zeroes on the target instead of data.
-io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint64_t length) {
+io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint64_t length,
+                                                bool* error_is_read) {
     std::vector<std::byte> buf;
+    *error_is_read = false;
     const std::uint64_t end = offset + length;
     while (offset < end) {
         BlockStatus st = co_await source_.block_status(offset, end - offset);
@@ -174,10 +187,15 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
             zero = (st.flags & status_zero) != 0;
         }
         if (zero) {
-            if (auto ec = co_await target_.write_zeroes(offset, n, write_flags_)) co_return ec;
+            if (auto ec =
+                    co_await target_.write_zeroes(offset, n, write_flags_ & ~req_write_compressed))
+                co_return ec;
         } else {
             buf.resize(n);
-            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n))) co_return ec;
+            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n))) {
+                *error_is_read = true;
+                co_return ec;
+            }
             if (auto ec = co_await target_.write(offset, std::span<const std::byte>(buf.data(), n),
                                                  write_flags_))
                 co_return ec;
@@ -241,7 +259,31 @@ io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
         if (ec) break;
     }
     if (!ec && cancelled_) ec = errno_code(ECANCELED);
+    if (ec) last_error_is_read_ = call->error_is_read;
     co_return ec;
+}
+
+void BlockCopy::set_compress(bool on) {
+    compress_ = on;
+    if (on)
+        write_flags_ |= req_write_compressed;
+    else
+        write_flags_ &= ~req_write_compressed;
+}
+
+io::Task<std::error_code> BlockCopy::reset_unallocated(const bool* stop) {
+    std::uint64_t offset = 0;
+    while (offset < length_ && !*stop) {
+        // Not under the lock table: clearing a bit only means "nothing to copy", and a
+        // cluster that a CBW copy holds is already clear.
+        BlockStatus st = co_await source_.block_status(offset, length_ - offset);
+        if (st.error) co_return st.error;
+        const std::uint64_t n =
+            st.length ? std::min(st.length, length_ - offset) : length_ - offset;
+        if (!(st.flags & status_allocated)) reset(offset, n);
+        offset += n;
+    }
+    co_return std::error_code{};
 }
 
 io::Task<void> BlockCopy::close() {

@@ -68,6 +68,18 @@ class BlockCopy {
     // Waits for every copy, including timed-out ones still running.
     io::Task<void> close();
 
+    // Backup job options. discard_source: after a chunk landed on the target, discard it on
+    // the source (a snapshot-access node gives the fleecing space back); discard failures
+    // are ignored, discard being advisory. compress: target writes carry
+    // req_write_compressed and chunks are one cluster.
+    void set_discard_source(bool on) { discard_source_ = on; }
+    void set_compress(bool on);
+    // Whether the last failed background call failed on a source read (else a target write).
+    bool last_error_is_read() const { return last_error_is_read_; }
+    // sync=top: clears the bits of clusters the source does not allocate in its top layer;
+    // a cluster that is only partly unallocated stays. Returns the first block-status error.
+    io::Task<std::error_code> reset_unallocated(const bool* stop);
+
   private:
     struct Call;
     io::Task<std::error_code> run_call(std::uint64_t offset, std::uint64_t end,
@@ -75,7 +87,8 @@ class BlockCopy {
     io::Task<void> run_detached(std::uint64_t offset, std::uint64_t end, std::shared_ptr<Call> call,
                                 io::Gate::Holder hold);
     io::Task<void> worker(std::shared_ptr<Call> call, RangeLockTable::Guard claim);
-    io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length);
+    io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length,
+                                         bool* error_is_read);
     io::Task<void> rate_limit(std::uint64_t bytes);
 
     Child& source_;
@@ -95,6 +108,9 @@ class BlockCopy {
     io::Clock::time_point slice_start_{};
     std::uint64_t slice_bytes_ = 0;
     bool cancelled_ = false;
+    bool discard_source_ = false;
+    bool compress_ = false;
+    bool last_error_is_read_ = false;
     io::EventLoop::Timer* sleeping_ = nullptr; // the rate-limit sleep, cancelled by a kick
 };
 

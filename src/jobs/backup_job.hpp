@@ -1,13 +1,24 @@
 #pragma once
 // BackupJob (blockdev-backup): copies the point-in-time view of `device` to `target`.
 //
-// Today's scope: sync=full from a source nobody writes (the push-with-fleecing case: the
-// device is a snapshot-access node, or any node without writers). The job then takes the
-// source as immutable (consistent-read, and unshares write) instead of inserting a
-// copy-before-write filter, so no guest write can change what it copies.
+// Two ways to hold the point in time, chosen by who uses the source:
+// - nobody writes it (a snapshot-access node of the fleecing scheme, a read-only node):
+//   the job takes it as immutable (consistent-read, write unshared), so no writer can
+//   appear while the job runs, and copies with its own copy engine;
+// - it has writers: the job inserts its own copy-before-write filter above it (every
+//   parent moves onto the filter, exports included), with the job's target as the filter's
+//   target. The job and the filter share the filter's copy engine, so each cluster goes to
+//   the target exactly once: by the job in the background, or by the filter just before a
+//   guest write changes it. The filter leaves the graph when the job is cleaned up.
+//
+// Creation is split so that a transaction can start several backups at one point in time:
+// create() validates and prepares (nothing in the I/O path changes), insert() puts the
+// filter in (call it with the graph drained), abandon() undoes both.
 
 #include "block/block_copy.hpp"
 #include "block/graph.hpp"
+#include "jobs/backup_filter.hpp"
+#include "jobs/error_action.hpp"
 #include "jobs/job.hpp"
 
 #include <memory>
@@ -15,24 +26,41 @@
 
 namespace fleece::jobs {
 
+enum class SyncMode { full, top, none };
+
 struct BackupOptions {
     JobOptions job;
     std::string device;
     std::string target;
-    std::string sync = "full";
+    SyncMode sync = SyncMode::full;
+    std::string filter_node_name; // empty: "#blockNNN"
+    ErrorAction on_source_error = ErrorAction::report;
+    ErrorAction on_target_error = ErrorAction::report;
+    bool cbw_break_guest_write = false; // on-cbw-error (default break-snapshot)
+    bool compress = false;
+    bool discard_source = false;
     unsigned max_workers = 64;
     std::uint64_t max_chunk = 0;
     std::uint64_t min_cluster_size = 0;
-    bool discard_source = false;
 };
 
 class BackupJob final : public Job, public block::ChildParent {
   public:
     // Validates the request and attaches to source and target; nothing is left attached
-    // when it fails.
+    // when it fails. `make_filter` is how a filter is made when the source has writers
+    // (null: such a source is refused).
     static Result<std::unique_ptr<BackupJob>> create(block::Graph& graph, BackupOptions options,
-                                                     EventSink events);
+                                                     EventSink events,
+                                                     BackupFilterFactory make_filter = {});
     ~BackupJob() override;
+
+    // Puts the filter (if any) above the source. Call with the graph drained.
+    io::Task<Status> insert();
+    // Undoes insert() and create() for a job that will not start.
+    io::Task<void> abandon();
+
+    // The job's filter node name, empty when the source is held immutable.
+    std::string filter_name() const;
 
     std::string parent_description() const override { return "job '" + id() + "'"; }
     std::string parent_name() const override { return id(); }
@@ -41,18 +69,32 @@ class BackupJob final : public Job, public block::ChildParent {
   protected:
     io::Task<std::error_code> run() override;
     void clean() override;
+    io::Task<void> clean_graph() override;
     void on_speed_changed() override;
     void on_interrupt() override;
     void sync_progress() override;
 
   private:
     BackupJob(block::Graph& graph, BackupOptions options, EventSink events);
+    Status prepare_immutable(block::Node& source, block::Node& target);
+    Status prepare_filter(block::Node& source, block::Node& target,
+                          const BackupFilterFactory& make_filter);
+    io::Task<std::error_code> copy_loop();
+    io::Task<std::error_code> wait_for_cancel();
+    std::error_code snapshot_broken();
+    io::Task<void> remove_filter();
 
     block::Graph& graph_;
     BackupOptions options_;
-    std::unique_ptr<block::Child> source_;
+    block::Node* source_node_ = nullptr;
+    std::unique_ptr<block::Child> source_; // immutable source, or the job's edge on the filter
     std::unique_ptr<block::Child> target_;
-    std::unique_ptr<block::BlockCopy> copy_;
+    std::unique_ptr<block::BlockCopy> own_copy_;
+    block::BlockCopy* copy_ = nullptr; // own_copy_ or the filter's engine
+    BackupFilter filter_;
+    block::Node* filter_node_ = nullptr; // in the graph once prepared
+    bool inserted_ = false;
+    bool stop_reset_ = false;
 };
 
 } // namespace fleece::jobs

@@ -2,6 +2,7 @@
 
 #include "util/assert.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <fmt/format.h>
 
@@ -49,6 +50,7 @@ Status Job::resume() {
     if (Status st = check_verb(JobVerb::resume); !st) return st;
     if (pause_count_ == 0) return make_error(fmt::format("Can't resume a job that was not paused"));
     --pause_count_;
+    io_status_ = "ok";
     state_changed_.notify_all();
     return {};
 }
@@ -72,9 +74,35 @@ Status Job::set_speed(std::uint64_t bytes_per_second) {
 
 Status Job::finalize() {
     if (Status st = check_verb(JobVerb::finalize); !st) return st;
-    finalize_requested_ = true;
-    state_changed_.notify_all();
+    // A grouped transaction finalizes together.
+    std::vector<Job*> all{this};
+    if (txn_) all = txn_->jobs();
+    for (Job* j : all) {
+        if (j->status_ != JobStatus::pending) continue;
+        j->finalize_requested_ = true;
+        j->state_changed_.notify_all();
+    }
     return {};
+}
+
+void JobTxn::remove(Job* job) {
+    jobs_.erase(std::remove(jobs_.begin(), jobs_.end(), job), jobs_.end());
+    changed_.notify_all();
+}
+
+void Job::set_txn(std::shared_ptr<JobTxn> txn) {
+    txn_ = std::move(txn);
+    txn_->add(this);
+}
+
+void Job::emit_error(bool is_read, const char* action) {
+    emit("BLOCK_JOB_ERROR",
+         json{{"device", id()}, {"operation", is_read ? "read" : "write"}, {"action", action}});
+}
+
+void Job::pause_for_error(bool nospace) {
+    ++pause_count_;
+    io_status_ = nospace ? "nospace" : "failed";
 }
 
 Status Job::dismiss() {
@@ -123,8 +151,27 @@ json Job::completion_data() {
 io::Task<void> Job::lifecycle() {
     std::error_code result = co_await run();
     if (cancel_requested_ && !result) result = std::make_error_code(std::errc::operation_canceled);
+    if (txn_) {
+        if (!result) {
+            // Wait for the rest of the group; a failure there cancels us.
+            set_status(JobStatus::waiting);
+            ++txn_->finished_ok_;
+            txn_->changed_.notify_all();
+            while (!txn_->aborted_ && !cancel_requested_ && txn_->finished_ok_ < txn_->jobs_.size())
+                co_await txn_->changed_.wait();
+            if (txn_->aborted_ || cancel_requested_) {
+                cancel_requested_ = true;
+                result = std::make_error_code(std::errc::operation_canceled);
+            }
+        } else if (!txn_->aborted_) {
+            txn_->aborted_ = true;
+            for (Job* other : txn_->jobs_)
+                if (other != this) (void)other->cancel();
+            txn_->changed_.notify_all();
+        }
+    }
     if (!result) {
-        set_status(JobStatus::waiting);
+        if (status_ != JobStatus::waiting) set_status(JobStatus::waiting);
         set_status(JobStatus::pending);
         if (!options_.auto_finalize) {
             emit("BLOCK_JOB_PENDING", json{{"type", type()}, {"id", id()}});
@@ -135,12 +182,14 @@ io::Task<void> Job::lifecycle() {
     if (!result && !cancel_requested_) {
         commit();
         clean();
+        co_await clean_graph();
         emit("BLOCK_JOB_COMPLETED", completion_data());
     } else {
         if (!result) result = std::make_error_code(std::errc::operation_canceled);
         set_status(JobStatus::aborting);
         abort();
         clean();
+        co_await clean_graph();
         if (result == std::errc::operation_canceled) {
             error_text_ = "Operation canceled";
             emit("BLOCK_JOB_CANCELLED", completion_data());
@@ -151,6 +200,7 @@ io::Task<void> Job::lifecycle() {
             emit("BLOCK_JOB_COMPLETED", data);
         }
     }
+    if (txn_) txn_->remove(this);
     set_status(JobStatus::concluded);
     if (options_.auto_dismiss) {
         set_status(JobStatus::null);
@@ -183,7 +233,7 @@ json Job::query_block_job() {
                 {"busy", status_ == JobStatus::running},
                 {"paused", pause_count_ > 0},
                 {"speed", options_.speed},
-                {"io-status", "ok"},
+                {"io-status", io_status_},
                 {"ready", false},
                 {"status", status_name(status_)},
                 {"auto-finalize", options_.auto_finalize},

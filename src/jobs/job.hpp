@@ -15,10 +15,30 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace fleece::jobs {
 
 using EventSink = std::function<void(const std::string& name, const nlohmann::json& data)>;
+
+class Job;
+
+// Jobs started by one `transaction` with completion-mode=grouped: each waits (status
+// `waiting`) until all have finished their work; the first failure or cancel cancels the
+// others, so either all commit or none does.
+class JobTxn {
+  public:
+    void add(Job* job) { jobs_.push_back(job); }
+    void remove(Job* job);
+    const std::vector<Job*>& jobs() const { return jobs_; }
+
+  private:
+    friend class Job;
+    std::vector<Job*> jobs_;
+    unsigned finished_ok_ = 0;
+    bool aborted_ = false;
+    io::WaitQueue changed_;
+};
 
 struct JobOptions {
     std::string id;
@@ -53,6 +73,9 @@ class Job {
     Status dismiss();
     Status check_verb(JobVerb verb) const;
 
+    // Joins a grouped transaction (before start()).
+    void set_txn(std::shared_ptr<JobTxn> txn);
+
     nlohmann::json query_job();
     nlohmann::json query_block_job();
     // Completes when the job reached `null` (dismissed).
@@ -65,6 +88,8 @@ class Job {
     virtual void commit() {}
     virtual void abort() {}
     virtual void clean() {}
+    // After clean(): asynchronous graph work (removing a job's filter node).
+    virtual io::Task<void> clean_graph() { co_return; }
     // Extra fields for the completion events (e.g. "error" text is added by the framework).
     virtual void on_speed_changed() {}
     // A pause or cancel was requested: make the body reach a pause point soon.
@@ -80,6 +105,11 @@ class Job {
     void kick() { kicked_.notify_all(); }
     io::Task<void> sleep_or_kick(io::Clock::duration d);
     void set_error_text(std::string text) { error_text_ = std::move(text); }
+    // BLOCK_JOB_ERROR {device, operation: read|write, action}.
+    void emit_error(bool is_read, const char* action);
+    // The `stop` error action: the job pauses as if the user had paused it (resume retries)
+    // and io-status shows the error until then.
+    void pause_for_error(bool nospace);
 
   private:
     io::Task<void> lifecycle();
@@ -100,6 +130,8 @@ class Job {
     std::string error_text_;
     io::WaitQueue state_changed_; // pause/resume/finalize/dismiss/cancel requests
     io::WaitQueue kicked_;
+    std::shared_ptr<JobTxn> txn_;
+    const char* io_status_ = "ok";
 };
 
 } // namespace fleece::jobs
