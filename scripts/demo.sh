@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # fleece demo: a push backup with fleecing of a disk that a guest keeps writing.
 #
-# A 128 MiB demo disk is served to a "guest" (fio over NBD) through a copy-before-write
-# filter; a backup job pushes the snapshot view to a slow remote NBD target (nbdkit memory
-# behind a 2 ms write delay and a 200 Mbit/s rate limit) while the guest writes. At the
+# A 128 MiB demo disk is served to a "guest" (fio over NBD). `fleece backup` puts a
+# copy-before-write filter live under the guest's export (the snapshot point) and pushes
+# the snapshot to a slow remote NBD target (nbdkit memory behind a 2 ms write delay and a
+# 200 Mbit/s rate limit) with a progress bar while the guest writes. At the
 # end the target is compared with a copy of the disk taken at the snapshot point, and the
 # guest's write rate before and during the backup is reported.
 #
 # Runs as root on Debian 12 (installs what is missing, then builds). Leaves nothing
 # behind: the daemon is stopped and the temp dir removed on exit.
 #
-# The CLI form used here: fleece qmp --socket PATH COMMAND ['{"json":"arguments"}']
+# The CLI forms used here: fleece backup --qmp PATH --node NODE --target URI, and
+# fleece qmp --socket PATH COMMAND ['{"json":"arguments"}']
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,52 +104,34 @@ nbdkit -f --exit-with-parent -U "$workdir/target.sock" --filter=delay --filter=r
 target_pid=$!
 for _ in $(seq 100); do [[ -S $workdir/target.sock ]] && break; sleep 0.1; done
 
-say "Building the fleecing graph over QMP (the snapshot point is the copy-before-write node)"
-qemu-img create -q -f raw "$workdir/fleece.raw" 128M
+say "Serving the disk to the guest over NBD (export 'guest' on node 'disk')"
 qmp blockdev-add "{\"driver\": \"file\", \"node-name\": \"disk\", \"filename\": \"$disk\"}"
-qmp blockdev-add "{\"driver\": \"file\", \"node-name\": \"fleece\", \"filename\": \"$workdir/fleece.raw\", \"discard\": \"unmap\"}"
 qmp nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$workdir/nbd.sock\"}}}"
 qmp block-export-add '{"type": "nbd", "id": "guest", "node-name": "disk", "name": "guest", "writable": true}' >/dev/null
 echo "guest writes without backup (5 s of 4 KiB random writes, queue depth 8)..."
 before=$(guest_iops 5)
 echo "   $before IOPS"
-# The guest must not write between this copy and the snapshot point: restart its export
-# on the filter.
-qmp block-export-del '{"id": "guest"}' >/dev/null
+# The guest is idle now: keep a copy of the disk as it is, the snapshot point to verify
+# against. The guest starts writing again only once `fleece backup` has moved its export
+# onto the copy-before-write filter (query-block-exports names the filter then).
 cp "$disk" "$workdir/snapshot-point.raw"
-qmp blockdev-add '{"driver": "copy-before-write", "node-name": "cbw", "file": "disk", "target": "fleece"}'
-qmp blockdev-add '{"driver": "snapshot-access", "node-name": "snap", "file": "cbw"}'
-qmp block-export-add '{"type": "nbd", "id": "guest", "node-name": "cbw", "name": "guest", "writable": true}' >/dev/null
-qmp blockdev-add "{\"driver\": \"nbd\", \"node-name\": \"remote\", \"server\": {\"type\": \"unix\", \"path\": \"$workdir/target.sock\"}}"
-
-say "Push backup: snap -> remote, while the guest keeps writing"
-qmp blockdev-backup '{"job-id": "push", "device": "snap", "target": "remote", "sync": "full"}'
-guest_iops 8 >"$workdir/during" &
+(
+    for _ in $(seq 600); do
+        node=$(qmp query-block-exports | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["node-name"])')
+        [[ $node == fleece-backup-* ]] && break
+        sleep 0.05
+    done
+    guest_iops 8 >"$workdir/during"
+) &
 fio_pid=$!
-start=$(date +%s.%N)
-while true; do
-    jobs_json=$(qmp query-block-jobs)
-    line=$(/usr/bin/python3 -c '
-import json, sys
-jobs = json.loads(sys.argv[1])
-if not jobs:
-    print("done")
-else:
-    j = jobs[0]; pct = 100.0 * j["offset"] / max(1, j["len"])
-    bar = "#" * int(pct / 2.5)
-    print("[%-40s] %5.1f%%  %d/%d MiB" % (bar, pct, j["offset"] >> 20, j["len"] >> 20))
-' "$jobs_json")
-    [[ $line == done ]] && break
-    printf '\r   %s' "$line"
-    sleep 0.5
-done
-elapsed=$(/usr/bin/python3 -c "import time; print('%.1f' % (time.time() - $start))")
-printf '\r   [########################################] 100.0%%  backup finished in %s s\n' "$elapsed"
+
+say "fleece backup: push the snapshot of node 'disk' to the slow target while the guest writes"
+echo "   $FLEECE backup --qmp $sock --node disk --target 'nbd+unix:///?socket=$workdir/target.sock'"
+"$FLEECE" backup --qmp "$sock" --node disk --target "nbd+unix:///?socket=$workdir/target.sock"
 wait "$fio_pid"
 during=$(cat "$workdir/during")
 
 say "Verifying: the target must equal the disk at the snapshot point"
-qmp blockdev-del '{"node-name": "remote"}'
 nbdcopy "nbd+unix:///?socket=$workdir/target.sock" "$workdir/target-copy.raw"
 if cmp -s "$workdir/snapshot-point.raw" "$workdir/target-copy.raw"; then
     echo "   VERIFIED: the backup holds exactly the point-in-time data (128 MiB)"

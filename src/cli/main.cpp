@@ -1,6 +1,8 @@
 // fleece: command-line QMP client. Blocking sockets on purpose: it sends a handful of
 // messages and exits, so it needs none of the daemon's event loop.
 
+#include "cli/backup/backup_command.hpp"
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -163,7 +165,9 @@ int main(int argc, char** argv) {
     qmp->add_option("--script", script, "File of raw QMP messages, one per line ('-' = stdin)");
     qmp->add_option("--wait-event", wait_event, "Wait for this event before exiting");
     qmp->add_option("--timeout", timeout, "Seconds to wait for replies and events");
+    auto backup = fleece::cli::add_backup_subcommand(app);
     CLI11_PARSE(app, argc, argv);
+    if (backup->selected()) return backup->run();
     try {
         return run_qmp(socket_path, command, json_args, script, wait_event, timeout);
     } catch (const std::exception& e) {
