@@ -91,11 +91,13 @@ echo "fleeced is running (pid $daemon_pid)"
 
 qmp query-version >/dev/null
 
-guest_iops() { # seconds -> prints the guest's write IOPS over that time
+guest_fio() { # runtime-seconds output-file: 4 KiB random writes by the guest, queue depth 8
     fio --name=guest --ioengine=nbd --uri="nbd+unix:///guest?socket=$workdir/nbd.sock" \
         --rw=randwrite --bs=4k --iodepth=8 --time_based --runtime="$1" --norandommap \
-        --output-format=json 2>/dev/null |
-        /usr/bin/python3 -c 'import json,sys; t=sys.stdin.read(); print(int(json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"]))'
+        --output-format=json --output="$2" >/dev/null 2>&1
+}
+iops_of() { # fio json file -> write IOPS
+    /usr/bin/python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print(int(json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"]))' "$1"
 }
 
 say "Starting the slow remote target: nbdkit memory, 2 ms write delay, 200 Mbit/s"
@@ -105,11 +107,12 @@ target_pid=$!
 for _ in $(seq 100); do [[ -S $workdir/target.sock ]] && break; sleep 0.1; done
 
 say "Serving the disk to the guest over NBD (export 'guest' on node 'disk')"
-qmp blockdev-add "{\"driver\": \"file\", \"node-name\": \"disk\", \"filename\": \"$disk\"}"
-qmp nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$workdir/nbd.sock\"}}}"
+qmp blockdev-add "{\"driver\": \"file\", \"node-name\": \"disk\", \"filename\": \"$disk\"}" >/dev/null
+qmp nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$workdir/nbd.sock\"}}}" >/dev/null
 qmp block-export-add '{"type": "nbd", "id": "guest", "node-name": "disk", "name": "guest", "writable": true}' >/dev/null
 echo "guest writes without backup (5 s of 4 KiB random writes, queue depth 8)..."
-before=$(guest_iops 5)
+guest_fio 5 "$workdir/before.json"
+before=$(iops_of "$workdir/before.json")
 echo "   $before IOPS"
 # The guest is idle now: keep a copy of the disk as it is, the snapshot point to verify
 # against. The guest starts writing again only once `fleece backup` has moved its export
@@ -121,15 +124,19 @@ cp "$disk" "$workdir/snapshot-point.raw"
         [[ $node == fleece-backup-* ]] && break
         sleep 0.05
     done
-    guest_iops 8 >"$workdir/during"
+    # Writes until the backup ends (SIGINT below makes fio stop and report).
+    exec fio --name=guest --ioengine=nbd --uri="nbd+unix:///guest?socket=$workdir/nbd.sock" \
+        --rw=randwrite --bs=4k --iodepth=8 --time_based --runtime=300 --norandommap \
+        --output-format=json --output="$workdir/during.json" >/dev/null 2>&1
 ) &
 fio_pid=$!
 
 say "fleece backup: push the snapshot of node 'disk' to the slow target while the guest writes"
 echo "   $FLEECE backup --qmp $sock --node disk --target 'nbd+unix:///?socket=$workdir/target.sock'"
 "$FLEECE" backup --qmp "$sock" --node disk --target "nbd+unix:///?socket=$workdir/target.sock"
-wait "$fio_pid"
-during=$(cat "$workdir/during")
+kill -INT "$fio_pid" 2>/dev/null || true
+wait "$fio_pid" || true
+during=$(iops_of "$workdir/during.json")
 
 say "Verifying: the target must equal the disk at the snapshot point"
 nbdcopy "nbd+unix:///?socket=$workdir/target.sock" "$workdir/target-copy.raw"

@@ -393,14 +393,15 @@ json BackupRun::monitor() {
         for (const json& j : qmp_.execute("query-jobs"))
             if (j.value("id", "") == prefix_) mine = j;
         if (mine.is_null()) throw std::runtime_error("the backup job disappeared");
-        if (mine.value("status", "") == "concluded") return mine;
-        if (!cancel_sent) {
+        const bool concluded = mine.value("status", "") == "concluded";
+        if (!cancel_sent) { // also once at the end, so the bar shows where the job stopped
             ProgressSample s;
             s.done = mine.value("current-progress", std::uint64_t{0});
             s.total = mine.value("total-progress", std::uint64_t{0});
             s.fleecing_bytes = allocated_bytes(fleecing_file_);
             out_.progress(s);
         }
+        if (concluded) return mine;
         // Events between polls: report job errors as they happen.
         const auto until = Clock::now() + 250ms;
         while (Clock::now() < until && !(g_signal && !cancel_sent)) {
