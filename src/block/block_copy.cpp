@@ -186,9 +186,9 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
             n = st.length;
             zero = (st.flags & status_zero) != 0;
         }
+        const ReqFlags flags = target_write_flags();
         if (zero) {
-            if (auto ec =
-                    co_await target_.write_zeroes(offset, n, write_flags_ & ~req_write_compressed))
+            if (auto ec = co_await target_.write_zeroes(offset, n, flags & ~req_write_compressed))
                 co_return ec;
         } else {
             buf.resize(n);
@@ -197,12 +197,22 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
                 co_return ec;
             }
             if (auto ec = co_await target_.write(offset, std::span<const std::byte>(buf.data(), n),
-                                                 write_flags_))
+                                                 flags))
                 co_return ec;
         }
         offset += n;
     }
     co_return std::error_code{};
+}
+
+ReqFlags BlockCopy::target_write_flags() const {
+    // Decided per request, not at creation: the graph may change under us. A target edge
+    // that holds only write-unchanged (a fleecing image backed by our source) can only take
+    // write-unchanged requests, and they are exactly that: the copied clusters read the
+    // same before and after.
+    const PermSet p = target_.perm();
+    if ((p & perm_write_unchanged) && !(p & perm_write)) return write_flags_ | req_write_unchanged;
+    return write_flags_;
 }
 
 io::Task<void> BlockCopy::rate_limit(std::uint64_t bytes) {

@@ -95,6 +95,7 @@ class BlockCopy {
     Child& target_;
     std::uint64_t cluster_;
     std::uint64_t length_;
+    ReqFlags target_write_flags() const;
     ReqFlags write_flags_;
     Bitmap bitmap_;
     // Chunks being copied hold exclusive locks; callers wait_idle() over their range.

@@ -146,14 +146,31 @@ Child& Node::add_child(Node& node, ChildRole role, std::string edge_name) {
 
 PermPair Node::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
     switch (c.role()) {
-    case ChildRole::backing:
-        return backing_child_perms(parent_perm, parent_shared);
+    case ChildRole::backing: {
+        PermPair p = backing_child_perms(parent_perm, parent_shared);
+        // A fleecing image: a node that another node copies old data into (its `target`)
+        // from our own backing node. That copier, a copy-before-write filter, is then the
+        // only writer of the backing node, and only its writes may go on there; sharing
+        // write here lets it keep writing even when our readers share no write.
+        if (is_copy_target_of(c.node())) p.shared |= perm_write | perm_resize;
+        return p;
+    }
     case ChildRole::file:
     case ChildRole::data:
         return storage_child_perms(parent_perm, parent_shared, read_only_);
     default:
         return filter_child_perms(parent_perm, parent_shared);
     }
+}
+
+bool Node::is_copy_target_of(const Node& source) const {
+    for (const Child* p : parents_) {
+        if (p->role() != ChildRole::target) continue;
+        const Node* copier = p->parent_->as_node();
+        const Child* file = copier ? copier->child("file") : nullptr;
+        if (file && &file->node() == &source) return true;
+    }
+    return false;
 }
 
 std::error_code Node::check_range(std::uint64_t offset, std::uint64_t length) const {

@@ -164,6 +164,8 @@ class Node : public ChildParent {
     friend class Graph;
     friend class Child;
     friend class DrainedSection;
+    // True when a parent node holds us as its `target` and its `file` is `source`.
+    bool is_copy_target_of(const Node& source) const;
     class InFlight;
     std::error_code check_range(std::uint64_t offset, std::uint64_t length) const;
     std::error_code check_writable() const;

@@ -30,9 +30,12 @@ bool CbwNode::is_fleecing() const {
 
 PermPair CbwNode::child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const {
     if (&c == target_) {
-        // We write old data there; sharing writes lets the target sit in a written chain.
         // Resize is never shared: the copy bitmap fixed the length.
-        return {is_fleecing() ? perm_write_unchanged : perm_write, perm_all & ~perm_resize};
+        // A fleecing image (backed by our file) is the snapshot itself: our copies leave
+        // what it reads unchanged, and any other writer would change the snapshot.
+        if (is_fleecing()) return {perm_write_unchanged, perm_all & ~(perm_write | perm_resize)};
+        // Otherwise we write old data there; sharing writes lets it sit in a written chain.
+        return {perm_write, perm_all & ~perm_resize};
     }
     PermPair p = filter_child_perms(parent_perm, parent_shared);
     // A parentless filter must not conflict with the parents it is about to take over.

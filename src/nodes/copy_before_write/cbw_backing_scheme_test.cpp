@@ -1,0 +1,157 @@
+// The seed's fleecing scheme: the copy-before-write target is an overlay whose backing is
+// the filter's own file (the live disk), and readers read the overlay. Checks the four
+// permission rules of issue 5 item 3 with a minimal in-memory overlay (the qcow2 driver
+// plays this role in production).
+#include "nodes/copy_before_write/cbw_test_util.hpp"
+#include "util/bitmap.hpp"
+
+namespace fleece::nodes::testing {
+namespace {
+
+constexpr std::uint64_t k = 1024;
+constexpr std::uint64_t M = 1024 * 1024;
+constexpr std::uint64_t kCluster = 64 * k;
+
+// Clusters written here are read from here, the others from `backing`. Records the flags
+// of every write it receives.
+class Overlay final : public block::Node {
+  public:
+    Overlay(std::string name, block::Node& backing)
+        : Node(std::move(name), "test-overlay"), data_(backing.size()),
+          allocated_(backing.size() / kCluster) {
+        set_size(backing.size());
+        backing_ = &add_child(backing, block::ChildRole::backing, "backing");
+    }
+    std::vector<block::ReqFlags> write_flags;
+
+  protected:
+    io::Task<std::error_code> do_read(std::uint64_t off, std::span<std::byte> buf,
+                                      block::ReqFlags) override {
+        for (std::uint64_t pos = 0; pos < buf.size();) {
+            const std::uint64_t c = (off + pos) / kCluster;
+            const std::uint64_t n =
+                std::min<std::uint64_t>(buf.size() - pos, (c + 1) * kCluster - (off + pos));
+            auto piece = buf.subspan(pos, n);
+            if (allocated_.get(c)) {
+                std::memcpy(piece.data(), data_.data() + off + pos, n);
+            } else if (auto ec = co_await backing_->read(off + pos, piece)) {
+                co_return ec;
+            }
+            pos += n;
+        }
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_write(std::uint64_t off, std::span<const std::byte> buf,
+                                       block::ReqFlags flags) override {
+        write_flags.push_back(flags);
+        std::memcpy(data_.data() + off, buf.data(), buf.size());
+        allocated_.set_range(off / kCluster,
+                             div_round_up(off + buf.size(), kCluster) - off / kCluster);
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_flush() override { co_return std::error_code{}; }
+
+  private:
+    static std::uint64_t div_round_up(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
+    std::vector<std::byte> data_;
+    Bitmap allocated_;
+    block::Child* backing_ = nullptr;
+};
+
+struct BackingScheme {
+    io::EventLoop loop;
+    block::Graph g;
+    MemoryNode* disk = nullptr;
+    Overlay* temp = nullptr;
+    block::Node* cbw = nullptr;
+    User guest{"guest"};
+    User reader{"reader"};
+    std::unique_ptr<block::Child> gc, rc;
+
+    BackingScheme() {
+        disk = static_cast<MemoryNode*>(*g.add(std::make_unique<MemoryNode>("disk", 1 * M)));
+        std::memset(disk->data().data(), 0x5d, 1 * M);
+        temp = static_cast<Overlay*>(*g.add(std::make_unique<Overlay>("temp", *disk)));
+        auto n = loop.run_until_complete(blockdev_add(g, {{"driver", "copy-before-write"},
+                                                          {"node-name", "fl-cbw"},
+                                                          {"file", "disk"},
+                                                          {"target", "temp"}}));
+        if (!n) throw std::runtime_error(n.error().message);
+        cbw = *n;
+        gc = std::move(*g.attach(guest, *cbw, block::perm_write | block::perm_consistent_read,
+                                 block::perm_all));
+    }
+    ~BackingScheme() {
+        if (rc) g.detach(std::move(rc));
+        if (gc) g.detach(std::move(gc));
+        loop.run_until_complete(g.close_all());
+    }
+    template <typename T> T run(io::Task<T> t) { return loop.run_until_complete(std::move(t)); }
+};
+
+// Rule 1: copies into a fleecing image are write-unchanged, and the filter takes only
+// write-unchanged on it.
+TEST(CbwBackingScheme, CopiesAreWriteUnchangedAndOnlyThatIsTaken) {
+    BackingScheme f;
+    const block::Child* target = f.cbw->child("target");
+    EXPECT_EQ(target->perm(), block::perm_write_unchanged);
+    EXPECT_FALSE(f.run(write_pattern(f.gc.get(), 0, 64 * k, 0xab)));
+    ASSERT_EQ(f.temp->write_flags.size(), 1u);
+    EXPECT_TRUE(f.temp->write_flags[0] & block::req_write_unchanged);
+    // The overlay still reads as the snapshot; the disk has the new data.
+    block::Node& temp = *f.temp;
+    auto r = f.g.attach(f.reader, temp, block::perm_consistent_read,
+                        block::perm_consistent_read | block::perm_write_unchanged);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    f.rc = std::move(*r);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 128 * k, 0x5d)));
+    EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 0, 64 * k, 0xab)));
+}
+
+// Rule 2: the backing edge of the fleecing image shares write with the filter, even when
+// the image's reader (a push backup source) shares no write.
+TEST(CbwBackingScheme, BackingEdgeOfFleecingImageSharesWrite) {
+    BackingScheme f;
+    auto r = f.g.attach(f.reader, *f.temp, block::perm_consistent_read,
+                        block::perm_consistent_read | block::perm_write_unchanged);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    f.rc = std::move(*r);
+    EXPECT_TRUE(f.temp->child("backing")->shared() & block::perm_write);
+    // The guest keeps writing through the filter.
+    EXPECT_FALSE(f.run(write_pattern(f.gc.get(), 64 * k, 64 * k, 0x11)));
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 64 * k, 64 * k, 0x5d)));
+}
+
+// Rule 3: with the filter on the disk (and users above it) nobody else may write the disk.
+TEST(CbwBackingScheme, NobodyElseMayWriteTheDisk) {
+    BackingScheme f;
+    User other("other");
+    auto w = f.g.attach(other, *f.disk, block::perm_write, block::perm_all);
+    ASSERT_FALSE(w.ok());
+    EXPECT_NE(w.error().message.find("'write'"), std::string::npos) << w.error().message;
+    EXPECT_NE(w.error().message.find("'disk'"), std::string::npos) << w.error().message;
+}
+
+// Rule 4: a second writer on the fleecing image is refused with a clear message.
+TEST(CbwBackingScheme, SecondWriterOnFleecingImageIsRefused) {
+    BackingScheme f;
+    User other("other");
+    auto w = f.g.attach(other, *f.temp, block::perm_write, block::perm_all);
+    ASSERT_FALSE(w.ok());
+    EXPECT_NE(w.error().message.find("'temp'"), std::string::npos) << w.error().message;
+    EXPECT_NE(w.error().message.find("'write'"), std::string::npos) << w.error().message;
+    EXPECT_NE(w.error().message.find("node 'fl-cbw'"), std::string::npos) << w.error().message;
+    // A reader is fine.
+    auto r = f.g.attach(other, *f.temp, block::perm_consistent_read, block::perm_all);
+    EXPECT_TRUE(r.ok());
+    if (r.ok()) f.g.detach(std::move(*r));
+}
+
+// Without the backing link (snapshot-access scheme) the target is written normally.
+TEST(CbwBackingScheme, PlainTargetIsWrittenWithWrite) {
+    Fleece f(1 * M);
+    EXPECT_EQ(f.cbw->child("target")->perm(), block::perm_write);
+}
+
+} // namespace
+} // namespace fleece::nodes::testing
