@@ -1,5 +1,6 @@
 #include "jobs/backup_job.hpp"
 #include "jobs/job_manager.hpp"
+#include "nodes/copy_before_write/cbw_node.hpp"
 #include "nodes/testing/memory_node.hpp"
 
 #include <gtest/gtest.h>
@@ -114,6 +115,71 @@ TEST(BackupJob, SizeMismatchAndUnknownNodesAreErrors) {
     auto missing = BackupJob::create(f.graph, o, f.sink());
     ASSERT_FALSE(missing.ok());
     EXPECT_EQ(missing.error().error_class, "DeviceNotFound");
+}
+
+Result<BackupFilter> make_filter(const BackupFilterRequest& req) {
+    nodes::CbwConfig cfg;
+    cfg.on_error = req.break_guest_write ? nodes::OnCbwError::break_guest_write
+                                         : nodes::OnCbwError::break_snapshot;
+    auto node = std::make_unique<nodes::CbwNode>(req.name, *req.source, *req.target, cfg);
+    nodes::CbwNode* raw = node.get();
+    BackupFilter f;
+    f.copy = &raw->block_copy();
+    f.snapshot_error = [raw] { return raw->snapshot_error(); };
+    f.node = std::move(node);
+    return f;
+}
+
+struct Guest final : block::ChildParent {
+    std::string parent_description() const override { return "export 'guest'"; }
+    std::string parent_name() const override { return "guest"; }
+    const char* parent_type() const override { return "block-backend"; }
+};
+
+// Writes every 7th 4 KiB block with 0xee through the guest edge while the job runs.
+io::Task<void> guest_writes(block::Child* edge, JobManager* jobs) {
+    std::vector<std::byte> buf(4096, std::byte{0xee});
+    for (std::uint64_t off = 0; off + 4096 <= edge->node().size(); off += 7 * 4096) {
+        auto ec = co_await edge->write(off, buf);
+        EXPECT_FALSE(ec) << ec.message();
+    }
+    while (jobs->find("bk"))
+        co_await io::sleep_for(std::chrono::milliseconds(1));
+}
+
+TEST(BackupJob, SourceWithWritersGetsTheJobsFilterAndTheSnapshotIsExact) {
+    Fixture f;
+    const std::vector<std::byte> snapshot = f.source->data();
+    Guest guest;
+    auto edge = f.graph.attach(guest, *f.source, block::perm_write | block::perm_consistent_read,
+                               block::perm_all);
+    ASSERT_TRUE(edge.ok());
+    JobManager jobs;
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = "tgt";
+    o.max_workers = 4;
+    o.max_chunk = 65536;
+    o.filter_node_name = "bk-cbw";
+    auto job = BackupJob::create(f.graph, o, f.sink(), make_filter);
+    ASSERT_TRUE(job.ok()) << job.error().message;
+    BackupJob* raw = job->get();
+    EXPECT_EQ(raw->filter_name(), "bk-cbw");
+    EXPECT_EQ(&(*edge)->node(), f.source); // not in the I/O path before insert()
+    f.loop.run_until_complete([](BackupJob* j) -> io::Task<void> {
+        Status st = co_await j->insert();
+        EXPECT_TRUE(st.ok());
+    }(raw));
+    EXPECT_EQ((*edge)->node().name(), "bk-cbw"); // the guest now writes through the filter
+    ASSERT_TRUE(jobs.start(std::move(*job)).ok());
+    f.loop.run_until_complete(guest_writes(edge->get(), &jobs));
+    EXPECT_EQ(f.target->data(), snapshot);
+    EXPECT_NE(f.source->data(), snapshot);
+    EXPECT_EQ(&(*edge)->node(), f.source); // filter gone, the guest is back on the source
+    EXPECT_EQ(f.graph.find("bk-cbw"), nullptr);
+    EXPECT_NE(std::find(f.events.begin(), f.events.end(), "BLOCK_JOB_COMPLETED"), f.events.end());
+    f.graph.detach(std::move(*edge));
 }
 
 } // namespace

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""The anchor benchmark (../shared/bench/anchor_qsd.py) with one change for fleeced's S2:
+the backup job gets `discard-source: true` and the fleece image `discard: unmap`, so each
+chunk that landed on the remote target is released from the fleecing image while the job
+runs (QEMU >= 9.1 semantics; QSD 7.2 rejects the option). Everything else, including the
+command line and the verification, is the shared harness's.
+
+    python3 bench/anchor_fleeced_discard.py --qsd build/bin/fleeced --fleece-fmt raw --scenarios S2
+"""
+
+import os
+import sys
+
+BENCH = os.environ.get('ANCHOR_DIR',
+                       os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
+                                    'shared', 'bench'))
+sys.path.insert(0, os.path.abspath(BENCH))
+import anchor_qsd  # noqa: E402
+import harness  # noqa: E402
+
+
+class DiscardSourceDriver(anchor_qsd.QsdDriver):
+    name = 'fleeced+discard-source'
+
+    def _file_node(self, node, path):
+        d = super()._file_node(node, path)
+        if node == 'fleece-file':
+            d['discard'] = 'unmap'
+        return d
+
+    def q(self, cmd, args=None):
+        if cmd == 'blockdev-backup' and self.scn == 'S2':
+            args = dict(args, **{'discard-source': True})
+        return super().q(cmd, args)
+
+
+if __name__ == '__main__':
+    harness.main(DiscardSourceDriver)

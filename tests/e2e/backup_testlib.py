@@ -1,0 +1,162 @@
+"""Helpers for the backup e2e tests: nbdkit targets, a fio guest, job event sequences."""
+
+import os
+import shutil
+import subprocess
+import time
+
+MiB = 1 << 20
+
+
+def wait_for_socket(path, proc, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError('process exited with %s before creating %s' % (proc.returncode, path))
+        if time.monotonic() > deadline:
+            raise TimeoutError('no socket %s' % path)
+        time.sleep(0.02)
+
+
+class Nbdkit:
+    """nbdkit serving on a unix socket; `args` are the plugin and its parameters."""
+
+    def __init__(self, workdir, name, args, filters=()):
+        self.sock = os.path.join(str(workdir), name + '.sock')
+        self.log = open(os.path.join(str(workdir), name + '.log'), 'w')
+        argv = ['nbdkit', '-f', '--exit-with-parent', '-U', self.sock]
+        for f in filters:
+            argv.append('--filter=' + f)
+        argv += list(args)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_socket(self.sock, self.proc)
+
+    def blockdev(self, node_name):
+        return {'driver': 'nbd', 'node-name': node_name,
+                'server': {'type': 'unix', 'path': self.sock}, 'export': ''}
+
+    def copy_to(self, path):
+        subprocess.run(['nbdcopy', 'nbd+unix:///?socket=' + self.sock, path], check=True,
+                       timeout=120)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class FioGuest:
+    """fio's nbd engine writing 4 KiB random blocks to an export until stopped."""
+
+    def __init__(self, workdir, uri, runtime=60, seed=1, size=None):
+        self.out = os.path.join(str(workdir), 'fio.json')
+        argv = ['fio', '--name=guest', '--ioengine=nbd', '--uri=' + uri, '--rw=randwrite',
+                '--bs=4k', '--iodepth=8', '--direct=1', '--time_based',
+                '--runtime=%d' % runtime, '--norandommap', '--randseed=%d' % seed,
+                '--output-format=json', '--output=' + self.out]
+        if size:
+            argv.append('--size=%d' % size)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self):
+        """Ends the guest; returns fio's result (asserting it saw no I/O error)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: fio stops and writes its report
+        _, err = self.proc.communicate(timeout=60)
+        import json
+        with open(self.out) as f:
+            text = f.read()
+        # fio may print notes before the JSON object.
+        report = json.loads(text[text.index('{'):])
+        job = report['jobs'][0]
+        assert job['error'] == 0, (job['error'], err)
+        assert job['write']['total_ios'] > 0, 'the guest wrote nothing'
+        return job
+
+
+def qemu_img_compare(a, b, fmt_a='raw', fmt_b='raw'):
+    p = subprocess.run(['qemu-img', 'compare', '-f', fmt_a, '-F', fmt_b, a, b],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def copy_file(src, dst):
+    shutil.copyfile(src, dst)
+
+
+def random_fill(path, size, seed=7):
+    """A disk with non-zero, position-dependent content (so misplaced data shows)."""
+    import random
+    rng = random.Random(seed)
+    with open(path, 'wb') as f:
+        left = size
+        while left:
+            n = min(left, MiB)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def job_events(qmp, job_id, until, timeout=300):
+    """Reads events until one satisfies `until(event)`; returns the job's events in order
+    as short names: statuses for JOB_STATUS_CHANGE, else the event name."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        i = 0
+        while i < len(qmp.events):
+            ev = qmp.events[i]
+            d = ev.get('data', {})
+            if d.get('id') != job_id and d.get('device') != job_id:
+                i += 1  # another job's: left for its own reader
+                continue
+            qmp.events.pop(i)
+            seen.append(ev)
+            if until(ev):
+                return seen
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError('job %s: no final event; saw %s' % (job_id, names(seen)))
+        qmp.sock.settimeout(remaining)
+        try:
+            msg = qmp._recv_any()
+        finally:
+            qmp.sock.settimeout(60)
+        if 'event' in msg:
+            qmp.events.append(msg)
+
+
+def names(events):
+    return [e['data']['status'] if e['event'] == 'JOB_STATUS_CHANGE' else e['event']
+            for e in events]
+
+
+def until_status(status):
+    return lambda ev: ev['event'] == 'JOB_STATUS_CHANGE' and ev['data']['status'] == status
+
+
+def without_drain_pauses(seq):
+    """Drains may add paused/running pairs (§7: assert order, not counts)."""
+    out = []
+    for s in seq:
+        if s == 'running' and out and out[-1] == 'paused':
+            out.pop()
+            continue
+        out.append(s)
+    return out
+
+
+def export_children(qmp):
+    """Node names that block-backends (exports) sit on, from x-debug-query-block-graph."""
+    g = qmp.execute('x-debug-query-block-graph')
+    nodes = {n['id']: n for n in g['nodes']}
+    return sorted(nodes[e['child']]['name'] for e in g['edges']
+                  if nodes[e['parent']]['type'] == 'block-backend')
+
+
+def node_names(qmp):
+    return sorted(n['node-name'] for n in qmp.execute('query-named-block-nodes'))
