@@ -121,12 +121,12 @@ io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
 }
 
 namespace {
-std::vector<std::byte> decompress_job(std::uint8_t type, std::vector<std::byte> in,
-                                      std::size_t out_size, bool* ok) {
-    std::vector<std::byte> out(out_size);
-    *ok = decompress_cluster(type, in, out);
-    return out;
-}
+struct DecompressJob {
+    std::uint8_t type;
+    const std::vector<std::byte>* in;
+    std::span<std::byte> out;
+    bool operator()() const { return decompress_cluster(type, *in, out); }
+};
 } // namespace
 
 io::Task<std::error_code> Qcow2Node::read_compressed(const L2Entry& e,
@@ -137,17 +137,13 @@ io::Task<std::error_code> Qcow2Node::read_compressed(const L2Entry& e,
     const std::uint64_t len = std::min(e.compressed_size, fsize - e.host_offset);
     std::vector<std::byte> in(len);
     if (auto err = co_await file_->read(e.host_offset, in)) co_return err;
-    bool ok = false;
-    const std::uint8_t type = h_.compression_type;
-    const std::size_t n = cluster.size();
-    std::vector<std::byte> out =
-        co_await io::offload([type, data = std::move(in), n, okp = &ok]() mutable {
-            return decompress_job(type, std::move(data), n, okp);
-        });
+    // A plain functor over buffers in this frame, built outside the co_await expression
+    // (GCC 12 miscompiles temporaries with captures there: double free).
+    const DecompressJob job{h_.compression_type, &in, cluster};
+    const bool ok = co_await io::offload(job);
     if (!ok)
         co_return corrupt(
             fmt::format("compressed cluster at {:#x} does not decompress", e.host_offset));
-    std::memcpy(cluster.data(), out.data(), n);
     co_return std::error_code{};
 }
 
@@ -247,7 +243,12 @@ io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t ra
     const std::uint64_t old = l.second->entries[g % l2_entries()];
     if (old == raw) co_return std::error_code{};
     l.second->set(g % l2_entries(), raw);
-    queue_release(old);
+    // A cluster kept by the new entry (data -> preallocated zero) is not released.
+    const L2Entry before = decode_l2(old, cb_, h_.version);
+    const L2Entry after = decode_l2(raw, cb_, h_.version);
+    const bool kept =
+        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
+    if (!kept) queue_release(old);
     co_return std::error_code{};
 }
 
