@@ -93,6 +93,12 @@ io::Task<std::error_code> Child::discard(std::uint64_t offset, std::uint64_t len
     co_return co_await node_->discard(offset, length);
 }
 
+io::Task<std::error_code> Child::truncate(std::uint64_t size) {
+    co_await wait_while_quiesced();
+    if (!(perm_ & perm_resize)) co_return errno_code(EPERM);
+    co_return co_await node_->truncate(size);
+}
+
 io::Task<std::error_code> Child::flush() {
     co_await wait_while_quiesced();
     co_return co_await node_->flush();
@@ -215,6 +221,16 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
     co_return co_await do_discard(offset, length);
+}
+
+io::Task<std::error_code> Node::truncate(std::uint64_t size) {
+    if (auto e = check_writable()) co_return e;
+    InFlight guard(this);
+    co_return co_await do_truncate(size);
+}
+
+io::Task<std::error_code> Node::do_truncate(std::uint64_t) {
+    co_return errno_code(ENOTSUP);
 }
 
 io::Task<std::error_code> Node::flush() {

@@ -68,6 +68,8 @@ class Child {
     io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+    // Changes the child's size (a format driver growing its image file); needs perm_resize.
+    io::Task<std::error_code> truncate(std::uint64_t size);
 
   private:
     friend class Graph;
@@ -116,6 +118,7 @@ class Node : public ChildParent {
     io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+    io::Task<std::error_code> truncate(std::uint64_t size);
 
     // What query-named-block-nodes shows as "file": a path for protocol nodes, the
     // file child's filename for filters and formats.
@@ -151,6 +154,8 @@ class Node : public ChildParent {
     virtual io::Task<std::error_code> do_flush() = 0;
     // Default: everything is data.
     virtual io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length);
+    // Default: the size cannot change (ENOTSUP).
+    virtual io::Task<std::error_code> do_truncate(std::uint64_t size);
 
     // Construction helpers for drivers. Children are created detached; the Graph attaches
     // them when the node is added (and refuses the node if permissions conflict).

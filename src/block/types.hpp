@@ -41,6 +41,10 @@ struct BlockStatus {
     std::uint64_t length = 0;
     std::uint32_t flags = status_data | status_allocated;
     std::uint32_t depth = 1; // 1 = this node, 2 = its backing, ... 0 = unallocated everywhere
+    // Where the range's data lives in the file of the image at `depth` (what `img map`
+    // shows as "offset"), when the format driver knows it; formats fill it in.
+    static constexpr std::uint64_t no_offset = UINT64_MAX;
+    std::uint64_t offset = no_offset;
 };
 
 inline std::error_code errno_code(int e) {

@@ -7,6 +7,7 @@
 #include "nodes/file/file_node.hpp"
 #include "nodes/nbd/nbd_client_node.hpp"
 #include "nodes/null/null_node.hpp"
+#include "nodes/qcow2/qcow2_node.hpp"
 #include "nodes/raw/raw_node.hpp"
 #include "nodes/snapshot_access/snapshot_access_node.hpp"
 
@@ -21,6 +22,7 @@ const std::vector<DriverSpec>& drivers() {
         copy_before_write_driver(),
         snapshot_access_driver(),
         fault_injection_driver(),
+        qcow2_driver(),
     };
     return list;
 }

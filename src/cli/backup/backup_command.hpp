@@ -4,7 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
-#include <memory>
+#include <functional>
 #include <string>
 
 namespace fleece::cli {
@@ -19,19 +19,8 @@ struct BackupOptions {
     bool json = false;
 };
 
-class BackupCommand {
-  public:
-    explicit BackupCommand(CLI::App& app);
-    bool selected() const { return sub_->parsed(); }
-    int run();
-
-  private:
-    CLI::App* sub_;
-    BackupOptions opts_;
-};
-
-// Registers the subcommand; main() calls run() on it when it was chosen.
-std::unique_ptr<BackupCommand> add_backup_subcommand(CLI::App& app);
+// Adds the `backup` subcommand to `app`; parsing sets `*action`.
+void add_backup_command(CLI::App& app, std::function<int()>* action);
 
 // The body, separate from option parsing (exit status: 0 only for a complete backup).
 int run_backup(const BackupOptions& opts);

@@ -166,6 +166,15 @@ class FileNode final : public block::Node {
         co_return r < 0 ? errno_code(static_cast<int>(-r)) : std::error_code{};
     }
 
+    // Format drivers (qcow2) grow their image file through this. Synchronous on purpose:
+    // the new size is visible before any other request runs.
+    io::Task<std::error_code> do_truncate(std::uint64_t size) override {
+        if (is_block_device_) co_return errno_code(size <= this->size() ? 0 : ENOSPC);
+        if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) co_return errno_code(errno);
+        set_size(size);
+        co_return std::error_code{};
+    }
+
     io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
                                                  std::uint64_t length) override {
         block::BlockStatus s;

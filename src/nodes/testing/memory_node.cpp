@@ -73,6 +73,12 @@ io::Task<std::error_code> MemoryNode::do_flush() {
 }
 
 // Zero detection at 4 KiB granularity: the prefix that is uniformly zero or not.
+io::Task<std::error_code> MemoryNode::do_truncate(std::uint64_t size) {
+    data_.resize(size);
+    set_size(size);
+    co_return std::error_code{};
+}
+
 io::Task<BlockStatus> MemoryNode::do_block_status(std::uint64_t offset, std::uint64_t length) {
     co_await delay();
     constexpr std::uint64_t g = 4096;

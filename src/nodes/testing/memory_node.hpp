@@ -40,6 +40,7 @@ class MemoryNode final : public block::Node {
                                               block::ReqFlags flags) override;
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
     io::Task<std::error_code> do_flush() override;
+    io::Task<std::error_code> do_truncate(std::uint64_t size) override;
     io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
                                                  std::uint64_t length) override;
 

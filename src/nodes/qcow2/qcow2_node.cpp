@@ -1,0 +1,426 @@
+// Request paths of the qcow2 node. All on the loop thread; code between two co_awaits is
+// atomic. Guest ranges are locked per cluster: reads shared, anything that changes an L2
+// entry exclusive, so allocations of the same cluster are serialised while different
+// clusters proceed in parallel, and a discard waits for reads of the clusters it frees.
+#include "io/offload.hpp"
+#include "nodes/qcow2/qcow2_compress.hpp"
+#include "nodes/qcow2/qcow2_node_impl.hpp"
+#include "util/align.hpp"
+#include "util/log.hpp"
+
+#include <cstring>
+#include <fmt/format.h>
+
+namespace fleece::nodes::qcow2 {
+
+using block::errno_code;
+
+Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block::Node* backing)
+    : Node(std::move(name), "qcow2"), h_(std::move(cfg.header)), cb_(h_.cluster_bits),
+      cs_(h_.cluster_size()), header_bytes_(std::move(cfg.header_bytes)), l1_(std::move(cfg.l1)),
+      cache_(cfg.l2_cache_tables), rc_(std::move(cfg.refcounts)),
+      discard_unmap_(cfg.discard_unmap) {
+    read_only_ = cfg.read_only;
+    set_size(h_.size);
+    file_ = &add_child(file, block::ChildRole::file, "file");
+    if (backing) backing_ = &add_child(*backing, block::ChildRole::backing, "backing");
+    caps_.write = !read_only_;
+    caps_.flush = true;
+    caps_.fua = true; // honoured with a metadata commit after the write
+    caps_.trim = discard_unmap_;
+    caps_.zero = true;
+    caps_.fast_zero = true; // partial clusters answer ENOTSUP under req_no_fallback
+    caps_.block_status = true;
+    limits_.request_alignment = std::max<std::uint32_t>(1, file.limits().request_alignment);
+    limits_.preferred_alignment =
+        std::max<std::uint32_t>(file.limits().preferred_alignment,
+                                static_cast<std::uint32_t>(std::min<std::uint64_t>(cs_, 65536)));
+    limits_.cluster_size = static_cast<std::uint32_t>(cs_);
+}
+
+std::error_code Qcow2Node::corrupt(const std::string& what) {
+    log::error("qcow2 node '{}': {}", name(), what);
+    return errno_code(EIO);
+}
+
+io::Task<void> Qcow2Node::close() {
+    if (!read_only_) {
+        if (auto e = co_await commit())
+            log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
+    }
+}
+
+io::Task<std::error_code> Qcow2Node::grow_file() {
+    for (;;) {
+        const std::uint64_t need = rc_->end_cluster() << cb_;
+        if (file_->node().size() >= need) co_return std::error_code{};
+        if (auto e = co_await file_->truncate(need)) co_return e;
+    }
+}
+
+io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool create) {
+    for (;;) {
+        const std::uint64_t l1e = l1_[l1_index];
+        const std::uint64_t off = l1e & offset_mask;
+        if (l1e & l1_reserved_mask)
+            co_return Lookup{corrupt(fmt::format("L1 entry {} has reserved bits set", l1_index)),
+                             nullptr};
+        if (off == 0) {
+            if (!create) co_return Lookup{{}, nullptr};
+            if (cache_.full() && !cache_.evict_one_clean()) {
+                if (auto e = co_await commit()) co_return Lookup{e, nullptr};
+                continue;
+            }
+            // Check-then-act without suspension: nobody else can create this table now.
+            auto c = rc_->allocate(1);
+            if (!c) co_return Lookup{errno_code(ENOSPC), nullptr};
+            auto t = std::make_unique<L2Table>();
+            t->offset = *c << cb_;
+            t->entries.assign(l2_entries(), 0);
+            t->dirty = true;
+            t->version = 1;
+            l1_[l1_index] = t->offset | entry_copied;
+            l1_dirty_clusters_.insert(l1_index * 8 / cs_);
+            co_return Lookup{{}, cache_.insert(std::move(t))};
+        }
+        if (L2Table* t = cache_.find(off)) co_return Lookup{{}, t};
+        if (loading_.count(off)) {
+            co_await load_done_.wait();
+            continue;
+        }
+        if ((off & (cs_ - 1)) || off + cs_ > file_->node().size())
+            co_return Lookup{corrupt(fmt::format("L2 table offset {:#x} (L1 entry {}) is unaligned "
+                                                 "or past the end of the file",
+                                                 off, l1_index)),
+                             nullptr};
+        if (cache_.full() && !cache_.evict_one_clean()) {
+            if (auto e = co_await commit()) co_return Lookup{e, nullptr};
+            continue;
+        }
+        loading_.insert(off);
+        std::vector<std::byte> buf(cs_);
+        const std::error_code e = co_await file_->read(off, buf);
+        loading_.erase(off);
+        load_done_.notify_all();
+        if (e) co_return Lookup{e, nullptr};
+        auto t = std::make_unique<L2Table>();
+        t->offset = off;
+        t->entries.resize(l2_entries());
+        for (std::uint64_t i = 0; i < t->entries.size(); ++i)
+            t->entries[i] = load_be64(buf.data() + 8 * i);
+        co_return Lookup{{}, cache_.insert(std::move(t))};
+    }
+}
+
+io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
+    const std::uint64_t l1i = g / l2_entries();
+    if (l1i >= l1_.size()) co_return EntryResult{};
+    Lookup l = co_await load_l2(l1i, false);
+    if (l.first) co_return EntryResult{l.first, 0};
+    co_return EntryResult{{}, l.second ? l.second->entries[g % l2_entries()] : 0};
+}
+
+namespace {
+struct DecompressJob {
+    std::uint8_t type;
+    const std::vector<std::byte>* in;
+    std::span<std::byte> out;
+    bool operator()() const { return decompress_cluster(type, *in, out); }
+};
+} // namespace
+
+io::Task<std::error_code> Qcow2Node::read_compressed(const L2Entry& e,
+                                                     std::span<std::byte> cluster) {
+    const std::uint64_t fsize = file_->node().size();
+    if (e.host_offset >= fsize) co_return corrupt("compressed cluster past the end of the file");
+    // The last sector of the stream may run past the end of the file (QEMU does not pad it).
+    const std::uint64_t len = std::min(e.compressed_size, fsize - e.host_offset);
+    std::vector<std::byte> in(len);
+    if (auto err = co_await file_->read(e.host_offset, in)) co_return err;
+    // A plain functor over buffers in this frame, built outside the co_await expression
+    // (GCC 12 miscompiles temporaries with captures there: double free).
+    const DecompressJob job{h_.compression_type, &in, cluster};
+    const bool ok = co_await io::offload(job);
+    if (!ok)
+        co_return corrupt(
+            fmt::format("compressed cluster at {:#x} does not decompress", e.host_offset));
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Qcow2Node::read_piece(std::uint64_t pos, std::span<std::byte> out,
+                                                std::uint64_t raw) {
+    const L2Entry e = decode_l2(raw, cb_, h_.version);
+    if (e.reserved_bits)
+        co_return corrupt(fmt::format("L2 entry {:#x} has reserved bits set", raw));
+    const std::uint64_t in = pos & (cs_ - 1);
+    switch (e.kind) {
+    case ClusterKind::zero_plain:
+    case ClusterKind::zero_allocated:
+        std::memset(out.data(), 0, out.size());
+        co_return std::error_code{};
+    case ClusterKind::unallocated: {
+        std::size_t from_backing = 0;
+        if (backing_) {
+            const std::uint64_t bsize = backing_->node().size();
+            if (pos < bsize)
+                from_backing =
+                    static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), bsize - pos));
+        }
+        if (from_backing)
+            if (auto err = co_await backing_->read(pos, out.first(from_backing))) co_return err;
+        std::memset(out.data() + from_backing, 0, out.size() - from_backing);
+        co_return std::error_code{};
+    }
+    case ClusterKind::normal:
+        if (e.misaligned || e.host_offset + in + out.size() > file_->node().size())
+            co_return corrupt(fmt::format("data cluster offset {:#x} is invalid", e.host_offset));
+        co_return co_await file_->read(e.host_offset + in, out);
+    case ClusterKind::compressed: {
+        std::vector<std::byte> cluster(cs_);
+        if (auto err = co_await read_compressed(e, cluster)) co_return err;
+        std::memcpy(out.data(), cluster.data() + in, out.size());
+        co_return std::error_code{};
+    }
+    }
+    co_return errno_code(EIO);
+}
+
+io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                             block::ReqFlags) {
+    const std::uint64_t lo = align_down(offset, cs_);
+    const std::uint64_t hi = align_up(offset + buf.size(), cs_);
+    auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::shared);
+    // Contiguous normal clusters are read with one request.
+    std::uint64_t run_host = 0, run_len = 0, run_buf = 0;
+    std::uint64_t done = 0;
+    while (done < buf.size()) {
+        const std::uint64_t pos = offset + done;
+        const std::uint64_t n = std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
+        EntryResult r = co_await lookup(pos >> cb_);
+        if (r.error) co_return r.error;
+        const L2Entry e = decode_l2(r.raw, cb_, h_.version);
+        const std::uint64_t host = e.host_offset + (pos & (cs_ - 1));
+        const bool plain = e.kind == ClusterKind::normal && !e.reserved_bits && !e.misaligned &&
+                           host + n <= file_->node().size();
+        if (plain && run_len && run_host + run_len == host) {
+            run_len += n;
+        } else {
+            if (run_len)
+                if (auto err = co_await file_->read(run_host, buf.subspan(run_buf, run_len)))
+                    co_return err;
+            run_len = 0;
+            if (plain) {
+                run_host = host;
+                run_len = n;
+                run_buf = done;
+            } else if (auto err = co_await read_piece(pos, buf.subspan(done, n), r.raw)) {
+                co_return err;
+            }
+        }
+        done += n;
+    }
+    if (run_len)
+        if (auto err = co_await file_->read(run_host, buf.subspan(run_buf, run_len))) co_return err;
+    co_return std::error_code{};
+}
+
+void Qcow2Node::queue_release(std::uint64_t old_raw) {
+    const L2Entry e = decode_l2(old_raw, cb_, h_.version);
+    if (e.reserved_bits) return; // never trust a corrupt entry with a refcount change
+    if (e.kind == ClusterKind::normal || e.kind == ClusterKind::zero_allocated) {
+        if (!e.misaligned) pending_release_.push_back(e.host_offset >> cb_);
+    } else if (e.kind == ClusterKind::compressed) {
+        for (std::uint64_t c = compressed_first_cluster(e, cb_);
+             c <= compressed_last_cluster(e, cb_); ++c)
+            pending_release_.push_back(c);
+    }
+}
+
+io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw) {
+    Lookup l = co_await load_l2(g / l2_entries(), true);
+    if (l.first) co_return l.first;
+    // No suspension from here: the table pointer is valid.
+    const std::uint64_t old = l.second->entries[g % l2_entries()];
+    if (old == raw) co_return std::error_code{};
+    l.second->set(g % l2_entries(), raw);
+    // A cluster kept by the new entry (data -> preallocated zero) is not released.
+    const L2Entry before = decode_l2(old, cb_, h_.version);
+    const L2Entry after = decode_l2(raw, cb_, h_.version);
+    const bool kept =
+        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
+    if (!kept) queue_release(old);
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
+                                                 std::span<const std::byte> data) {
+    const std::uint64_t g = pos >> cb_;
+    const std::uint64_t in = pos & (cs_ - 1);
+    EntryResult r = co_await lookup(g);
+    if (r.error) co_return r.error;
+    const L2Entry e = decode_l2(r.raw, cb_, h_.version);
+    if (e.reserved_bits)
+        co_return corrupt(fmt::format("L2 entry {:#x} has reserved bits set", r.raw));
+    if (e.kind == ClusterKind::normal && e.copied && !e.misaligned)
+        co_return co_await file_->write(e.host_offset + in, data); // in place
+
+    // Allocating write: new cluster, whole cluster written, then the L2 entry (in memory;
+    // it reaches the disk only in a commit, after the data and the refcount).
+    auto c = rc_->allocate(1);
+    if (!c) co_return errno_code(ENOSPC);
+    const std::uint64_t host = *c << cb_;
+    std::error_code err = co_await grow_file();
+    if (!err) {
+        if (data.size() == cs_) {
+            err = co_await file_->write(host, data);
+        } else {
+            std::vector<std::byte> cluster(cs_);
+            err = co_await read_piece(g << cb_, cluster, r.raw);
+            if (!err) {
+                std::memcpy(cluster.data() + in, data.data(), data.size());
+                err = co_await file_->write(host, cluster);
+            }
+        }
+    }
+    if (err) {
+        rc_->release(*c); // nothing refers to it
+        co_return err;
+    }
+    co_return co_await set_entry(g, host | entry_copied);
+}
+
+io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                              block::ReqFlags flags) {
+    {
+        const std::uint64_t lo = align_down(offset, cs_);
+        const std::uint64_t hi = align_up(offset + buf.size(), cs_);
+        auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
+        for (std::uint64_t done = 0; done < buf.size();) {
+            const std::uint64_t pos = offset + done;
+            const std::uint64_t n =
+                std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
+            if (auto e = co_await write_piece(pos, buf.subspan(done, n))) co_return e;
+            done += n;
+        }
+    }
+    if (flags & block::req_fua) co_return co_await commit();
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                     block::ReqFlags flags) {
+    const bool partial = (offset & (cs_ - 1)) || ((offset + length) & (cs_ - 1));
+    if (partial && (flags & block::req_no_fallback)) co_return errno_code(ENOTSUP);
+    {
+        const std::uint64_t lo = align_down(offset, cs_);
+        const std::uint64_t hi = align_up(offset + length, cs_);
+        auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
+        std::vector<std::byte> zeroes;
+        for (std::uint64_t done = 0; done < length;) {
+            const std::uint64_t pos = offset + done;
+            const std::uint64_t n = std::min<std::uint64_t>(length - done, cs_ - (pos & (cs_ - 1)));
+            done += n;
+            if (n < cs_) {
+                // Part of a cluster: write real zeroes.
+                zeroes.assign(n, std::byte{0});
+                if (auto e = co_await write_piece(pos, zeroes)) co_return e;
+                continue;
+            }
+            const std::uint64_t g = pos >> cb_;
+            EntryResult r = co_await lookup(g);
+            if (r.error) co_return r.error;
+            const L2Entry e = decode_l2(r.raw, cb_, h_.version);
+            std::uint64_t raw = entry_zero;
+            if (e.kind == ClusterKind::zero_plain) continue;
+            if (e.kind == ClusterKind::zero_allocated && !(flags & block::req_may_unmap)) continue;
+            // Without unmap an owned cluster stays allocated (preallocated zero cluster).
+            if (!(flags & block::req_may_unmap) && e.kind == ClusterKind::normal && e.copied &&
+                !e.misaligned)
+                raw = e.host_offset | entry_copied | entry_zero;
+            if (auto err = co_await set_entry(g, raw)) co_return err;
+        }
+    }
+    if (flags & block::req_fua) co_return co_await commit();
+    if (pending_release_.size() > 4096) co_return co_await commit();
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint64_t length) {
+    if (!discard_unmap_) co_return std::error_code{};
+    const std::uint64_t lo = align_up(offset, cs_);
+    const std::uint64_t hi = align_down(offset + length, cs_);
+    if (hi <= lo) co_return std::error_code{}; // advisory: partial clusters are left alone
+    {
+        // Exclusive: waits for reads that may still use the clusters being released.
+        auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
+        for (std::uint64_t pos = lo; pos < hi; pos += cs_) {
+            const std::uint64_t g = pos >> cb_;
+            EntryResult r = co_await lookup(g);
+            if (r.error) co_return r.error;
+            // With a backing file the cluster must keep reading as zeroes, not fall through.
+            const std::uint64_t raw = backing_ ? entry_zero : 0;
+            if (r.raw == 0 && !backing_) continue;
+            if (auto err = co_await set_entry(g, raw)) co_return err;
+        }
+    }
+    if (pending_release_.size() > 4096) co_return co_await commit();
+    co_return std::error_code{};
+}
+
+io::Task<std::error_code> Qcow2Node::do_flush() {
+    co_return co_await commit();
+}
+
+io::Task<block::BlockStatus> Qcow2Node::do_block_status(std::uint64_t offset,
+                                                        std::uint64_t length) {
+    block::BlockStatus s;
+    // Classify the first cluster, then extend over following clusters of the same class
+    // (bounded, so one query costs at most one L2 table).
+    auto classify = [this](std::uint64_t raw) {
+        const L2Entry e = decode_l2(raw, cb_, h_.version);
+        switch (e.kind) {
+        case ClusterKind::normal:
+        case ClusterKind::compressed:
+            return 1;
+        case ClusterKind::zero_plain:
+        case ClusterKind::zero_allocated:
+            return 2;
+        case ClusterKind::unallocated:
+            return 0;
+        }
+        return 0;
+    };
+    const std::uint64_t end = offset + length;
+    EntryResult first = co_await lookup(offset >> cb_);
+    if (first.error) {
+        s.error = first.error;
+        co_return s;
+    }
+    const int cls = classify(first.raw);
+    std::uint64_t pos = std::min(end, align_down(offset, cs_) + cs_);
+    for (int i = 0; pos < end && i < 4096; ++i) {
+        EntryResult r = co_await lookup(pos >> cb_);
+        if (r.error || classify(r.raw) != cls) break;
+        pos = std::min(end, pos + cs_);
+    }
+    s.length = pos - offset;
+    s.depth = 1;
+    if (cls == 1) {
+        s.flags = block::status_data | block::status_allocated;
+    } else if (cls == 2) {
+        s.flags = block::status_zero | block::status_allocated;
+    } else if (backing_ && offset < backing_->node().size()) {
+        const std::uint64_t blen = std::min(s.length, backing_->node().size() - offset);
+        block::BlockStatus b = co_await backing_->block_status(offset, blen);
+        if (b.error) co_return b;
+        s.length = b.length;
+        s.flags = b.flags & ~block::status_allocated;
+        s.depth = b.depth == 0 ? 0 : b.depth + 1;
+    } else {
+        s.flags = block::status_zero;
+        s.depth = 0;
+    }
+    co_return s;
+}
+
+} // namespace fleece::nodes::qcow2

@@ -1,0 +1,95 @@
+#pragma once
+// The qcow2 node's state and request paths (internal to the driver). The open function
+// (qcow2_open.cpp) reads and validates the metadata and builds the node; qcow2_node.cpp
+// serves requests; qcow2_commit.cpp persists metadata in the crash-safe order.
+
+#include "block/node.hpp"
+#include "block/range_lock.hpp"
+#include "io/sync.hpp"
+#include "nodes/qcow2/qcow2_format.hpp"
+#include "nodes/qcow2/qcow2_l2_cache.hpp"
+#include "nodes/qcow2/qcow2_refcounts.hpp"
+
+#include <set>
+#include <utility>
+
+namespace fleece::nodes::qcow2 {
+
+struct NodeConfig {
+    Header header;
+    std::vector<std::byte> header_bytes; // the first cluster as read (rewritten for header updates)
+    std::vector<std::uint64_t> l1;
+    std::unique_ptr<Refcounts> refcounts;
+    std::size_t l2_cache_tables = 16;
+    bool read_only = false;
+    bool discard_unmap = false;
+};
+
+class Qcow2Node final : public block::Node {
+  public:
+    Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block::Node* backing);
+
+    std::string filename() const override { return file_->node().filename(); }
+    io::Task<void> close() override;
+    void refresh_from_children() override {}
+
+  protected:
+    io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
+                                      block::ReqFlags flags) override;
+    io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
+                                       block::ReqFlags flags) override;
+    io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                              block::ReqFlags flags) override;
+    io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    io::Task<std::error_code> do_flush() override;
+    io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
+                                                 std::uint64_t length) override;
+
+  private:
+    using Lookup = std::pair<std::error_code, L2Table*>;
+    struct EntryResult {
+        std::error_code error;
+        std::uint64_t raw = 0;
+    };
+
+    std::uint64_t l2_entries() const { return h_.l2_entries(); }
+    // The L2 table of L1 slot `l1_index` (creating it when `create`), valid until the
+    // caller's next suspension. {ok, nullptr} when absent and not created.
+    io::Task<Lookup> load_l2(std::uint64_t l1_index, bool create);
+    io::Task<EntryResult> lookup(std::uint64_t guest_cluster);
+    // Reads [pos, pos+out.size()) of one guest cluster whose L2 entry is `raw`.
+    io::Task<std::error_code> read_piece(std::uint64_t pos, std::span<std::byte> out,
+                                         std::uint64_t raw);
+    io::Task<std::error_code> read_compressed(const L2Entry& e, std::span<std::byte> cluster);
+    // Writes one piece inside one guest cluster (caller holds the cluster exclusively).
+    io::Task<std::error_code> write_piece(std::uint64_t pos, std::span<const std::byte> data);
+    // Sets the L2 entry of `guest_cluster` to `raw`, queueing the old clusters for release.
+    io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
+    void queue_release(std::uint64_t old_raw);
+    io::Task<std::error_code> grow_file();
+    // Rewrites the first cluster with the current refcount table location.
+    io::Task<std::error_code> write_header();
+    std::error_code corrupt(const std::string& what);
+
+    // Persists every metadata change made so far in the crash-safe order (qcow2_commit.cpp).
+    io::Task<std::error_code> commit();
+
+    Header h_;
+    std::uint32_t cb_;
+    std::uint64_t cs_;
+    std::vector<std::byte> header_bytes_;
+    std::vector<std::uint64_t> l1_;
+    std::set<std::uint64_t> l1_dirty_clusters_;
+    L2Cache cache_;
+    std::unique_ptr<Refcounts> rc_;
+    std::set<std::uint64_t> loading_; // L2 tables being read
+    io::WaitQueue load_done_;
+    block::RangeLockTable locks_; // guest byte ranges, rounded out to clusters
+    io::AsyncMutex commit_mutex_;
+    std::vector<std::uint64_t> pending_release_; // host clusters whose L2 entries are gone
+    bool discard_unmap_;
+    block::Child* file_;
+    block::Child* backing_ = nullptr;
+};
+
+} // namespace fleece::nodes::qcow2
