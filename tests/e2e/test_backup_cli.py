@@ -359,3 +359,55 @@ def test_help_for_every_subcommand():
     for sub in (['backup'], ['qmp']):
         p = subprocess.run([FLEECE, *sub, '--help'], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and '--' in p.stdout, p
+
+
+def test_qcow2_target_and_qcow2_fleecing_image(guest, tmp_path):
+    d, disk, guest_uri, _ = guest
+    q = d.qmp
+    before = graph_state(q)
+    out = str(tmp_path / 'backup.qcow2')
+    rc, stdout, err = run_cli('--qmp', d.qmp_path, '--node', 'disk', '--target', out,
+                              '--fleecing-format', 'qcow2')
+    assert rc == 0, (stdout, err)
+    assert '(qcow2, sparse' in stdout, stdout
+    p = subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F', 'qcow2', disk, out],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run(['qemu-img', 'check', out], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert graph_state(q) == before
+    no_leftovers(q, str(tmp_path))
+
+
+def test_progress_bar_on_a_terminal(guest, tmp_path):
+    """On a tty the bar is redrawn in place (carriage returns), from the start to 100 %."""
+    import pty
+    d, disk, guest_uri, targets = guest
+    q = d.qmp
+    target = Target(tmp_path)
+    targets.append(target)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([FLEECE, 'backup', '--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri,
+                             '--speed', '1'], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b''
+
+    def read_until(needle, timeout=60):
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while needle not in out:
+            assert time.monotonic() < deadline, out
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            out += chunk
+    read_until(b'\r[')  # the first bar, with the job held at speed 1
+    set_job_speed(q, 0)
+    read_until(b'backup complete')
+    assert proc.wait(60) == 0, out
+    os.close(master)
+    bars = [b for b in out.split(b'\r') if b.startswith(b'[')]
+    assert len(bars) >= 2, out
+    assert b'100.0%' in bars[-1] and b'100.0%' not in bars[0], bars
+    assert b'ETA' in bars[0] and b'fleecing' in bars[0], bars
