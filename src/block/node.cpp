@@ -105,6 +105,11 @@ io::Task<BlockStatus> Child::block_status(std::uint64_t offset, std::uint64_t le
 
 // ---- Node -------------------------------------------------------------------------------
 
+void Node::background_work_finished() {
+    FLEECE_ASSERT(in_flight_ > 0);
+    if (--in_flight_ == 0) idle_.notify_all();
+}
+
 class Node::InFlight {
   public:
     explicit InFlight(Node* n) : n_(n) { ++n_->in_flight_; }
