@@ -44,17 +44,27 @@ std::error_code Qcow2Node::corrupt(const std::string& what) {
 }
 
 io::Task<void> Qcow2Node::close() {
-    if (!read_only_) {
-        if (auto e = co_await commit())
+    if (read_only_) co_return;
+    closing_ = true;
+    // Twice: the first commit releases clusters in memory, the second writes those
+    // refcount decrements, so a clean close leaves no leaked clusters.
+    for (int i = 0; i < 2; ++i)
+        if (auto e = co_await commit()) {
             log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
-    }
+            break;
+        }
 }
 
 io::Task<std::error_code> Qcow2Node::grow_file() {
     for (;;) {
         const std::uint64_t need = rc_->end_cluster() << cb_;
         if (file_->node().size() >= need) co_return std::error_code{};
-        if (auto e = co_await file_->truncate(need)) co_return e;
+        std::error_code e;
+        if (closing_)
+            e = co_await file_->node().truncate(need);
+        else
+            e = co_await file_->truncate(need);
+        if (e) co_return e;
     }
 }
 
