@@ -279,10 +279,17 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
     auto c = rc_->allocate(1);
     if (!c) co_return errno_code(ENOSPC);
     const std::uint64_t host = *c << cb_;
+    // A cluster past the end of the file was never written: the file grows with zeroes,
+    // so when the old content is zeroes too only the new bytes need writing.
+    const bool fresh = host >= file_->node().size();
+    const bool old_zero = e.kind == ClusterKind::zero_plain ||
+                          e.kind == ClusterKind::zero_allocated ||
+                          (e.kind == ClusterKind::unallocated &&
+                           (!backing_ || (g << cb_) >= backing_->node().size()));
     std::error_code err = co_await grow_file();
     if (!err) {
-        if (data.size() == cs_) {
-            err = co_await file_->write(host, data);
+        if (data.size() == cs_ || (fresh && old_zero)) {
+            err = co_await file_->write(host + in, data);
         } else {
             std::vector<std::byte> cluster(cs_);
             err = co_await read_piece(g << cb_, cluster, r.raw);
