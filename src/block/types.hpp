@@ -12,6 +12,9 @@ inline constexpr ReqFlags req_fua = 0x1;             // durable before completio
 inline constexpr ReqFlags req_may_unmap = 0x2;       // write-zeroes may punch a hole
 inline constexpr ReqFlags req_no_fallback = 0x4;     // write-zeroes must be fast (NBD FAST_ZERO)
 inline constexpr ReqFlags req_write_unchanged = 0x8; // content stays the same (CBW into fleecing)
+// Store compressed where the format can (qcow2; backup with compress=true). Whole clusters
+// only; other nodes ignore it.
+inline constexpr ReqFlags req_write_compressed = 0x10;
 
 struct Caps {
     bool write = true; // the node can be written at all

@@ -131,6 +131,13 @@ io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
 }
 
 namespace {
+struct CompressJob {
+    std::uint8_t type;
+    std::span<const std::byte> in;
+    std::span<std::byte> out;
+    std::size_t operator()() const { return compress_cluster(type, in, out); }
+};
+
 struct DecompressJob {
     std::uint8_t type;
     const std::vector<std::byte>* in;
@@ -306,6 +313,28 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
     co_return co_await set_entry(g, host | entry_copied);
 }
 
+// Compressed clusters get a host cluster of their own (no packing of several into one),
+// written only as far as the compressed stream goes, so the rest stays a hole.
+io::Task<std::error_code> Qcow2Node::write_compressed(std::uint64_t pos,
+                                                      std::span<const std::byte> data) {
+    const std::uint32_t align = std::max<std::uint32_t>(512, limits_.request_alignment);
+    std::vector<std::byte> packed(cs_ - align); // must save at least one sector
+    const CompressJob job{h_.compression_type, data, packed};
+    const std::size_t n = co_await io::offload(job);
+    if (n == 0) co_return co_await write_piece(pos, data);
+    packed.resize(align_up(std::uint64_t{n}, std::uint64_t{align}), std::byte{0});
+    auto c = rc_->allocate(1);
+    if (!c) co_return errno_code(ENOSPC);
+    const std::uint64_t host = *c << cb_;
+    std::error_code err = co_await grow_file();
+    if (!err) err = co_await file_->write(host, packed);
+    if (err) {
+        rc_->release(*c);
+        co_return err;
+    }
+    co_return co_await set_entry(pos >> cb_, encode_compressed_l2(host, n, cb_));
+}
+
 io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                               block::ReqFlags flags) {
     {
@@ -316,7 +345,12 @@ io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<co
             const std::uint64_t pos = offset + done;
             const std::uint64_t n =
                 std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
-            if (auto e = co_await write_piece(pos, buf.subspan(done, n))) co_return e;
+            std::error_code e;
+            if ((flags & block::req_write_compressed) && n == cs_)
+                e = co_await write_compressed(pos, buf.subspan(done, n));
+            else
+                e = co_await write_piece(pos, buf.subspan(done, n));
+            if (e) co_return e;
             done += n;
         }
     }

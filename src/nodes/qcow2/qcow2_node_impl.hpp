@@ -63,6 +63,8 @@ class Qcow2Node final : public block::Node {
     io::Task<std::error_code> read_compressed(const L2Entry& e, std::span<std::byte> cluster);
     // Writes one piece inside one guest cluster (caller holds the cluster exclusively).
     io::Task<std::error_code> write_piece(std::uint64_t pos, std::span<const std::byte> data);
+    // Writes one whole guest cluster compressed (or plainly if it does not shrink).
+    io::Task<std::error_code> write_compressed(std::uint64_t pos, std::span<const std::byte> data);
     // Sets the L2 entry of `guest_cluster` to `raw`, queueing the old clusters for release.
     io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
     void queue_release(std::uint64_t old_raw);

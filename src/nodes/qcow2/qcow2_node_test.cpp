@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <random>
 
 namespace fleece::nodes {
 namespace {
@@ -231,6 +232,49 @@ TEST(Qcow2Node, ReleasedClustersAreReused) {
         EXPECT_EQ(read_back(h, 4 * MiB, 4 * MiB), pattern(4 * MiB, 2));
     }
     expect_clean(p);
+}
+
+TEST(Qcow2Node, CompressedWritesReadBackAndQemuAgrees) {
+    ScratchDir dir;
+    for (const char* type : {"zlib", "zstd"}) {
+        const std::string p = (dir.path() / (std::string(type) + ".qcow2")).string();
+        ASSERT_EQ(std::system(fmt::format("qemu-img create -f qcow2 -o compression_type={} {} 4M "
+                                          ">/dev/null",
+                                          type, p)
+                                  .c_str()),
+                  0);
+        std::vector<std::byte> text(2 * 65536);
+        for (std::size_t i = 0; i < text.size(); ++i)
+            text[i] = static_cast<std::byte>("fleece compresses "[i % 18]);
+        std::vector<std::byte> noise(65536); // does not shrink: stored plainly
+        std::mt19937 rng(4);
+        for (auto& b : noise)
+            b = static_cast<std::byte>(rng() & 0xff);
+        {
+            Harness h;
+            auto n = h.add(qcow2_opts(p));
+            ASSERT_TRUE(n.ok()) << n.error().message;
+            ASSERT_TRUE(h.attach(**n, rw).ok());
+            ASSERT_FALSE(h.write(0, text, block::req_write_compressed));
+            ASSERT_FALSE(h.write(3 * 65536, noise, block::req_write_compressed));
+            EXPECT_EQ(read_back(h, 0, text.size()), text);
+            EXPECT_EQ(read_back(h, 3 * 65536, 65536), noise);
+            // Overwriting part of a compressed cluster decompresses it first.
+            ASSERT_FALSE(h.write(100, pattern(10, 5)));
+            auto expect = text;
+            std::copy_n(pattern(10, 5).begin(), 10, expect.begin() + 100);
+            EXPECT_EQ(read_back(h, 0, text.size()), expect);
+        }
+        expect_clean(p);
+        auto r = qcow2::check_image(p, qcow2::Repair::none);
+        ASSERT_TRUE(r.ok());
+        EXPECT_EQ(r->compressed_clusters, 1u) << type; // cluster 1 (cluster 0 was rewritten)
+        EXPECT_EQ(std::system(fmt::format("qemu-io -f qcow2 -c 'read -P 0 {} 65536' {} "
+                                          ">/dev/null",
+                                          2 * 65536, p)
+                                  .c_str()),
+                  0);
+    }
 }
 
 TEST(Qcow2Node, WritableOpenOfCorruptImageRefused) {
