@@ -41,8 +41,7 @@ void check_roundtrip(const Header& h, std::uint64_t file_size) {
                 g.refcount_table_offset == h.refcount_table_offset &&
                 g.refcount_table_clusters == h.refcount_table_clusters &&
                 g.incompatible_features == h.incompatible_features &&
-                g.refcount_order == h.refcount_order &&
-                g.compression_type == h.compression_type,
+                g.refcount_order == h.refcount_order && g.compression_type == h.compression_type,
             "header fields survive a round trip");
     require(g.backing_file == h.backing_file && g.backing_format == h.backing_format,
             "backing file and format survive a round trip");

@@ -57,36 +57,36 @@ io::Task<std::error_code> Qcow2Node::commit() {
 
     // 1. refcounts.
     for (const auto& [off, data] : rd.blocks)
-        if (auto e = co_await file_->write(off, data)) co_return fail(e);
+        if (auto e = co_await meta_write(off, data)) co_return fail(e);
     if (!rd.table_clusters.empty()) {
-        if (auto e = co_await file_->flush()) co_return fail(e);
+        if (auto e = co_await meta_flush()) co_return fail(e);
         for (const auto& [off, data] : rd.table_clusters)
-            if (auto e = co_await file_->write(off, data)) co_return fail(e);
+            if (auto e = co_await meta_write(off, data)) co_return fail(e);
         if (rd.table_move) {
-            if (auto e = co_await file_->flush()) co_return fail(e);
+            if (auto e = co_await meta_flush()) co_return fail(e);
             h_.refcount_table_offset = rd.table_move->new_offset;
             h_.refcount_table_clusters = rd.table_move->new_clusters;
             if (auto e = co_await write_header()) co_return fail(e);
         }
     }
     // 2. refcounts and data durable.
-    if (auto e = co_await file_->flush()) co_return fail(e);
+    if (auto e = co_await meta_flush()) co_return fail(e);
     // 3. mappings.
     for (const auto& c : l2)
-        if (auto e = co_await file_->write(c.offset, c.bytes)) co_return fail(e);
+        if (auto e = co_await meta_write(c.offset, c.bytes)) co_return fail(e);
     if (!l1.empty()) {
         if (!l2.empty())
-            if (auto e = co_await file_->flush()) co_return fail(e);
+            if (auto e = co_await meta_flush()) co_return fail(e);
         for (const auto& [off, data] : l1) {
             // The L1 table need not end on a cluster boundary inside the file.
             const std::uint64_t n =
                 std::min<std::uint64_t>(data.size(), file_->node().size() - off);
-            if (auto e = co_await file_->write(off, std::span(data).first(n))) co_return fail(e);
+            if (auto e = co_await meta_write(off, std::span(data).first(n))) co_return fail(e);
         }
     }
     // 4. mappings durable.
     if (!l2.empty() || !l1.empty())
-        if (auto e = co_await file_->flush()) co_return fail(e);
+        if (auto e = co_await meta_flush()) co_return fail(e);
     // 5. what the old mappings held can now be reused.
     for (const auto& c : l2)
         if (L2Table* t = cache_.find(c.offset); t && t->version == c.version) t->dirty = false;
@@ -98,12 +98,25 @@ io::Task<std::error_code> Qcow2Node::commit() {
     co_return std::error_code{};
 }
 
+// While the node is being closed its parents are gone and so are the edge's write
+// permissions; the final commit then goes to the file node directly (it is drained).
+io::Task<std::error_code> Qcow2Node::meta_write(std::uint64_t off,
+                                                std::span<const std::byte> data) {
+    if (closing_) co_return co_await file_->node().write(off, data, 0);
+    co_return co_await file_->write(off, data);
+}
+
+io::Task<std::error_code> Qcow2Node::meta_flush() {
+    if (closing_) co_return co_await file_->node().flush();
+    co_return co_await file_->flush();
+}
+
 io::Task<std::error_code> Qcow2Node::write_header() {
     std::byte* p = header_bytes_.data();
     store_be64(p + 48, h_.refcount_table_offset);
     store_be32(p + 56, h_.refcount_table_clusters);
     if (h_.version >= 3) store_be64(p + 88, h_.autoclear_features);
-    co_return co_await file_->write(0, header_bytes_);
+    co_return co_await meta_write(0, header_bytes_);
 }
 
 } // namespace fleece::nodes::qcow2

@@ -31,6 +31,7 @@ Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block:
     caps_.zero = true;
     caps_.fast_zero = true; // partial clusters answer ENOTSUP under req_no_fallback
     caps_.block_status = true;
+    caps_.compressed_write = !read_only_; // whole clusters under req_write_compressed
     limits_.request_alignment = std::max<std::uint32_t>(1, file.limits().request_alignment);
     limits_.preferred_alignment =
         std::max<std::uint32_t>(file.limits().preferred_alignment,
@@ -44,17 +45,27 @@ std::error_code Qcow2Node::corrupt(const std::string& what) {
 }
 
 io::Task<void> Qcow2Node::close() {
-    if (!read_only_) {
-        if (auto e = co_await commit())
+    if (read_only_) co_return;
+    closing_ = true;
+    // Twice: the first commit releases clusters in memory, the second writes those
+    // refcount decrements, so a clean close leaves no leaked clusters.
+    for (int i = 0; i < 2; ++i)
+        if (auto e = co_await commit()) {
             log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
-    }
+            break;
+        }
 }
 
 io::Task<std::error_code> Qcow2Node::grow_file() {
     for (;;) {
         const std::uint64_t need = rc_->end_cluster() << cb_;
         if (file_->node().size() >= need) co_return std::error_code{};
-        if (auto e = co_await file_->truncate(need)) co_return e;
+        std::error_code e;
+        if (closing_)
+            e = co_await file_->node().truncate(need);
+        else
+            e = co_await file_->truncate(need);
+        if (e) co_return e;
     }
 }
 
@@ -121,6 +132,13 @@ io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
 }
 
 namespace {
+struct CompressJob {
+    std::uint8_t type;
+    std::span<const std::byte> in;
+    std::span<std::byte> out;
+    std::size_t operator()() const { return compress_cluster(type, in, out); }
+};
+
 struct DecompressJob {
     std::uint8_t type;
     const std::vector<std::byte>* in;
@@ -269,10 +287,17 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
     auto c = rc_->allocate(1);
     if (!c) co_return errno_code(ENOSPC);
     const std::uint64_t host = *c << cb_;
+    // A cluster past the end of the file was never written: the file grows with zeroes,
+    // so when the old content is zeroes too only the new bytes need writing.
+    const bool fresh = host >= file_->node().size();
+    const bool old_zero = e.kind == ClusterKind::zero_plain ||
+                          e.kind == ClusterKind::zero_allocated ||
+                          (e.kind == ClusterKind::unallocated &&
+                           (!backing_ || (g << cb_) >= backing_->node().size()));
     std::error_code err = co_await grow_file();
     if (!err) {
-        if (data.size() == cs_) {
-            err = co_await file_->write(host, data);
+        if (data.size() == cs_ || (fresh && old_zero)) {
+            err = co_await file_->write(host + in, data);
         } else {
             std::vector<std::byte> cluster(cs_);
             err = co_await read_piece(g << cb_, cluster, r.raw);
@@ -289,6 +314,28 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
     co_return co_await set_entry(g, host | entry_copied);
 }
 
+// Compressed clusters get a host cluster of their own (no packing of several into one),
+// written only as far as the compressed stream goes, so the rest stays a hole.
+io::Task<std::error_code> Qcow2Node::write_compressed(std::uint64_t pos,
+                                                      std::span<const std::byte> data) {
+    const std::uint32_t align = std::max<std::uint32_t>(512, limits_.request_alignment);
+    std::vector<std::byte> packed(cs_ - align); // must save at least one sector
+    const CompressJob job{h_.compression_type, data, packed};
+    const std::size_t n = co_await io::offload(job);
+    if (n == 0) co_return co_await write_piece(pos, data);
+    packed.resize(align_up(std::uint64_t{n}, std::uint64_t{align}), std::byte{0});
+    auto c = rc_->allocate(1);
+    if (!c) co_return errno_code(ENOSPC);
+    const std::uint64_t host = *c << cb_;
+    std::error_code err = co_await grow_file();
+    if (!err) err = co_await file_->write(host, packed);
+    if (err) {
+        rc_->release(*c);
+        co_return err;
+    }
+    co_return co_await set_entry(pos >> cb_, encode_compressed_l2(host, n, cb_));
+}
+
 io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                               block::ReqFlags flags) {
     {
@@ -299,7 +346,12 @@ io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<co
             const std::uint64_t pos = offset + done;
             const std::uint64_t n =
                 std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
-            if (auto e = co_await write_piece(pos, buf.subspan(done, n))) co_return e;
+            std::error_code e;
+            if ((flags & block::req_write_compressed) && n == cs_)
+                e = co_await write_compressed(pos, buf.subspan(done, n));
+            else
+                e = co_await write_piece(pos, buf.subspan(done, n));
+            if (e) co_return e;
             done += n;
         }
     }

@@ -63,10 +63,14 @@ class Qcow2Node final : public block::Node {
     io::Task<std::error_code> read_compressed(const L2Entry& e, std::span<std::byte> cluster);
     // Writes one piece inside one guest cluster (caller holds the cluster exclusively).
     io::Task<std::error_code> write_piece(std::uint64_t pos, std::span<const std::byte> data);
+    // Writes one whole guest cluster compressed (or plainly if it does not shrink).
+    io::Task<std::error_code> write_compressed(std::uint64_t pos, std::span<const std::byte> data);
     // Sets the L2 entry of `guest_cluster` to `raw`, queueing the old clusters for release.
     io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
     void queue_release(std::uint64_t old_raw);
     io::Task<std::error_code> grow_file();
+    io::Task<std::error_code> meta_write(std::uint64_t off, std::span<const std::byte> data);
+    io::Task<std::error_code> meta_flush();
     // Rewrites the first cluster with the current refcount table location.
     io::Task<std::error_code> write_header();
     std::error_code corrupt(const std::string& what);
@@ -88,6 +92,7 @@ class Qcow2Node final : public block::Node {
     io::AsyncMutex commit_mutex_;
     std::vector<std::uint64_t> pending_release_; // host clusters whose L2 entries are gone
     bool discard_unmap_;
+    bool closing_ = false;
     block::Child* file_;
     block::Child* backing_ = nullptr;
 };

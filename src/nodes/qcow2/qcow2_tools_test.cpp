@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace fleece::nodes::qcow2 {
 namespace {
@@ -44,6 +45,36 @@ TEST(Qcow2Tools, CreatedImagesPassQemuCheck) {
             EXPECT_EQ(info->refcount_bits, 16u);
             EXPECT_EQ(info->version, 3u);
         }
+    }
+}
+
+nlohmann::json qemu_info(const std::string& path) {
+    std::string out;
+    FILE* p = ::popen(("qemu-img info --output=json " + path).c_str(), "r");
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+        out.append(buf, n);
+    ::pclose(p);
+    auto j = nlohmann::json::parse(out);
+    for (const char* k : {"filename", "actual-size", "full-backing-filename"})
+        j.erase(k);
+    return j;
+}
+
+TEST(Qcow2Tools, QemuImgInfoSameAsForQemuImages) {
+    ScratchDir dir;
+    for (std::uint32_t cs : {4096u, 65536u}) {
+        const std::string ours = (dir.path() / "ours.qcow2").string();
+        const std::string theirs = (dir.path() / "theirs.qcow2").string();
+        CreateOptions o = opts(100 << 20, cs);
+        o.backing_file = "base.img";
+        o.backing_format = "raw";
+        ASSERT_TRUE(create_image(ours, o).ok());
+        ASSERT_EQ(run(fmt::format("qemu-img create -f qcow2 -u -o cluster_size={} -b base.img "
+                                  "-F raw {} 100M",
+                                  cs, theirs)),
+                  0);
+        EXPECT_EQ(qemu_info(ours), qemu_info(theirs)) << cs;
     }
 }
 
