@@ -363,6 +363,10 @@ io::Task<void> Connection::handle_request(std::shared_ptr<Connection> self, Requ
 }
 
 io::Task<void> Connection::do_read(Request req, io::Buffer buf) {
+    if (structured_ && req.length > 0) {
+        co_await do_sparse_read(req, std::move(buf));
+        co_return;
+    }
     std::error_code ec;
     if (req.length > 0) ec = co_await export_->child().read(req.offset, buf.span());
     if (ec) {
@@ -372,15 +376,75 @@ io::Task<void> Connection::do_read(Request req, io::Buffer buf) {
     Bytes head;
     std::span<const std::byte> data;
     if (req.length > 0) data = std::span<const std::byte>(buf.data(), req.length);
-    if (structured_) {
-        if (req.length == 0)
-            encode_done_chunk(head, req.cookie);
-        else
-            encode_offset_data_header(head, req.cookie, req.offset, req.length, true);
-    } else {
+    if (structured_)
+        encode_done_chunk(head, req.cookie);
+    else
         encode_simple_reply(head, req.cookie, err_none);
-    }
     co_await write_locked(std::move(head), data);
+}
+
+// Structured read: the node's block status splits the range into zero parts, sent as
+// OFFSET_HOLE chunks without being read, and data parts, read and sent as OFFSET_DATA.
+// The status is taken before the data is read, the same order a plain read of a range
+// being written concurrently could observe.
+io::Task<void> Connection::do_sparse_read(Request req, io::Buffer buf) {
+    struct Segment {
+        std::uint64_t offset;
+        std::uint64_t length;
+        bool hole;
+    };
+    constexpr std::size_t max_segments = 64; // beyond that, the rest goes out as data
+    constexpr std::uint64_t min_hole = 4096; // smaller zero runs are not worth a chunk
+    std::vector<Segment> segs;
+    const std::uint64_t end = req.offset + req.length;
+    std::uint64_t offset = req.offset;
+    while (offset < end && segs.size() + 1 < max_segments) {
+        const block::BlockStatus bs = co_await export_->child().block_status(offset, end - offset);
+        if (bs.error || bs.length == 0) break;
+        const std::uint64_t len = std::min(bs.length, end - offset);
+        const bool hole = (bs.flags & block::status_zero) && len >= min_hole;
+        if (!segs.empty() && segs.back().hole == hole)
+            segs.back().length += len;
+        else
+            segs.push_back({offset, len, hole});
+        offset += len;
+    }
+    if (offset < end) {
+        if (!segs.empty() && !segs.back().hole)
+            segs.back().length += end - offset;
+        else
+            segs.push_back({offset, end - offset, false});
+    }
+    for (const Segment& s : segs) {
+        if (s.hole) continue;
+        const std::error_code ec = co_await export_->child().read(
+            s.offset, buf.span().subspan(s.offset - req.offset, s.length));
+        if (ec) {
+            co_await reply_error(req, errno_to_nbd(ec.value()));
+            co_return;
+        }
+    }
+    auto guard = co_await write_mutex_.lock();
+    if (broken_ && !fd_) co_return;
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+        const Segment& s = segs[i];
+        const bool done = i + 1 == segs.size();
+        Bytes head;
+        std::span<const std::byte> data;
+        if (s.hole) {
+            encode_offset_hole(head, req.cookie, s.offset, static_cast<std::uint32_t>(s.length),
+                               done);
+        } else {
+            encode_offset_data_header(head, req.cookie, s.offset,
+                                      static_cast<std::uint32_t>(s.length), done);
+            data = std::span<const std::byte>(buf.data() + (s.offset - req.offset), s.length);
+        }
+        if (co_await stream_->write_all(as_bytes(head)) < 0 ||
+            (!data.empty() && co_await stream_->write_all(data) < 0)) {
+            shut_down();
+            co_return;
+        }
+    }
 }
 
 io::Task<void> Connection::do_block_status(Request req) {

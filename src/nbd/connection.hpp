@@ -49,6 +49,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     static io::Task<void> handle_request(std::shared_ptr<Connection> self, Request req,
                                          io::Buffer payload, io::Gate::Holder hold);
     io::Task<void> do_read(Request req, io::Buffer buf);
+    io::Task<void> do_sparse_read(Request req, io::Buffer buf);
     io::Task<void> do_block_status(Request req);
     io::Task<void> reply_simple(std::uint64_t cookie, std::uint32_t error);
     io::Task<void> reply_error(const Request& req, std::uint32_t error);
