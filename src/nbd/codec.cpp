@@ -99,8 +99,10 @@ Validation validate_request(const Request& r, const ExportParams& p) {
         allowed &= static_cast<std::uint16_t>(~cmd_flag_fua);
 
     const bool has_payload = r.type == cmd_write;
+    // Too big to buffer, but the payload length is known, so the connection can skip it
+    // and carry on.
     if (has_payload && r.length > p.max_payload)
-        return {p.structured_replies ? err_overflow : err_inval, true};
+        return {p.structured_replies ? err_overflow : err_inval, false};
     if (r.flags & ~allowed) return {err_inval, false};
     if (read_only && (r.type == cmd_write || r.type == cmd_trim || r.type == cmd_write_zeroes))
         return {err_perm, false};
