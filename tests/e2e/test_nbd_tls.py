@@ -214,3 +214,38 @@ def test_client_node_to_nbdkit_tls(tmp_path, kind):
         assert d.stop() == 0
         kit.kill()
         kit.wait()
+
+
+def test_tls_only_handshake_rules(tmp_path):
+    import nbd_raw
+    keys = tls_certs.make_psk(tmp_path / 'psk', 'alice')
+    d, sock, _ = start_tls_daemon(tmp_path, 'tls-creds-psk,id=tls0,dir=%s,endpoint=server' % keys)
+    try:
+        # Before STARTTLS every option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD.
+        c = nbd_raw.RawClient(sock)
+        c.option(nbd_raw.OPT_LIST)
+        assert c.option_reply()[1] == nbd_raw.REP_ERR_TLS_REQD
+        c.option(nbd_raw.OPT_GO, b'\0\0\0\0\0\0')
+        assert c.option_reply()[1] == nbd_raw.REP_ERR_TLS_REQD
+        # EXPORT_NAME cannot be answered with an error: the connection closes.
+        c.option(nbd_raw.OPT_EXPORT_NAME, b'disk')
+        assert c.closed()
+        c.close()
+        # STARTTLS acknowledged, then garbage instead of a TLS ClientHello: closed.
+        g = nbd_raw.RawClient(sock)
+        g.option(nbd_raw.OPT_STARTTLS)
+        assert g.option_reply()[1] == nbd_raw.REP_ACK
+        g.s.sendall(b'\x00' * 200)
+        assert g.closed()
+        g.close()
+        # A client that vanishes mid-handshake does not disturb anyone.
+        v = nbd_raw.RawClient(sock)
+        v.option(nbd_raw.OPT_STARTTLS)
+        assert v.option_reply()[1] == nbd_raw.REP_ACK
+        v.close()
+        psk = os.path.join(keys, 'keys.psk')
+        uri = 'nbds+unix://alice@/disk?socket=%s&tls-psk-file=%s' % (sock, psk)
+        assert run('nbdinfo', '--size', uri).stdout.strip() == str(SIZE)
+        assert 'TLS handshake failed' in open(os.path.join(d.workdir, 'fleeced.log')).read()
+    finally:
+        assert d.stop() == 0
