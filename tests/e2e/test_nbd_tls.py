@@ -249,3 +249,38 @@ def test_tls_only_handshake_rules(tmp_path):
         assert 'TLS handshake failed' in open(os.path.join(d.workdir, 'fleeced.log')).read()
     finally:
         assert d.stop() == 0
+
+
+def test_client_node_to_fleeced_tls(tmp_path):
+    """Both of our sides over TLS: daemon B's nbd node reaches daemon A's TLS export."""
+    _, server, client = tls_certs.make_x509(tmp_path / 'pki')
+    a_dir = tmp_path / 'a'
+    b_dir = tmp_path / 'b'
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a, a_sock, disk = start_tls_daemon(
+        a_dir, 'tls-creds-x509,id=tls0,dir=%s,endpoint=server' % server)
+    b = Daemon(b_dir, ['--object', 'tls-creds-x509,id=tc,dir=%s,endpoint=client' % client])
+    try:
+        q = b.qmp
+        q.execute('blockdev-add', driver='nbd', export='disk', **{'node-name': 'r0'},
+                  server={'type': 'unix', 'path': a_sock}, **{'tls-creds': 'tc'})
+        node = [n for n in q.execute('query-named-block-nodes') if n['node-name'] == 'r0'][0]
+        assert node['file'].startswith('nbds+unix:///disk')
+        sock = str(b_dir / 'nbd.sock')
+        q.execute('nbd-server-start', addr={'type': 'unix', 'data': {'path': sock}})
+        q.execute('block-export-add', type='nbd', id='e0', writable=True, **{'node-name': 'r0'})
+        qemu_io('nbd+unix:///r0?socket=%s' % sock, 'write -P 0x4d 3M 1M', 'read -P 0x4d 3M 1M')
+        with open(disk, 'rb') as f:
+            f.seek(3 << 20)
+            assert f.read(1 << 20) == b'\x4d' * (1 << 20)
+        # Server credentials cannot be used by a client node.
+        q.execute('object-add', **{'qom-type': 'tls-creds-x509', 'id': 'srv', 'dir': server,
+                                   'endpoint': 'server', 'verify-peer': False})
+        with pytest.raises(QmpError) as e:
+            q.execute('blockdev-add', driver='nbd', export='disk', **{'node-name': 'r1'},
+                      server={'type': 'unix', 'path': a_sock}, **{'tls-creds': 'srv'})
+        assert 'client' in e.value.desc
+    finally:
+        assert b.stop() == 0
+        assert a.stop() == 0
