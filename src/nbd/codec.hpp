@@ -52,7 +52,7 @@ struct ExportParams {
 
 struct Validation {
     std::uint32_t error = err_none; // NBD error to send, 0 when valid
-    bool fatal = false;             // close the connection after replying (payload not read)
+    bool fatal = false;             // close the connection after replying (unused today)
     explicit operator bool() const { return error == err_none; }
 };
 

@@ -397,7 +397,8 @@ TEST(NbdServer, MaxConnections) {
 }
 
 TEST(NbdServer, QemuIo) {
-    if (::access("/usr/bin/qemu-io", X_OK) != 0) GTEST_SKIP() << "qemu-io not installed";
+    // A missing tool fails the test (the house rule: no skips).
+    ASSERT_EQ(::access("/usr/bin/qemu-io", X_OK), 0) << "qemu-io not installed";
     Fixture f;
     ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
     f.run_client([&] {
@@ -412,7 +413,7 @@ TEST(NbdServer, QemuIo) {
     EXPECT_EQ(static_cast<int>(f.node->data_[4096 + 4096 + 4096 + 100]), 0x5a);
 }
 
-TEST(NbdServer, OversizedWriteClosesOnlyThatConnection) {
+TEST(NbdServer, OversizedWritePayloadIsSkipped) {
     Fixture f;
     ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
     f.run_client([&] {
@@ -434,16 +435,24 @@ TEST(NbdServer, OversizedWriteClosesOnlyThatConnection) {
         r.length = nbd::max_payload + 1;
         nbd::Bytes rq = nbd::encode_request(r);
         out.insert(out.end(), rq.begin(), rq.end());
+        // The payload follows; the server reads and drops it, then answers and goes on.
+        out.resize(out.size() + r.length, std::byte{0x7f});
+        nbd::Request flush;
+        flush.type = nbd::cmd_flush;
+        flush.cookie = 43;
+        nbd::Bytes fq = nbd::encode_request(flush);
+        out.insert(out.end(), fq.begin(), fq.end());
         ASSERT_EQ(::send(fd, out.data(), out.size(), MSG_NOSIGNAL),
                   static_cast<ssize_t>(out.size()));
-        std::byte reply[10 + 16];
+        std::byte reply[10 + 16 + 16];
         ASSERT_EQ(::recv(fd, reply, sizeof reply, MSG_WAITALL), static_cast<ssize_t>(sizeof reply));
         EXPECT_EQ(nbd::get_u64(reply), 1u << 20); // export size
         EXPECT_EQ(nbd::get_u32(reply + 10), nbd::simple_reply_magic);
-        EXPECT_EQ(nbd::get_u32(reply + 14), nbd::err_inval);
+        EXPECT_EQ(nbd::get_u32(reply + 14), nbd::err_inval); // no structured replies: EINVAL
         EXPECT_EQ(nbd::get_u64(reply + 18), 42u);
-        char c;
-        EXPECT_LE(::recv(fd, &c, 1, 0), 0);
+        EXPECT_EQ(nbd::get_u32(reply + 26), nbd::simple_reply_magic);
+        EXPECT_EQ(nbd::get_u32(reply + 30), nbd::err_none);
+        EXPECT_EQ(nbd::get_u64(reply + 34), 43u);
         ::close(fd);
 
         nbd_handle* h = f.connect("disk");

@@ -106,9 +106,12 @@ def test_daemonize(tmp_path):
 
 
 def test_refused_options(tmp_path):
+    # An --object that cannot be created stops the daemon with the reason.
     r = subprocess.run([FLEECED, "--object", "tls-creds-psk,id=t"], capture_output=True, text=True)
     assert r.returncode == 1
-    assert "fleeced: --object is not supported yet" in r.stderr
+    assert "fleeced: --object: Parameter 'dir' is missing" in r.stderr
+    r = subprocess.run([FLEECED, "--object", "secret,id=s,data=x"], capture_output=True, text=True)
+    assert r.returncode == 1 and "object type 'secret' is not supported" in r.stderr
     # A --blockdev that cannot be opened stops the daemon with the driver's message.
     missing = str(tmp_path / "absent.raw")
     r = subprocess.run([FLEECED, "--blockdev", "driver=file,node-name=a,filename=" + missing],
