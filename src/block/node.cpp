@@ -180,7 +180,10 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     if (auto e = check_writable()) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
-    co_return co_await do_write(offset, buf, flags);
+    dirty_bitmaps_.record(offset, buf.size());
+    std::error_code ec = co_await do_write(offset, buf, flags);
+    dirty_bitmaps_.record(offset, buf.size());
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t length,
@@ -189,7 +192,10 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
-    co_return co_await do_write_zeroes(offset, length, flags);
+    dirty_bitmaps_.record(offset, length);
+    std::error_code ec = co_await do_write_zeroes(offset, length, flags);
+    dirty_bitmaps_.record(offset, length);
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t length) {
@@ -197,7 +203,10 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
-    co_return co_await do_discard(offset, length);
+    dirty_bitmaps_.record(offset, length);
+    std::error_code ec = co_await do_discard(offset, length);
+    dirty_bitmaps_.record(offset, length);
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::flush() {

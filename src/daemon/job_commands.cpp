@@ -29,7 +29,9 @@ io::Task<Result<json>> blockdev_backup_command(control::CommandContext& ctx, con
     for (const char* key : {"on-source-error", "on-target-error"})
         if (args.contains(key) && args[key] != "report")
             co_return make_error(fmt::format("{}: only 'report' is supported yet", key));
-    for (const char* key : {"bitmap", "bitmap-mode", "compress", "discard-source"})
+    o.bitmap = args.value("bitmap", "");
+    o.bitmap_mode = args.value("bitmap-mode", "");
+    for (const char* key : {"compress", "discard-source"})
         if (args.contains(key) && args[key] != false)
             co_return make_error(fmt::format("blockdev-backup: '{}' is not supported yet", key));
     if (args.contains("x-perf")) {

@@ -6,6 +6,7 @@
 #include "control/keyval.hpp"
 #include "control/qmp_server.hpp"
 #include "control/version.hpp"
+#include "daemon/bitmap_commands.hpp"
 #include "daemon/export_commands.hpp"
 #include "daemon/graph_commands.hpp"
 #include "daemon/job_commands.hpp"
@@ -97,6 +98,7 @@ int run(const Options& options) {
     register_graph_commands(registry, services);
     register_export_commands(registry);
     register_job_commands(registry);
+    register_bitmap_commands(registry);
 
     control::CommandContext ctx;
     ctx.services = &services;

@@ -23,9 +23,13 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
         return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'",
                                                    options.target, options.target)};
     if (source == target) return make_error("Source and target cannot be the same");
-    if (options.sync != "full")
-        return make_error(
-            fmt::format("sync mode '{}' is not supported yet (only 'full')", options.sync));
+    BitmapSyncRequest bitmap_req{options.sync, options.bitmap, options.bitmap_mode};
+    if (Status st = normalize_bitmap_sync(bitmap_req); !st) return st.error();
+    options.sync = bitmap_req.sync;
+    if (options.sync != "full" && options.sync != "bitmap")
+        return make_error(fmt::format(
+            "sync mode '{}' is not supported yet (only 'full', 'bitmap', 'incremental')",
+            options.sync));
     if (source->size() != target->size())
         return make_error("Source and target image have different sizes");
     if (options.max_workers == 0) return make_error("max-workers must be greater than zero");
@@ -52,7 +56,16 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
             fmt::format("Required max-chunk ({}) is less than backup cluster size ({})",
                         job->options_.max_chunk, cluster));
     job->copy_ = std::make_unique<block::BlockCopy>(*job->source_, *job->target_, cluster, false);
-    job->copy_->copy_bitmap().set_all();
+    if (!bitmap_req.bitmap.empty()) {
+        // Frozen last: every check that can fail is behind us (the destructor reclaims).
+        auto frozen = BackupBitmap::freeze(*source, bitmap_req);
+        if (!frozen) return frozen.error();
+        job->sync_bitmap_ = std::move(*frozen);
+    }
+    if (job->options_.sync == "bitmap")
+        job->sync_bitmap_->seed_copy_bitmap(*job->copy_);
+    else
+        job->copy_->copy_bitmap().set_all();
     job->copy_->set_speed(job->options_.job.speed);
     job->set_progress_total(job->copy_->progress_total());
     return job;
@@ -89,6 +102,15 @@ void BackupJob::sync_progress() {
 void BackupJob::on_interrupt() {
     // Ends the running background call; in-flight chunks finish, the rest stays dirty.
     if (copy_) copy_->cancel_background();
+}
+
+// The sync bitmap's fate (see backup_bitmap.hpp); run() has waited for every copy.
+void BackupJob::commit() {
+    if (sync_bitmap_) sync_bitmap_->finish(true, copy_->copy_bitmap(), copy_->cluster_size());
+}
+
+void BackupJob::abort() {
+    if (sync_bitmap_) sync_bitmap_->finish(false, copy_->copy_bitmap(), copy_->cluster_size());
 }
 
 void BackupJob::clean() {

@@ -8,6 +8,7 @@
 
 #include "block/block_copy.hpp"
 #include "block/graph.hpp"
+#include "jobs/backup_bitmap.hpp"
 #include "jobs/job.hpp"
 
 #include <memory>
@@ -20,6 +21,8 @@ struct BackupOptions {
     std::string device;
     std::string target;
     std::string sync = "full";
+    std::string bitmap;      // sync bitmap on `device` ("" = none)
+    std::string bitmap_mode; // on-success | always | never ("" = not given)
     unsigned max_workers = 64;
     std::uint64_t max_chunk = 0;
     std::uint64_t min_cluster_size = 0;
@@ -40,6 +43,8 @@ class BackupJob final : public Job, public block::ChildParent {
 
   protected:
     io::Task<std::error_code> run() override;
+    void commit() override;
+    void abort() override;
     void clean() override;
     void on_speed_changed() override;
     void on_interrupt() override;
@@ -53,6 +58,7 @@ class BackupJob final : public Job, public block::ChildParent {
     std::unique_ptr<block::Child> source_;
     std::unique_ptr<block::Child> target_;
     std::unique_ptr<block::BlockCopy> copy_;
+    std::unique_ptr<BackupBitmap> sync_bitmap_; // frozen while the job runs
 };
 
 } // namespace fleece::jobs
