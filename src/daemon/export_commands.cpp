@@ -3,6 +3,7 @@
 
 #include "daemon/export_commands.hpp"
 
+#include "io/tls_creds.hpp"
 #include "nbd/server.hpp"
 #include "nodes/options.hpp"
 
@@ -44,11 +45,31 @@ Status listen_on(nbd::NbdServer& server, const json& addr) {
 
 Status start_nbd_server(Services& s, const json& args) {
     if (s.nbd_server) return make_error("NBD server already running");
-    if (args.contains("tls-creds"))
-        return make_error("nbd-server-start: 'tls-creds' is not supported yet");
+    if (args.contains("tls-authz"))
+        return make_error("'tls-authz' is not supported (use verify-peer on the credentials)");
     auto server = std::make_unique<nbd::NbdServer>(*s.graph);
-    if (args.contains("max-connections") && args["max-connections"].is_number_unsigned())
-        server->set_max_connections(args["max-connections"].get<std::uint32_t>());
+    if (args.contains("tls-creds")) {
+        if (!args["tls-creds"].is_string())
+            return make_error("Invalid parameter type for 'tls-creds', expected: string");
+        auto creds = io::find_tls_creds(args["tls-creds"].get<std::string>(), true);
+        if (!creds) return creds.error();
+        server->set_tls_creds(*creds);
+    }
+    if (args.contains("max-connections")) {
+        // A number from QMP, a string from --nbd-server.
+        const json& m = args["max-connections"];
+        std::uint64_t n = 0;
+        if (m.is_number_unsigned())
+            n = m.get<std::uint64_t>();
+        else if (m.is_string() && !m.get<std::string>().empty() &&
+                 m.get<std::string>().find_first_not_of("0123456789") == std::string::npos &&
+                 m.get<std::string>().size() < 11)
+            n = std::stoull(m.get<std::string>());
+        else
+            return make_error("Parameter 'max-connections' expects uint32");
+        if (n > UINT32_MAX) return make_error("Parameter 'max-connections' expects uint32");
+        server->set_max_connections(static_cast<std::uint32_t>(n));
+    }
     if (Status st = listen_on(*server, args.value("addr", json())); !st) return st;
     s.nbd_server = std::move(server);
     return {};
@@ -66,6 +87,8 @@ Status add_export(Services& s, const json& args) {
     o.description = args.value("description", "");
     const json w = args.value("writable", json(false));
     o.writable = w.is_boolean() ? w.get<bool>() : (w == "on" || w == "true");
+    const json d = args.value("allocation-depth", json(false));
+    o.allocation_depth = d.is_boolean() ? d.get<bool>() : (d == "on" || d == "true");
     if (args.contains("bitmaps") && !args["bitmaps"].empty())
         return make_error("block-export-add: 'bitmaps' is not supported yet");
     if (s.nbd_server->has_export(o.id))

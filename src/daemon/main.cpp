@@ -10,6 +10,7 @@
 #include "daemon/export_commands.hpp"
 #include "daemon/graph_commands.hpp"
 #include "daemon/job_commands.hpp"
+#include "daemon/object_commands.hpp"
 #include "daemon/options.hpp"
 #include "daemon/process.hpp"
 #include "daemon/services.hpp"
@@ -99,6 +100,7 @@ int run(const Options& options) {
     register_export_commands(registry);
     register_job_commands(registry);
     register_bitmap_commands(registry);
+    register_object_commands(registry);
 
     control::CommandContext ctx;
     ctx.services = &services;
@@ -109,6 +111,12 @@ int run(const Options& options) {
     auto sigfd = open_termination_signalfd();
     if (!sigfd) return fail("fleeced: " + sigfd.error().message);
 
+    for (const auto& raw : options.objects) {
+        auto args = control::parse_keyval(raw, "qom-type");
+        if (!args) return fail("fleeced: --object: " + args.error().message);
+        if (Status st = add_object(args.value()); !st)
+            return fail("fleeced: --object: " + st.error().message);
+    }
     for (const auto& raw : options.blockdevs) {
         auto opts = control::parse_keyval_or_json(raw);
         if (!opts) return fail("fleeced: --blockdev: " + opts.error().message);

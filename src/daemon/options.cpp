@@ -13,6 +13,7 @@ const char* usage_text() {
            "  --chardev socket,id=ID,path=PATH,server=on,wait=off  QMP socket\n"
            "  --monitor [chardev=]ID[,mode=control]                QMP monitor on a chardev\n"
            "  --blockdev OPTIONS      add a block node (key=value or JSON)\n"
+           "  --object TYPE,id=ID,... add an object (tls-creds-x509, tls-creds-psk)\n"
            "  --pidfile PATH          write the daemon's pid to PATH\n"
            "  --daemonize             detach once the monitors are listening\n"
            "  -h, --help              show this help\n"
@@ -148,7 +149,10 @@ Result<Options> parse_options(const std::vector<std::string>& args) {
             if (i + 1 >= args.size()) return usage_error("--" + name + " requires a value");
             value = args[++i];
         }
-        if (name == "object") return usage_error("--" + name + " is not supported yet");
+        if (name == "object") {
+            o.objects.push_back(value);
+            continue;
+        }
         if (name == "nbd-server") {
             o.nbd_servers.push_back(value);
             continue;

@@ -19,6 +19,7 @@ struct Options {
     std::vector<std::string> blockdevs; // raw option strings, parsed when applied
     std::vector<std::string> nbd_servers;
     std::vector<std::string> exports;
+    std::vector<std::string> objects; // --object, created before the block nodes
     std::string pidfile;
     bool daemonize = false;
     bool help = false;

@@ -20,9 +20,9 @@ TEST(DaemonOptions, ChardevMonitorBothSpellings) {
 }
 
 TEST(DaemonOptions, Refusals) {
-    auto e = parse_options({"--object", "tls-creds-x509,id=t"});
-    ASSERT_FALSE(e);
-    EXPECT_EQ(e.error().message, "fleeced: --object is not supported yet");
+    auto obj = parse_options({"--object", "tls-creds-x509,id=t"});
+    ASSERT_TRUE(obj);
+    EXPECT_EQ(obj->objects, (std::vector<std::string>{"tls-creds-x509,id=t"}));
     EXPECT_FALSE(parse_options({"--bogus"}));
     EXPECT_FALSE(parse_options({"--pidfile"}));
     EXPECT_FALSE(parse_options({"--chardev", "socket,id=x,path=/p,wait=on"}));

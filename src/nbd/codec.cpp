@@ -110,7 +110,9 @@ Validation validate_request(const Request& r, const ExportParams& p) {
     if (r.type == cmd_block_status && (!p.structured_replies || !p.base_allocation))
         return {err_inval, false};
     if (!ranged) return {};
-    if (!in_range(r, p)) return {err_inval, false};
+    // The spec asks for ENOSPC when a write or write-zeroes goes past the end, EINVAL else.
+    if (!in_range(r, p))
+        return {(r.type == cmd_write || r.type == cmd_write_zeroes) ? err_nospc : err_inval, false};
     if (!aligned(r, p)) return {err_inval, false};
     if (r.type == cmd_read && r.length > p.max_payload)
         return {p.structured_replies ? err_overflow : err_inval, false};

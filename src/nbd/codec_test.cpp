@@ -56,6 +56,9 @@ TEST(NbdCodec, Validation) {
     EXPECT_TRUE(validate_request(req(cmd_write, (1 << 20) - 1, 1, cmd_flag_fua), p));
     EXPECT_EQ(validate_request(req(cmd_read, (1 << 20) - 1, 2), p).error, err_inval);
     EXPECT_EQ(validate_request(req(cmd_read, ~0ull, 2), p).error, err_inval);
+    EXPECT_EQ(validate_request(req(cmd_write, (1 << 20) - 1, 2), p).error, err_nospc);
+    EXPECT_EQ(validate_request(req(cmd_write_zeroes, 1 << 20, 1), p).error, err_nospc);
+    EXPECT_EQ(validate_request(req(cmd_trim, 1 << 20, 1), p).error, err_inval);
     EXPECT_EQ(validate_request(req(cmd_read, 0, 1, cmd_flag_fua), p).error, err_inval);
     EXPECT_EQ(validate_request(req(cmd_read, 0, 1, cmd_flag_df), p).error, err_inval);
     EXPECT_EQ(validate_request(req(99, 0, 1), p).error, err_inval);

@@ -1,7 +1,9 @@
 #include "nbd/connection.hpp"
 
 #include "io/event_loop.hpp"
+#include "io/tls_stream.hpp"
 #include "nbd/server.hpp"
+#include "util/log.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -31,13 +33,14 @@ io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holde
     if (self->export_) self->export_->connections_.erase(self.get());
     self->export_hold_.leave();
     self->server_->connection_finished(self.get());
+    self->stream_.reset();
     self->fd_.reset();
     server_hold.leave();
 }
 
 io::Task<bool> Connection::send(Bytes bytes) {
     if (broken_) co_return false;
-    const int r = co_await io::write_all(fd_.get(), as_bytes(bytes));
+    const int r = co_await stream_->write_all(as_bytes(bytes));
     if (r < 0) {
         shut_down();
         co_return false;
@@ -57,7 +60,7 @@ io::Task<bool> Connection::discard_input(std::uint64_t length) {
     while (length > 0) {
         const std::size_t n =
             static_cast<std::size_t>(std::min<std::uint64_t>(length, scratch.size()));
-        if (co_await io::read_exact(fd_.get(), std::span(scratch.data(), n)) < 0) co_return false;
+        if (co_await stream_->read_exact(std::span(scratch.data(), n)) < 0) co_return false;
         length -= n;
     }
     co_return true;
@@ -68,14 +71,14 @@ io::Task<bool> Connection::discard_input(std::uint64_t length) {
 io::Task<bool> Connection::handshake() {
     if (!co_await send(encode_greeting(flag_fixed_newstyle | flag_no_zeroes))) co_return false;
     std::byte cf[4];
-    if (co_await io::read_exact(fd_.get(), cf) < 0) co_return false;
+    if (co_await stream_->read_exact(cf) < 0) co_return false;
     const std::uint32_t client_flags = get_u32(cf);
     // Unknown client flags: the spec says to close; we accept the known ones only.
     if (client_flags & ~(client_flag_fixed_newstyle | client_flag_no_zeroes)) co_return false;
     no_zeroes_ = client_flags & client_flag_no_zeroes;
     while (!broken_) {
         std::byte hdr[option_header_size];
-        if (co_await io::read_exact(fd_.get(), hdr) < 0) co_return false;
+        if (co_await stream_->read_exact(hdr) < 0) co_return false;
         auto h = parse_option_header(hdr);
         if (!h) co_return false;
         const Next next = co_await handle_option(*h);
@@ -92,9 +95,18 @@ io::Task<Connection::Next> Connection::handle_option(OptionHeader h) {
         co_return co_await send_option_reply(h.option, rep_err_too_big) ? Next::again : Next::close;
     }
     Bytes data(h.length);
-    if (h.length > 0 && co_await io::read_exact(fd_.get(), data) < 0) co_return Next::close;
+    if (h.length > 0 && co_await stream_->read_exact(data) < 0) co_return Next::close;
 
+    // With TLS credentials the server is TLS-only (FORCEDTLS): before the upgrade, only
+    // STARTTLS and ABORT are honoured.
+    if (server_->tls_creds() && !tls_ && h.option != opt_starttls && h.option != opt_abort) {
+        if (h.option == opt_export_name) co_return Next::close; // no way to reply an error
+        co_return co_await send_option_reply(h.option, rep_err_tls_reqd) ? Next::again
+                                                                         : Next::close;
+    }
     switch (h.option) {
+    case opt_starttls:
+        co_return co_await option_starttls(std::move(data));
     case opt_export_name: {
         std::string name(reinterpret_cast<const char*>(data.data()), data.size());
         auto exp = server_->find_export(name);
@@ -138,6 +150,28 @@ io::Task<Connection::Next> Connection::handle_option(OptionHeader h) {
     }
 }
 
+io::Task<Connection::Next> Connection::option_starttls(Bytes data) {
+    std::uint32_t rep = rep_ack;
+    if (!data.empty() || tls_)
+        rep = rep_err_invalid;
+    else if (!server_->tls_creds())
+        rep = rep_err_policy;
+    if (!co_await send_option_reply(opt_starttls, rep)) co_return Next::close;
+    if (rep != rep_ack) co_return Next::again;
+    auto tls = co_await io::TlsStream::server_handshake(fd_.get(), server_->tls_creds());
+    if (!tls) {
+        log::warn("NBD client refused: {}", tls.error().message);
+        co_return Next::close;
+    }
+    stream_ = std::move(*tls);
+    tls_ = true;
+    // Everything negotiated in clear text is forgotten, as the spec asks.
+    structured_ = false;
+    selected_.clear();
+    meta_export_.clear();
+    co_return Next::again;
+}
+
 io::Task<Connection::Next> Connection::option_info(std::uint32_t option, Bytes data) {
     auto req = parse_info_request(data);
     if (!req)
@@ -179,29 +213,24 @@ io::Task<Connection::Next> Connection::option_meta(std::uint32_t option, Bytes d
     auto exp = server_->find_export(req->export_name);
     if (!exp)
         co_return co_await send_option_reply(option, rep_err_unknown) ? Next::again : Next::close;
-    const std::vector<std::string> offered = exp->meta_contexts();
-    std::vector<std::string> matched;
-    if (req->queries.empty()) {
-        if (!set) matched = offered;
-    } else {
-        for (const std::string& q : req->queries) {
-            for (const std::string& c : offered) {
-                // LIST accepts a namespace query ("base:") meaning every context in it.
-                const bool hit =
-                    q == c || (!set && !q.empty() && q.back() == ':' && c.rfind(q, 0) == 0);
-                if (hit && std::find(matched.begin(), matched.end(), c) == matched.end())
-                    matched.push_back(c);
-            }
-        }
+    const auto& offered = exp->meta_contexts();
+    std::vector<std::uint32_t> matched; // indexes into `offered`
+    for (std::uint32_t i = 0; i < offered.size(); ++i) {
+        const std::string& c = offered[i]->name();
+        bool hit = req->queries.empty() && !set; // LIST with no query: everything
+        for (const std::string& q : req->queries)
+            // LIST accepts a namespace query ("base:", "qemu:") meaning every context in it.
+            hit = hit || q == c || (!set && !q.empty() && q.back() == ':' && c.rfind(q, 0) == 0);
+        if (hit) matched.push_back(i);
     }
     if (set) {
-        base_allocation_ = false;
+        selected_.clear();
         meta_export_ = exp->name();
     }
-    for (const std::string& c : matched) {
-        const std::uint32_t id = c == meta_base_allocation ? meta_id_base_allocation : 0;
-        if (set && c == meta_base_allocation) base_allocation_ = true;
-        if (!co_await send_option_reply(option, rep_meta_context, meta_context_payload(id, c)))
+    for (std::uint32_t i : matched) {
+        if (set) selected_.push_back({i + 1, offered[i]});
+        if (!co_await send_option_reply(option, rep_meta_context,
+                                        meta_context_payload(set ? i + 1 : 0, offered[i]->name())))
             co_return Next::close;
     }
     co_return co_await send_option_reply(option, rep_ack) ? Next::again : Next::close;
@@ -213,13 +242,13 @@ io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
     export_hold_ = std::move(hold);
     export_ = exp;
     exp->connections_.insert(this);
-    if (meta_export_ != exp->name()) base_allocation_ = false;
+    if (meta_export_ != exp->name()) selected_.clear();
     params_.size = exp->size();
     params_.transmission_flags = exp->transmission_flags();
     params_.min_block = exp->min_block();
     params_.max_payload = exp->max_block();
     params_.structured_replies = structured_;
-    params_.base_allocation = base_allocation_;
+    params_.base_allocation = !selected_.empty(); // BLOCK_STATUS needs a selected context
     co_return true;
 }
 
@@ -228,7 +257,7 @@ io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
 io::Task<void> Connection::transmission() {
     while (!broken_) {
         std::byte hdr[request_size];
-        if (co_await io::read_exact(fd_.get(), hdr) < 0) break;
+        if (co_await stream_->read_exact(hdr) < 0) break;
         auto req = parse_request(hdr);
         if (!req) break; // bad magic: we cannot find the next request
         if (req->type == cmd_disc) break;
@@ -246,7 +275,7 @@ io::Task<void> Connection::transmission() {
         io::Buffer buf;
         if ((req->type == cmd_read || req->type == cmd_write) && req->length > 0) {
             buf = co_await buffers_.get(req->length);
-            if (req->type == cmd_write && co_await io::read_exact(fd_.get(), buf.span()) < 0) break;
+            if (req->type == cmd_write && co_await stream_->read_exact(buf.span()) < 0) break;
         }
         io::Gate::Holder hold = requests_.enter();
         if (!hold) break;
@@ -259,8 +288,8 @@ io::Task<void> Connection::transmission() {
 io::Task<void> Connection::write_locked(Bytes head, std::span<const std::byte> data) {
     auto guard = co_await write_mutex_.lock();
     if (broken_ && !fd_) co_return;
-    if (co_await io::write_all(fd_.get(), as_bytes(head)) < 0 ||
-        (!data.empty() && co_await io::write_all(fd_.get(), data) < 0))
+    if (co_await stream_->write_all(as_bytes(head)) < 0 ||
+        (!data.empty() && co_await stream_->write_all(data) < 0))
         shut_down();
 }
 
@@ -334,6 +363,10 @@ io::Task<void> Connection::handle_request(std::shared_ptr<Connection> self, Requ
 }
 
 io::Task<void> Connection::do_read(Request req, io::Buffer buf) {
+    if (structured_ && req.length > 0) {
+        co_await do_sparse_read(req, std::move(buf));
+        co_return;
+    }
     std::error_code ec;
     if (req.length > 0) ec = co_await export_->child().read(req.offset, buf.span());
     if (ec) {
@@ -343,51 +376,113 @@ io::Task<void> Connection::do_read(Request req, io::Buffer buf) {
     Bytes head;
     std::span<const std::byte> data;
     if (req.length > 0) data = std::span<const std::byte>(buf.data(), req.length);
-    if (structured_) {
-        if (req.length == 0)
-            encode_done_chunk(head, req.cookie);
-        else
-            encode_offset_data_header(head, req.cookie, req.offset, req.length, true);
-    } else {
+    if (structured_)
+        encode_done_chunk(head, req.cookie);
+    else
         encode_simple_reply(head, req.cookie, err_none);
-    }
     co_await write_locked(std::move(head), data);
 }
 
-io::Task<void> Connection::do_block_status(Request req) {
-    constexpr std::size_t max_extents = 1024;
-    std::vector<Extent> extents;
-    std::uint64_t offset = req.offset;
+// Structured read: the node's block status splits the range into zero parts, sent as
+// OFFSET_HOLE chunks without being read, and data parts, read and sent as OFFSET_DATA.
+// The status is taken before the data is read, the same order a plain read of a range
+// being written concurrently could observe.
+io::Task<void> Connection::do_sparse_read(Request req, io::Buffer buf) {
+    struct Segment {
+        std::uint64_t offset;
+        std::uint64_t length;
+        bool hole;
+    };
+    constexpr std::size_t max_segments = 64; // beyond that, the rest goes out as data
+    constexpr std::uint64_t min_hole = 4096; // smaller zero runs are not worth a chunk
+    std::vector<Segment> segs;
     const std::uint64_t end = req.offset + req.length;
-    const bool one = req.flags & cmd_flag_req_one;
-    while (offset < end) {
-        block::BlockStatus bs = co_await export_->child().block_status(offset, end - offset);
-        if (bs.error) {
-            if (extents.empty()) {
-                co_await reply_error(req, errno_to_nbd(bs.error.value()));
-                co_return;
-            }
-            break;
-        }
-        if (bs.length == 0) break;
+    std::uint64_t offset = req.offset;
+    while (offset < end && segs.size() + 1 < max_segments) {
+        const block::BlockStatus bs = co_await export_->child().block_status(offset, end - offset);
+        if (bs.error || bs.length == 0) break;
         const std::uint64_t len = std::min(bs.length, end - offset);
-        std::uint32_t flags = 0;
-        if (!(bs.flags & block::status_data)) flags |= state_hole;
-        if (bs.flags & block::status_zero) flags |= state_zero;
-        if (!extents.empty() && extents.back().flags == flags)
-            extents.back().length += static_cast<std::uint32_t>(len);
+        const bool hole = (bs.flags & block::status_zero) && len >= min_hole;
+        if (!segs.empty() && segs.back().hole == hole)
+            segs.back().length += len;
         else
-            extents.push_back({static_cast<std::uint32_t>(len), flags});
+            segs.push_back({offset, len, hole});
         offset += len;
-        if (one || extents.size() >= max_extents) break;
     }
-    if (extents.empty()) {
-        co_await reply_error(req, err_io);
-        co_return;
+    if (offset < end) {
+        if (!segs.empty() && !segs.back().hole)
+            segs.back().length += end - offset;
+        else
+            segs.push_back({offset, end - offset, false});
     }
-    if (one) extents.resize(1);
+    for (const Segment& s : segs) {
+        if (s.hole) continue;
+        const std::error_code ec = co_await export_->child().read(
+            s.offset, buf.span().subspan(s.offset - req.offset, s.length));
+        if (ec) {
+            co_await reply_error(req, errno_to_nbd(ec.value()));
+            co_return;
+        }
+    }
+    auto guard = co_await write_mutex_.lock();
+    if (broken_ && !fd_) co_return;
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+        const Segment& s = segs[i];
+        const bool done = i + 1 == segs.size();
+        Bytes head;
+        std::span<const std::byte> data;
+        if (s.hole) {
+            encode_offset_hole(head, req.cookie, s.offset, static_cast<std::uint32_t>(s.length),
+                               done);
+        } else {
+            encode_offset_data_header(head, req.cookie, s.offset,
+                                      static_cast<std::uint32_t>(s.length), done);
+            data = std::span<const std::byte>(buf.data() + (s.offset - req.offset), s.length);
+        }
+        if (co_await stream_->write_all(as_bytes(head)) < 0 ||
+            (!data.empty() && co_await stream_->write_all(data) < 0)) {
+            shut_down();
+            co_return;
+        }
+    }
+}
+
+io::Task<void> Connection::do_block_status(Request req) {
+    // One chunk per selected context; all but the last without the DONE flag. Each
+    // context's extents cover a prefix of the range (just one extent with REQ_ONE).
+    constexpr std::size_t max_extents = 1024;
+    const bool one = req.flags & cmd_flag_req_one;
+    const std::uint64_t end = req.offset + req.length;
     Bytes out;
-    encode_block_status(out, req.cookie, meta_id_base_allocation, extents, true);
+    for (std::size_t k = 0; k < selected_.size(); ++k) {
+        MetaContext& ctx = *selected_[k].second;
+        std::vector<Extent> extents;
+        std::uint64_t offset = req.offset;
+        while (offset < end) {
+            const MetaExtent e = co_await ctx.query(export_->child(), offset, end - offset);
+            if (e.error) {
+                if (extents.empty()) {
+                    co_await reply_error(req, errno_to_nbd(e.error.value()));
+                    co_return;
+                }
+                break;
+            }
+            if (e.length == 0) break;
+            const std::uint64_t len = std::min(e.length, end - offset);
+            if (!extents.empty() && extents.back().flags == e.flags)
+                extents.back().length += static_cast<std::uint32_t>(len);
+            else
+                extents.push_back({static_cast<std::uint32_t>(len), e.flags});
+            offset += len;
+            if (one || extents.size() >= max_extents) break;
+        }
+        if (extents.empty()) {
+            co_await reply_error(req, err_io);
+            co_return;
+        }
+        encode_block_status(out, req.cookie, selected_[k].first, extents,
+                            k + 1 == selected_.size());
+    }
     co_await write_locked(std::move(out), {});
 }
 

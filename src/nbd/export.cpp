@@ -34,9 +34,9 @@ std::uint32_t Export::max_block() const {
     return m;
 }
 
-std::vector<std::string> Export::meta_contexts() const {
-    // qemu:dirty-bitmap:<bitmap> contexts will be appended here once bitmaps exist.
-    return {meta_base_allocation};
+void Export::build_contexts() {
+    contexts_.push_back(make_base_allocation_context());
+    if (opts_.allocation_depth) contexts_.push_back(make_allocation_depth_context());
 }
 
 } // namespace fleece::nbd

@@ -4,6 +4,7 @@
 #include "block/graph.hpp"
 #include "block/node.hpp"
 #include "io/sync.hpp"
+#include "nbd/meta_context.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -19,13 +20,14 @@ struct ExportOptions {
     std::string name;        // NBD export name; empty = same as node_name
     std::string description; // NBD_INFO_DESCRIPTION / NBD_REP_SERVER text
     bool writable = false;
+    bool allocation_depth = false; // offer the qemu:allocation-depth meta context
 };
 
 class Connection;
 
 class Export final : public block::ChildParent {
   public:
-    explicit Export(ExportOptions opts) : opts_(std::move(opts)) {}
+    explicit Export(ExportOptions opts) : opts_(std::move(opts)) { build_contexts(); }
 
     const ExportOptions& options() const { return opts_; }
     const std::string& name() const { return opts_.name; }
@@ -40,8 +42,8 @@ class Export final : public block::ChildParent {
     std::uint32_t preferred_block() const;
     std::uint32_t max_block() const;
 
-    // Meta contexts this export offers. Hook: qemu:dirty-bitmap:<name> contexts go here.
-    std::vector<std::string> meta_contexts() const;
+    // Meta contexts this export offers; a context's id on the wire is its index + 1.
+    const std::vector<std::shared_ptr<MetaContext>>& meta_contexts() const { return contexts_; }
 
     // ChildParent
     std::string parent_description() const override { return "export '" + opts_.id + "'"; }
@@ -49,9 +51,14 @@ class Export final : public block::ChildParent {
     const char* parent_type() const override { return "block-backend"; }
 
   private:
+    // The one place that decides which contexts an export offers (qemu:dirty-bitmap:NAME
+    // contexts for the export's bitmaps go here too).
+    void build_contexts();
+
     friend class NbdServer;
     friend class Connection;
     ExportOptions opts_;
+    std::vector<std::shared_ptr<MetaContext>> contexts_;
     std::unique_ptr<block::Child> child_;
     io::Gate gate_; // one holder per connection using the export
     std::set<Connection*> connections_;

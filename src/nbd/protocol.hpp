@@ -120,5 +120,6 @@ inline constexpr std::uint32_t preferred_block_size = 4096;
 
 inline constexpr const char* meta_base_allocation = "base:allocation";
 inline constexpr std::uint32_t meta_id_base_allocation = 1;
+inline constexpr const char* meta_allocation_depth = "qemu:allocation-depth";
 
 } // namespace fleece::nbd

@@ -28,6 +28,7 @@
 #include "io/socket.hpp"
 #include "io/sync.hpp"
 #include "io/task.hpp"
+#include "io/tls_creds.hpp"
 #include "nbd/export.hpp"
 #include "util/result.hpp"
 
@@ -60,6 +61,9 @@ class NbdServer {
     // Further clients are refused (connection closed right after accept). 0 = unlimited.
     void set_max_connections(std::uint32_t n) { max_connections_ = n; }
     std::uint32_t max_connections() const { return max_connections_; }
+    // TLS-only server (clients must STARTTLS first); null = plain text. Set before listening.
+    void set_tls_creds(std::shared_ptr<const io::TlsCreds> creds) { tls_creds_ = std::move(creds); }
+    const std::shared_ptr<const io::TlsCreds>& tls_creds() const { return tls_creds_; }
 
     Status add_export(ExportOptions opts);
     io::Task<Status> remove_export(std::string id);
@@ -87,6 +91,7 @@ class NbdServer {
     std::set<Connection*> connections_;
     io::Gate gate_; // accept loops and connections
     std::uint32_t max_connections_ = 0;
+    std::shared_ptr<const io::TlsCreds> tls_creds_;
     bool stopped_ = false;
 };
 

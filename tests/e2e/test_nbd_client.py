@@ -1,0 +1,120 @@
+"""The nbd client node: reconnection after the server went away (reconnect-delay),
+failing fast without it, and open-timeout waiting for a server that starts late."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from fleece_testlib import Daemon, QmpError, qemu_io
+
+
+def start_nbdkit(sock, size='16M'):
+    if os.path.exists(sock):
+        os.unlink(sock)
+    p = subprocess.Popen(['nbdkit', '-f', '-U', sock, 'memory', size],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        assert time.monotonic() < deadline, 'nbdkit did not start'
+        time.sleep(0.02)
+    return p
+
+
+def wait_log(d, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    path = os.path.join(d.workdir, 'fleeced.log')
+    while text not in open(path).read():
+        assert time.monotonic() < deadline, 'no %r in the log' % text
+        time.sleep(0.05)
+
+
+def export_remote(d, tmp_path, kit_sock, **node_opts):
+    q = d.qmp
+    q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': kit_sock},
+              **{'node-name': 'r0'}, **node_opts)
+    sock = str(tmp_path / 'nbd.sock')
+    q.execute('nbd-server-start', addr={'type': 'unix', 'data': {'path': sock}})
+    q.execute('block-export-add', type='nbd', id='e0', writable=True, **{'node-name': 'r0'})
+    return 'nbd+unix:///r0?socket=%s' % sock
+
+
+def test_reconnect_within_delay(tmp_path):
+    kit_sock = str(tmp_path / 'kit.sock')
+    kit = start_nbdkit(kit_sock)
+    d = Daemon(tmp_path)
+    try:
+        uri = export_remote(d, tmp_path, kit_sock, **{'reconnect-delay': 60})
+        qemu_io(uri, 'write -P 0x5a 0 64k', 'read -P 0x5a 0 64k')
+        kit.kill()
+        kit.wait()
+        wait_log(d, 'connection lost')
+        # A read issued while the server is away waits for the reconnection ...
+        reader = subprocess.Popen(['qemu-io', '-f', 'raw', '-c', 'read -P 0 0 64k', uri],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_log(d, 'reconnect failed')
+        assert reader.poll() is None
+        kit = start_nbdkit(kit_sock)  # a new, empty server
+        out, _ = reader.communicate(timeout=60)
+        # ... and then succeeds (the new memory server reads zeroes).
+        assert reader.returncode == 0 and 'read 65536/65536' in out, out
+        wait_log(d, 'reconnected')
+        qemu_io(uri, 'write -P 0x33 1M 64k', 'read -P 0x33 1M 64k')
+    finally:
+        assert d.stop() == 0
+        kit.kill()
+        kit.wait()
+
+
+def test_no_reconnect_delay_fails_fast_and_recovers(tmp_path):
+    kit_sock = str(tmp_path / 'kit.sock')
+    kit = start_nbdkit(kit_sock)
+    d = Daemon(tmp_path)
+    try:
+        uri = export_remote(d, tmp_path, kit_sock)
+        qemu_io(uri, 'write -P 0x11 0 64k')
+        kit.kill()
+        kit.wait()
+        wait_log(d, 'connection lost')
+        out = qemu_io(uri, 'read 0 64k', check=False)
+        assert 'Input/output error' in out, out
+        # The daemon keeps serving, and the node reconnects in the background.
+        assert d.qmp.execute('query-block-exports')[0]['id'] == 'e0'
+        kit = start_nbdkit(kit_sock)
+        wait_log(d, 'reconnected')
+        qemu_io(uri, 'write -P 0x22 0 64k', 'read -P 0x22 0 64k')
+    finally:
+        assert d.stop() == 0
+        kit.kill()
+        kit.wait()
+
+
+def test_open_timeout(tmp_path):
+    kit_sock = str(tmp_path / 'kit.sock')
+    d = Daemon(tmp_path)
+    kit = None
+    try:
+        q = d.qmp
+        with pytest.raises(QmpError) as e:
+            q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': kit_sock},
+                      **{'node-name': 'r0'})
+        assert 'Failed to connect to NBD server' in e.value.desc
+        # With open-timeout the node keeps trying; start the server once it is waiting.
+        q.sock.sendall(b'{"execute": "blockdev-add", "id": "late", "arguments": '
+                       b'{"driver": "nbd", "node-name": "r0", "open-timeout": 60, '
+                       b'"server": {"type": "unix", "path": "%s"}}}\n' % kit_sock.encode())
+        time.sleep(1.5)
+        kit = start_nbdkit(kit_sock)
+        while True:
+            reply = q._recv_any()
+            if reply.get('id') == 'late':
+                break
+        assert 'return' in reply, reply
+        nodes = [n['node-name'] for n in q.execute('query-named-block-nodes')]
+        assert 'r0' in nodes
+    finally:
+        assert d.stop() == 0
+        if kit:
+            kit.kill()
+            kit.wait()
