@@ -30,6 +30,14 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
         return make_error(fmt::format(
             "sync mode '{}' is not supported yet (only 'full', 'bitmap', 'incremental')",
             options.sync));
+    // Frozen before anything else can fail, as QEMU checks the bitmap first; an early
+    // return reclaims it (BackupBitmap's destructor).
+    std::unique_ptr<BackupBitmap> frozen;
+    if (!bitmap_req.bitmap.empty()) {
+        auto f = BackupBitmap::freeze(*source, bitmap_req);
+        if (!f) return f.error();
+        frozen = std::move(*f);
+    }
     if (source->size() != target->size())
         return make_error("Source and target image have different sizes");
     if (options.max_workers == 0) return make_error("max-workers must be greater than zero");
@@ -56,12 +64,7 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
             fmt::format("Required max-chunk ({}) is less than backup cluster size ({})",
                         job->options_.max_chunk, cluster));
     job->copy_ = std::make_unique<block::BlockCopy>(*job->source_, *job->target_, cluster, false);
-    if (!bitmap_req.bitmap.empty()) {
-        // Frozen last: every check that can fail is behind us (the destructor reclaims).
-        auto frozen = BackupBitmap::freeze(*source, bitmap_req);
-        if (!frozen) return frozen.error();
-        job->sync_bitmap_ = std::move(*frozen);
-    }
+    job->sync_bitmap_ = std::move(frozen);
     if (job->options_.sync == "bitmap")
         job->sync_bitmap_->seed_copy_bitmap(*job->copy_);
     else
