@@ -2,12 +2,17 @@
 
 #include "daemon/bitmap_commands.hpp"
 
+#include "block/bitmap_sidecar.hpp"
 #include "block/dirty_bitmap.hpp"
 #include "block/graph.hpp"
 #include "daemon/services.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fmt/format.h>
+#include <map>
 #include <optional>
+#include <unistd.h>
 #include <vector>
 
 namespace fleece::daemon {
@@ -66,6 +71,12 @@ Result<DirtyBitmap*> lookup(block::Graph& graph, const std::string& node, const 
     return b;
 }
 
+// Node name -> sidecar path, for nodes whose persistent bitmaps live in a sidecar file.
+std::map<std::string, std::string>& sidecars() {
+    static std::map<std::string, std::string> m;
+    return m;
+}
+
 // ---- actions ----------------------------------------------------------------------------
 
 class AddAction final : public BitmapAction {
@@ -85,7 +96,8 @@ class AddAction final : public BitmapAction {
         }
         const bool persistent = data_.value("persistent", false);
         const std::string name = data_["name"].get<std::string>();
-        if (persistent && !name.empty() && !node.supports_persistent_bitmaps())
+        if (persistent && !name.empty() && !node.supports_persistent_bitmaps() &&
+            !sidecars().count(node.name()))
             return make_error(fmt::format(
                 "Can't store persistent bitmaps to {}: Operation not supported", node.name()));
         auto b = node.dirty_bitmaps().add(name, node.size(), granularity);
@@ -239,6 +251,52 @@ block::Graph& graph_of(control::CommandContext& ctx) {
     return *static_cast<Services*>(ctx.services)->graph;
 }
 
+Status attach_sidecar(block::Graph& graph, const std::string& node_name, const std::string& path) {
+    auto n = find_node(graph, node_name);
+    if (!n) return n.error();
+    block::Node& node = **n;
+    if (sidecars().count(node.name()))
+        return make_error(fmt::format("Node '{}' already has a bitmap sidecar", node.name()));
+    const bool exists = ::access(path.c_str(), F_OK) == 0;
+    if (!exists && errno != ENOENT)
+        return make_error(
+            fmt::format("Cannot access bitmap sidecar '{}': {}", path, std::strerror(errno)));
+    if (exists) {
+        auto content = block::read_sidecar(path);
+        if (!content) return content.error();
+        if (content->disk_size != node.size())
+            return make_error(fmt::format("Bitmap sidecar '{}' is for a disk of {} bytes, node "
+                                          "'{}' has {}",
+                                          path, content->disk_size, node.name(), node.size()));
+        for (const auto& e : content->bitmaps)
+            if (node.dirty_bitmaps().find(e.name))
+                return make_error("Bitmap already exists: " + e.name);
+        for (auto& e : content->bitmaps) {
+            auto b = node.dirty_bitmaps().add(e.name, node.size(), e.granularity);
+            if (!b) return b.error();
+            Bitmap bits((*b)->bits().size());
+            bits.load_words(e.words);
+            (*b)->restore_bits(std::move(bits));
+            (*b)->set_persistent(true);
+            (*b)->set_enabled(e.enabled);
+            // Not saved at the last shutdown: writes after the last save are unknown.
+            (*b)->set_inconsistent(!content->clean);
+        }
+    }
+    // In use from now on, durably, before the node takes another write.
+    if (Status st = block::write_sidecar(path, node.size(), node.dirty_bitmaps(), false); !st)
+        return st;
+    sidecars()[node.name()] = path;
+    return {};
+}
+
+io::Task<Result<json>> sidecar_command(control::CommandContext& ctx, const json& args) {
+    Status st = attach_sidecar(graph_of(ctx), args.at("node").get<std::string>(),
+                               args.at("path").get<std::string>());
+    if (!st) co_return st.error();
+    co_return json::object();
+}
+
 template <const char* Type>
 io::Task<Result<json>> bitmap_command(control::CommandContext& ctx, const json& args) {
     std::unique_ptr<BitmapAction> action = make_bitmap_action(graph_of(ctx), Type, args);
@@ -275,7 +333,25 @@ std::unique_ptr<BitmapAction> make_bitmap_action(block::Graph& graph, std::strin
     return nullptr;
 }
 
+Status save_bitmap_sidecars(block::Graph& graph) {
+    Status result;
+    for (const auto& [name, path] : sidecars()) {
+        // A node deleted meanwhile leaves its sidecar in use: loads inconsistent (safe).
+        block::Node* n = graph.find(name);
+        if (!n) continue;
+        Status st = block::write_sidecar(path, n->size(), n->dirty_bitmaps(), true);
+        if (!st && result) result = st;
+    }
+    return result;
+}
+
 void register_bitmap_commands(control::CommandRegistry& registry) {
+    registry.add({"x-block-dirty-bitmap-sidecar",
+                  "Keeps a node's persistent bitmaps in a sidecar file (loads it, marks it in "
+                  "use; saved clean at shutdown)",
+                  {{"node", ArgType::str, true}, {"path", ArgType::str, true}},
+                  false,
+                  sidecar_command});
     registry.add({add_type, "Creates a dirty bitmap on a node", add_args(), false,
                   bitmap_command<add_type>});
     registry.add(

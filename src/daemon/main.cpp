@@ -146,6 +146,8 @@ int run(const Options& options) {
     if (options.daemonize) daemonize_ready();
     log::info("fleeced ready");
     loop.run();
+    if (Status st = save_bitmap_sidecars(*services.graph); !st)
+        log::error("fleeced: {}", st.error().message);
     loop.run_until_complete(shut_down(&services));
 
     for (const auto& path : socket_paths)

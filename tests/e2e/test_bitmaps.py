@@ -165,7 +165,7 @@ def test_bitmap_commands_match_qemu_storage_daemon(tmp_path):
     assert {b['name'] for b in final['r']} == {'b0', 'fine'}
 
 
-def test_transaction_actions_are_not_standalone_commands(tmp_path):
+def test_all_bitmap_commands_are_registered(tmp_path):
     # The actions plug into `transaction` (another branch); until then the commands work
     # on their own and the daemon lists all six.
     d = Daemon(tmp_path)
@@ -361,3 +361,80 @@ def test_full_then_incremental_restores_the_second_snapshot(tmp_path):
     for i in frozen:
         restored[i * K64:(i + 1) * K64] = inc_bytes[i * K64:(i + 1) * K64]
     assert bytes(restored) == point2
+
+
+# ---- 4. Raw disks: persistent bitmaps in a sidecar; a crash makes them inconsistent -----
+
+def sidecar_daemon(tmp_path, disk, sock):
+    d = Daemon(tmp_path, ['--blockdev', 'driver=file,node-name=disk,filename=' + disk,
+                          '--nbd-server', 'addr.type=unix,addr.path=' + sock])
+    d.qmp.execute('x-block-dirty-bitmap-sidecar', node='disk', path=disk + '.bitmaps')
+    return d
+
+
+def guest_writes(q, sock, cmds):
+    q.execute('block-export-add', type='nbd', id='guest', name='guest', writable=True,
+              **{'node-name': 'disk'})
+    qemu_io(nbd_uri(sock, 'guest'), *cmds)
+    q.execute('block-export-del', id='guest')
+    q.wait_event('BLOCK_EXPORT_DELETED')
+
+
+def test_sidecar_survives_restart_and_crash_needs_full_backup(tmp_path):
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    sock = str(tmp_path / 'nbd.sock')
+    d = sidecar_daemon(tmp_path, disk, sock)
+    try:
+        q = d.qmp
+        q.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
+        q.execute('block-dirty-bitmap-add', node='disk', name='tmp')  # not persistent
+        guest_writes(q, sock, ['write -P 1 0 4k', 'write -P 2 3M 128k', 'write -P 3 5M 1'])
+    finally:
+        assert d.stop() == 0  # clean shutdown saves the sidecar
+    d = sidecar_daemon(tmp_path, disk, sock)
+    try:
+        q = d.qmp
+        info = {b['name']: b for b in bitmaps_of(q, 'disk')}
+        assert set(info) == {'b0'}
+        assert info['b0']['persistent'] and info['b0']['recording']
+        assert 'inconsistent' not in info['b0']
+        # A read-only export needs a disabled bitmap.
+        q.execute('block-dirty-bitmap-disable', node='disk', name='b0')
+        q.execute('block-export-add', type='nbd', id='bm', name='bm', bitmaps=['b0'],
+                  **{'node-name': 'disk'})
+        expected = clusters_of([(0, 4096), (3 * MiB, 128 * 1024), (5 * MiB, 1)])
+        assert clusters_of(dirty_map(nbd_uri(sock, 'bm'), 'b0')) == expected
+        q.execute('block-export-del', id='bm')
+        q.wait_event('BLOCK_EXPORT_DELETED')
+        q.execute('block-dirty-bitmap-enable', node='disk', name='b0')
+        guest_writes(q, sock, ['write -P 4 7M 4k'])
+        # Crash: the sidecar stays marked in use.
+        d.proc.kill()
+        d.proc.wait()
+        # A crash leaves its unix sockets behind. Restarting over a stale QMP socket makes
+        # the first QMP connection get reset (a daemon start-up issue outside this test's
+        # subject, see the bitmaps branch report), so remove them as a service manager would.
+        for name in ('qmp.sock', 'nbd.sock'):
+            os.unlink(str(tmp_path / name))
+    finally:
+        d.stop()
+    d = sidecar_daemon(tmp_path, disk, sock)
+    try:
+        q = d.qmp
+        info = {b['name']: b for b in bitmaps_of(q, 'disk')}
+        assert info['b0']['inconsistent'] is True
+        target = str(tmp_path / 'target.raw')
+        make_raw(target, 8 * MiB)
+        q.execute('blockdev-add', driver='file', filename=target, **{'node-name': 'target'})
+        with pytest.raises(QmpError) as e:
+            q.execute('blockdev-backup', device='disk', target='target', sync='incremental',
+                      bitmap='b0', **{'job-id': 'inc'})
+        assert 'full backup' in e.value.desc
+        with pytest.raises(QmpError):
+            q.execute('block-dirty-bitmap-merge', node='disk', target='b0', bitmaps=[])
+        # The way out: drop it, start a new chain.
+        q.execute('block-dirty-bitmap-remove', node='disk', name='b0')
+        q.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
+    finally:
+        assert d.stop() == 0
