@@ -208,12 +208,18 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     if (auto e = check_writable()) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
+    dirty_bitmaps_.record(offset, buf.size());
+    std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
         // No native FUA: write, then flush, before the request completes.
-        if (auto e = co_await do_write(offset, buf, flags & ~req_fua)) co_return e;
-        co_return co_await do_flush();
+        ec = co_await do_write(offset, buf, flags & ~req_fua);
+        if (!ec) ec = co_await do_flush();
+    } else {
+        ec = co_await do_write(offset, buf, flags);
     }
-    co_return co_await do_write(offset, buf, flags);
+    // Recorded before and after: a bitmap frozen mid-request still sees it.
+    dirty_bitmaps_.record(offset, buf.size());
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t length,
@@ -222,11 +228,16 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
+    dirty_bitmaps_.record(offset, length);
+    std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
-        if (auto e = co_await do_write_zeroes(offset, length, flags & ~req_fua)) co_return e;
-        co_return co_await do_flush();
+        ec = co_await do_write_zeroes(offset, length, flags & ~req_fua);
+        if (!ec) ec = co_await do_flush();
+    } else {
+        ec = co_await do_write_zeroes(offset, length, flags);
     }
-    co_return co_await do_write_zeroes(offset, length, flags);
+    dirty_bitmaps_.record(offset, length);
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t length) {
@@ -234,7 +245,10 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
-    co_return co_await do_discard(offset, length);
+    dirty_bitmaps_.record(offset, length);
+    std::error_code ec = co_await do_discard(offset, length);
+    dirty_bitmaps_.record(offset, length);
+    co_return ec;
 }
 
 io::Task<std::error_code> Node::truncate(std::uint64_t size) {

@@ -8,6 +8,7 @@
 // (exports, jobs), holds new requests while the node is drained so that a graph change
 // (e.g. inserting a copy-before-write filter) takes effect for every later request.
 
+#include "block/dirty_bitmap.hpp"
 #include "block/perm.hpp"
 #include "block/types.hpp"
 #include "io/sync.hpp"
@@ -132,6 +133,14 @@ class Node : public ChildParent {
     // Graph hooks: the child set or a child's content changed (recompute caps and size).
     virtual void refresh_from_children() {}
 
+    // Dirty bitmaps: every write, write-zeroes and discard reaching this node is recorded
+    // by the entry points above, before the driver runs and again when it is done (a write
+    // in flight while a backup freezes a bitmap lands in the successor too).
+    DirtyBitmaps& dirty_bitmaps() { return dirty_bitmaps_; }
+    const DirtyBitmaps& dirty_bitmaps() const { return dirty_bitmaps_; }
+    // Whether persistent bitmaps can be stored with this node's image (qcow2 can).
+    virtual bool supports_persistent_bitmaps() const { return false; }
+
     std::uint64_t in_flight() const { return in_flight_; }
     // Work a driver keeps doing after the request that started it returned (a copy-before-
     // write copy that timed out goes on in the background): it counts as in flight, so
@@ -190,6 +199,7 @@ class Node : public ChildParent {
     std::uint32_t quiesce_counter_ = 0;
     io::WaitQueue idle_;          // notified when in_flight_ drops to zero
     io::WaitQueue quiesce_ended_; // notified when quiesce_counter_ drops to zero
+    DirtyBitmaps dirty_bitmaps_;
 };
 
 // Forwards every operation to the `file` child; drivers override what they change.

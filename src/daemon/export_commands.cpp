@@ -89,8 +89,13 @@ Status add_export(Services& s, const json& args) {
     o.writable = w.is_boolean() ? w.get<bool>() : (w == "on" || w == "true");
     const json d = args.value("allocation-depth", json(false));
     o.allocation_depth = d.is_boolean() ? d.get<bool>() : (d == "on" || d == "true");
-    if (args.contains("bitmaps") && !args["bitmaps"].empty())
-        return make_error("block-export-add: 'bitmaps' is not supported yet");
+    if (args.contains("bitmaps")) {
+        for (const json& b : args["bitmaps"]) {
+            // BlockDirtyBitmapOrStr; QEMU 7.2 takes names on the exported node.
+            if (!b.is_string()) return make_error("Parameter 'bitmaps' expects a list of names");
+            o.bitmaps.push_back(b.get<std::string>());
+        }
+    }
     if (s.nbd_server->has_export(o.id))
         return make_error(fmt::format("Block export id '{}' is already in use", o.id));
     return s.nbd_server->add_export(o);

@@ -61,13 +61,14 @@ Result<jobs::BackupOptions> parse_backup_options(const json& args) {
         o.sync = jobs::SyncMode::top;
     else if (sync == "none")
         o.sync = jobs::SyncMode::none;
-    else if (sync == "bitmap" || sync == "incremental")
-        return make_error(fmt::format("sync mode '{}' is not supported yet", sync));
+    else if (sync == "bitmap")
+        o.sync = jobs::SyncMode::bitmap;
+    else if (sync == "incremental")
+        o.sync = jobs::SyncMode::incremental;
     else
         return make_error(fmt::format("Parameter 'sync' does not accept value '{}'", sync));
-    for (const char* key : {"bitmap", "bitmap-mode"})
-        if (args.contains(key))
-            return make_error(fmt::format("blockdev-backup: '{}' is not supported yet", key));
+    o.bitmap = args.value("bitmap", std::string());
+    o.bitmap_mode = args.value("bitmap-mode", std::string());
     o.job.id = args.value("job-id", o.device);
     auto speed = non_negative(args, "speed", 0);
     if (!speed) return speed.error();

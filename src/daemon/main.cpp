@@ -6,6 +6,7 @@
 #include "control/keyval.hpp"
 #include "control/qmp_server.hpp"
 #include "control/version.hpp"
+#include "daemon/bitmap_commands.hpp"
 #include "daemon/export_commands.hpp"
 #include "daemon/graph_commands.hpp"
 #include "daemon/job_commands.hpp"
@@ -98,6 +99,7 @@ int run(const Options& options) {
     register_graph_commands(registry, services);
     register_export_commands(registry);
     register_job_commands(registry);
+    register_bitmap_commands(registry);
     register_object_commands(registry);
 
     control::CommandContext ctx;
@@ -144,6 +146,8 @@ int run(const Options& options) {
     if (options.daemonize) daemonize_ready();
     log::info("fleeced ready");
     loop.run();
+    if (Status st = save_bitmap_sidecars(*services.graph); !st)
+        log::error("fleeced: {}", st.error().message);
     loop.run_until_complete(shut_down(&services));
 
     for (const auto& path : socket_paths)

@@ -15,6 +15,22 @@ bool has_writers(const block::Node& node) {
     return false;
 }
 
+const char* sync_mode_name(SyncMode mode) {
+    switch (mode) {
+    case SyncMode::full:
+        return "full";
+    case SyncMode::top:
+        return "top";
+    case SyncMode::none:
+        return "none";
+    case SyncMode::bitmap:
+        return "bitmap";
+    case SyncMode::incremental:
+        return "incremental";
+    }
+    return "full";
+}
+
 } // namespace
 
 BackupJob::BackupJob(block::Graph& graph, BackupOptions options, EventSink events)
@@ -42,6 +58,18 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
         return Error{"DeviceNotFound", fmt::format("Cannot find device='{}' nor node-name='{}'",
                                                    options.target, options.target)};
     if (source == target) return make_error("Source and target cannot be the same");
+    BitmapSyncRequest bitmap_req{std::string(sync_mode_name(options.sync)), options.bitmap,
+                                 options.bitmap_mode};
+    if (Status st = normalize_bitmap_sync(bitmap_req); !st) return st.error();
+    if (bitmap_req.sync == "bitmap") options.sync = SyncMode::bitmap; // incremental too
+    // Frozen before anything else can fail, as QEMU checks the bitmap first; an early
+    // return reclaims it (BackupBitmap's destructor).
+    std::unique_ptr<BackupBitmap> frozen;
+    if (!bitmap_req.bitmap.empty()) {
+        auto f = BackupBitmap::freeze(*source, bitmap_req);
+        if (!f) return f.error();
+        frozen = std::move(*f);
+    }
     if (source->size() != target->size())
         return make_error("Source and target image have different sizes");
     if (options.max_workers == 0) return make_error("max-workers must be greater than zero");
@@ -65,6 +93,7 @@ Result<std::unique_ptr<BackupJob>> BackupJob::create(block::Graph& graph, Backup
     Status st = needs_filter ? job->prepare_filter(*source, *target, make_filter)
                              : job->prepare_immutable(*source, *target);
     if (!st) return st.error(); // the destructor detaches what was attached
+    job->sync_bitmap_ = std::move(frozen);
     job->copy_->set_speed(job->options_.job.speed);
     job->copy_->set_compress(job->options_.compress);
     job->set_progress_total(job->copy_->progress_total());
@@ -130,15 +159,28 @@ Status BackupJob::prepare_filter(block::Node& source, block::Node& target,
 }
 
 io::Task<Status> BackupJob::insert() {
-    if (!filter_node_ || inserted_) co_return Status{};
-    Status st = co_await graph_.replace(*source_node_, *filter_node_);
-    if (!st) co_return st;
-    inserted_ = true;
-    // The job holds the filter like QEMU's job block backend: no permissions of its own.
-    auto edge = graph_.attach(*this, *filter_node_, 0, block::perm_all, "root");
-    if (!edge) co_return edge.error();
-    source_ = std::move(*edge);
+    if (filter_node_ && !inserted_) {
+        Status st = co_await graph_.replace(*source_node_, *filter_node_);
+        if (!st) co_return st;
+        inserted_ = true;
+        // The job holds the filter like QEMU's job block backend: no permissions of its own.
+        auto edge = graph_.attach(*this, *filter_node_, 0, block::perm_all, "root");
+        if (!edge) co_return edge.error();
+        source_ = std::move(*edge);
+    }
+    // The point in time is now: the filter (if any) sees every later write.
+    seed_copy_bitmap();
     co_return Status{};
+}
+
+void BackupJob::seed_copy_bitmap() {
+    if (copy_bitmap_seeded_ || !copy_) return;
+    copy_bitmap_seeded_ = true;
+    if (options_.sync != SyncMode::bitmap) return; // the engine starts with every cluster
+    // Seeded at the snapshot point, not at create(): writes made between the freeze and
+    // the filter's insertion are in the successor and must be copied too.
+    sync_bitmap_->seed_copy_bitmap(*copy_);
+    set_progress_total(copy_->progress_total());
 }
 
 io::Task<void> BackupJob::remove_filter() {
@@ -170,6 +212,7 @@ std::error_code BackupJob::snapshot_broken() {
 }
 
 io::Task<std::error_code> BackupJob::run() {
+    seed_copy_bitmap(); // no-op after insert(); a job without insert() has no writers
     std::error_code result;
     if (options_.sync == SyncMode::top) {
         // Only what the source's top layer allocates is copied.
@@ -253,6 +296,15 @@ void BackupJob::on_interrupt() {
     // Ends the running background call; in-flight chunks finish, the rest stays dirty.
     stop_reset_ = cancelled();
     if (copy_) copy_->cancel_background();
+}
+
+// The sync bitmap's fate (see backup_bitmap.hpp); run() has waited for every copy.
+void BackupJob::commit() {
+    if (sync_bitmap_) sync_bitmap_->finish(true, copy_->copy_bitmap(), copy_->cluster_size());
+}
+
+void BackupJob::abort() {
+    if (sync_bitmap_) sync_bitmap_->finish(false, copy_->copy_bitmap(), copy_->cluster_size());
 }
 
 void BackupJob::clean() {

@@ -17,6 +17,7 @@
 
 #include "block/block_copy.hpp"
 #include "block/graph.hpp"
+#include "jobs/backup_bitmap.hpp"
 #include "jobs/backup_filter.hpp"
 #include "jobs/error_action.hpp"
 #include "jobs/job.hpp"
@@ -26,13 +27,16 @@
 
 namespace fleece::jobs {
 
-enum class SyncMode { full, top, none };
+// incremental is bitmap with bitmap-mode on-success (normalised in create()).
+enum class SyncMode { full, top, none, bitmap, incremental };
 
 struct BackupOptions {
     JobOptions job;
     std::string device;
     std::string target;
     SyncMode sync = SyncMode::full;
+    std::string bitmap;           // sync bitmap on `device` ("" = none)
+    std::string bitmap_mode;      // on-success | always | never ("" = not given)
     std::string filter_node_name; // empty: "#blockNNN"
     ErrorAction on_source_error = ErrorAction::report;
     ErrorAction on_target_error = ErrorAction::report;
@@ -68,6 +72,10 @@ class BackupJob final : public Job, public block::ChildParent {
 
   protected:
     io::Task<std::error_code> run() override;
+    void commit() override;
+    void abort() override;
+    void commit() override;
+    void abort() override;
     void clean() override;
     io::Task<void> clean_graph() override;
     void on_speed_changed() override;
@@ -76,6 +84,7 @@ class BackupJob final : public Job, public block::ChildParent {
 
   private:
     BackupJob(block::Graph& graph, BackupOptions options, EventSink events);
+    void seed_copy_bitmap();
     Status prepare_immutable(block::Node& source, block::Node& target);
     Status prepare_filter(block::Node& source, block::Node& target,
                           const BackupFilterFactory& make_filter);
@@ -95,6 +104,8 @@ class BackupJob final : public Job, public block::ChildParent {
     block::Node* filter_node_ = nullptr; // in the graph once prepared
     bool inserted_ = false;
     bool stop_reset_ = false;
+    std::unique_ptr<BackupBitmap> sync_bitmap_; // frozen while the job runs
+    bool copy_bitmap_seeded_ = false;
 };
 
 } // namespace fleece::jobs

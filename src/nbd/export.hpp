@@ -20,7 +20,9 @@ struct ExportOptions {
     std::string name;        // NBD export name; empty = same as node_name
     std::string description; // NBD_INFO_DESCRIPTION / NBD_REP_SERVER text
     bool writable = false;
-    bool allocation_depth = false; // offer the qemu:allocation-depth meta context
+    bool allocation_depth = false;    // offer the qemu:allocation-depth meta context
+    std::vector<std::string> bitmaps; // offer qemu:dirty-bitmap:NAME for each (see
+                                      // dirty_bitmap_context.hpp)
 };
 
 class Connection;
@@ -54,6 +56,9 @@ class Export final : public block::ChildParent {
     // The one place that decides which contexts an export offers (qemu:dirty-bitmap:NAME
     // contexts for the export's bitmaps go here too).
     void build_contexts();
+
+    // The exported dirty bitmaps: busy while the export exists, released on removal.
+    std::vector<block::DirtyBitmap*> bitmaps_;
 
     friend class NbdServer;
     friend class Connection;

@@ -2,6 +2,7 @@
 
 #include "io/event_loop.hpp"
 #include "nbd/connection.hpp"
+#include "nbd/dirty_bitmap_context.hpp"
 
 #include <algorithm>
 #include <sys/socket.h>
@@ -103,10 +104,18 @@ Status NbdServer::add_export(ExportOptions opts) {
         return make_error("Cannot export node '" + opts.node_name + "' writable: it is read-only");
     const block::PermSet perm =
         block::perm_consistent_read | (opts.writable ? block::perm_write : 0);
+    auto bitmaps = claim_export_bitmaps(*node, opts.bitmaps, opts.writable);
+    if (!bitmaps) return bitmaps.error();
     auto exp = std::make_shared<Export>(std::move(opts));
     auto child = graph_.attach(*exp, *node, perm, block::perm_all);
-    if (!child) return child.error();
+    if (!child) {
+        release_export_bitmaps(*bitmaps);
+        return child.error();
+    }
     exp->child_ = std::move(*child);
+    exp->bitmaps_ = std::move(*bitmaps);
+    for (const block::DirtyBitmap* b : exp->bitmaps_)
+        exp->contexts_.push_back(make_dirty_bitmap_context(b));
     exports_.push_back(std::move(exp));
     return {};
 }
@@ -123,6 +132,8 @@ io::Task<Status> NbdServer::remove_export(std::string id) {
         c->shut_down();
     co_await exp->gate_.close();
     exports_.erase(std::find(exports_.begin(), exports_.end(), exp));
+    release_export_bitmaps(exp->bitmaps_);
+    exp->bitmaps_.clear();
     if (exp->child_) graph_.detach(std::move(exp->child_));
     co_return Status{};
 }

@@ -19,9 +19,22 @@ int backing_depth(const block::Node& n) {
     return b ? 1 + backing_depth(b->node()) : 0;
 }
 
+// BlockDirtyInfo list; QEMU omits the key when the node has no bitmaps.
+json dirty_bitmaps_info(const block::Node& n) {
+    json out = json::array();
+    for (const auto& b : n.dirty_bitmaps().list()) {
+        json info = {
+            {"name", b->name()}, {"recording", b->recording()},     {"persistent", b->persistent()},
+            {"busy", b->busy()}, {"granularity", b->granularity()}, {"count", b->count()}};
+        if (b->inconsistent()) info["inconsistent"] = true;
+        out.push_back(std::move(info));
+    }
+    return out;
+}
+
 json node_info(const block::Node& n) {
     json image = {{"virtual-size", n.size()}, {"filename", n.filename()}, {"format", n.driver()}};
-    return json{
+    json info = json{
         {"node-name", n.name()},
         {"drv", n.driver()},
         {"file", n.filename()},
@@ -39,6 +52,8 @@ json node_info(const block::Node& n) {
         {"cache",
          {{"writeback", true}, {"direct", n.cache_direct()}, {"no-flush", n.cache_no_flush()}}},
         {"image", image}};
+    if (!n.dirty_bitmaps().empty()) info["dirty-bitmaps"] = dirty_bitmaps_info(n);
+    return info;
 }
 } // namespace
 

@@ -1,5 +1,6 @@
 #include "nodes/copy_before_write/cbw_node.hpp"
 
+#include "block/graph.hpp"
 #include "util/align.hpp"
 
 #include <fmt/format.h>
@@ -16,8 +17,18 @@ CbwNode::CbwNode(std::string name, Node& file, Node& target, CbwConfig cfg)
     const std::uint64_t cluster = BlockCopy::cluster_size_for(target, cfg_.min_cluster_size);
     // Fleecing (target's backing is our file): copies do not change what the target reads.
     bcs_ = std::make_unique<BlockCopy>(this->file(), *target_, cluster, is_fleecing());
-    access_ = Bitmap(bcs_->copy_bitmap().size());
-    access_.set_all();
+    if (cfg_.bitmap) {
+        // Clusters clean in the user's bitmap did not change since the last backup: neither
+        // copied nor readable. A coarser cluster rounds the dirty areas outwards.
+        DirtyBitmap clusters("", size(), cluster);
+        clusters.merge(*cfg_.bitmap);
+        bcs_->copy_bitmap() = clusters.copy_bits();
+        access_ = clusters.copy_bits();
+        cfg_.bitmap = nullptr;
+    } else {
+        access_ = Bitmap(bcs_->copy_bitmap().size());
+        access_.set_all();
+    }
     done_ = Bitmap(bcs_->copy_bitmap().size());
 }
 
@@ -180,15 +191,28 @@ io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::u
 
 namespace {
 
+// BlockDirtyBitmap {node, name}, QEMU's messages.
+Result<const DirtyBitmap*> find_bitmap_option(const Graph& graph, const nlohmann::json& ref) {
+    if (!ref.is_object())
+        return make_error("Invalid parameter type for 'bitmap', expected: object");
+    for (const char* key : {"node", "name"})
+        if (!ref.contains(key) || !ref[key].is_string())
+            return make_error(fmt::format("Parameter 'bitmap.{}' is missing", key));
+    const std::string node = ref["node"].get<std::string>();
+    const std::string name = ref["name"].get<std::string>();
+    const Node* n = graph.find(node);
+    if (!n) return make_error(fmt::format("Node '{}' not found", node));
+    const DirtyBitmap* b = n->dirty_bitmaps().find(name);
+    if (!b) return make_error(fmt::format("Dirty bitmap '{}' not found", name));
+    return b;
+}
+
 io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string node_name,
                                                  const CommonOptions&, OptionReader& opts) {
     CbwConfig cfg;
     const nlohmann::json* file_ref = opts.required_raw("file");
     const nlohmann::json* target_ref = opts.required_raw("target");
-    if (const nlohmann::json* bm = opts.raw("bitmap")) {
-        (void)bm;
-        co_return make_error("copy-before-write: option 'bitmap' is not supported yet");
-    }
+    const nlohmann::json* bitmap_ref = opts.raw("bitmap");
     if (auto e = opts.choice("on-cbw-error", {"break-guest-write", "break-snapshot"}))
         cfg.on_error =
             *e == "break-snapshot" ? OnCbwError::break_snapshot : OnCbwError::break_guest_write;
@@ -211,6 +235,17 @@ io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string n
     if ((*file)->size() != (*target)->size())
         co_return make_error(fmt::format("Source and target image have different sizes ({} vs {})",
                                          (*file)->size(), (*target)->size()));
+    if (bitmap_ref) {
+        auto bitmap = find_bitmap_option(ctx.graph, *bitmap_ref);
+        if (!bitmap) co_return bitmap.error();
+        if (Status st = check_bitmap(**bitmap, bitmap_check_inconsistent); !st)
+            co_return st.error();
+        if ((*bitmap)->disk_size() != (*file)->size())
+            co_return make_error(
+                fmt::format("Bitmap '{}' size ({}) does not match the source size ({})",
+                            (*bitmap)->name(), (*bitmap)->disk_size(), (*file)->size()));
+        cfg.bitmap = *bitmap;
+    }
     co_return std::unique_ptr<Node>(std::make_unique<CbwNode>(node_name, **file, **target, cfg));
 }
 

@@ -21,6 +21,9 @@ struct CbwConfig {
     OnCbwError on_error = OnCbwError::break_guest_write;
     std::chrono::nanoseconds timeout{0};
     std::uint64_t min_cluster_size = 0;
+    // Option `bitmap`: only its dirty clusters are copied and readable in the snapshot. Its
+    // content is taken when the node opens (the pointer is not kept).
+    const block::DirtyBitmap* bitmap = nullptr;
 };
 
 class CbwNode final : public block::FilterNode, public block::SnapshotSource {

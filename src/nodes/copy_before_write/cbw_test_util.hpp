@@ -9,6 +9,7 @@
 #include "nodes/testing/memory_node.hpp"
 
 #include <cstring>
+#include <functional>
 #include <gtest/gtest.h>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -61,9 +62,12 @@ struct Fleece {
     User reader{"reader"};
     std::unique_ptr<block::Child> gc, rc;
 
-    explicit Fleece(std::uint64_t size, nlohmann::json cbw_extra = nlohmann::json::object()) {
+    // before_open runs on the source before the filter opens (e.g. to add a dirty bitmap).
+    explicit Fleece(std::uint64_t size, nlohmann::json cbw_extra = nlohmann::json::object(),
+                    std::function<void(MemoryNode&)> before_open = {}) {
         src = static_cast<MemoryNode*>(*g.add(std::make_unique<MemoryNode>("source", size)));
         tgt = static_cast<MemoryNode*>(*g.add(std::make_unique<MemoryNode>("temp", size)));
+        if (before_open) before_open(*src);
         open(std::move(cbw_extra));
     }
     void open(nlohmann::json cbw_extra) {

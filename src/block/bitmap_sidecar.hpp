@@ -1,0 +1,42 @@
+#pragma once
+// Bitmap sidecar files: persistent dirty bitmaps for nodes that cannot store them in their
+// image (raw files, block devices), in the "clean-shutdown" mode of ADR 0007.
+//
+// - Attaching loads the sidecar's bitmaps and at once rewrites it marked in-use (durably)
+//   before the node takes further writes.
+// - A clean shutdown writes the bitmaps and marks the file clean.
+// - A sidecar still marked in-use at load time means the previous process died without
+//   saving (kill -9, power loss): its bitmaps load as inconsistent, so every incremental
+//   backup with them is refused ("take a full backup") instead of silently missing writes.
+//
+// Format (little-endian): "FLEECEBM", u32 version 1, u32 state (0 clean, 1 in use),
+// u64 disk size, u32 bitmap count, then per bitmap: u32 name length, name, u64 granularity,
+// u8 enabled, u64 word count, the 64-bit words. Written to a temporary file, fsynced and
+// renamed over the old one, so a crash leaves either the old or the new file.
+
+#include "block/dirty_bitmap.hpp"
+#include "util/result.hpp"
+
+#include <string>
+
+namespace fleece::block {
+
+struct SidecarContent {
+    bool clean = false;
+    std::uint64_t disk_size = 0;
+    struct Entry {
+        std::string name;
+        std::uint64_t granularity = 0;
+        bool enabled = true;
+        std::vector<std::uint64_t> words;
+    };
+    std::vector<Entry> bitmaps;
+};
+
+// Reads a sidecar; an error names the problem (missing file, bad magic, truncation).
+Result<SidecarContent> read_sidecar(const std::string& path);
+// Writes `bitmaps` (the persistent ones) with the given state, atomically and durably.
+Status write_sidecar(const std::string& path, std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
+                     bool clean);
+
+} // namespace fleece::block

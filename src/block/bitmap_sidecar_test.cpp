@@ -1,0 +1,71 @@
+#include "block/bitmap_sidecar.hpp"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+namespace fleece::block {
+namespace {
+
+std::string temp_path(const char* name) {
+    return (std::filesystem::temp_directory_path() /
+            (std::string("fleece-sidecar-") + std::to_string(::getpid()) + "-" + name))
+        .string();
+}
+
+TEST(BitmapSidecar, RoundTripKeepsPersistentBitmapsOnly) {
+    const std::string path = temp_path("rt");
+    DirtyBitmaps set;
+    DirtyBitmap* a = *set.add("a", 10'000'000, 65536);
+    DirtyBitmap* b = *set.add("b", 10'000'000, 512);
+    DirtyBitmap* t = *set.add("temp", 10'000'000, 65536);
+    a->set_persistent(true);
+    b->set_persistent(true);
+    b->set_enabled(false);
+    a->record(3 * 65536 + 5, 70000);
+    b->set_dirty(9'999'999, 1);
+    t->record(0, 1);
+    // A frozen bitmap is saved with its successor's writes (over-approximation).
+    a->create_successor();
+    a->record(100 * 65536, 1);
+    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, true));
+    auto c = read_sidecar(path);
+    ASSERT_TRUE(c) << c.error().message;
+    EXPECT_TRUE(c->clean);
+    EXPECT_EQ(c->disk_size, 10'000'000u);
+    ASSERT_EQ(c->bitmaps.size(), 2u);
+    EXPECT_EQ(c->bitmaps[0].name, "a");
+    EXPECT_TRUE(c->bitmaps[0].enabled);
+    Bitmap bits(a->bits().size());
+    bits.load_words(c->bitmaps[0].words);
+    EXPECT_TRUE(bits.get(3) && bits.get(4) && bits.get(100));
+    EXPECT_EQ(bits.count(), 3u);
+    EXPECT_EQ(c->bitmaps[1].name, "b");
+    EXPECT_EQ(c->bitmaps[1].granularity, 512u);
+    EXPECT_FALSE(c->bitmaps[1].enabled);
+
+    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, false));
+    EXPECT_FALSE(read_sidecar(path)->clean);
+    std::remove(path.c_str());
+}
+
+TEST(BitmapSidecar, DamagedFilesAreErrors) {
+    const std::string path = temp_path("bad");
+    EXPECT_FALSE(read_sidecar(path)); // missing
+    DirtyBitmaps set;
+    (*set.add("a", 1 << 20, 65536))->set_persistent(true);
+    ASSERT_TRUE(write_sidecar(path, 1 << 20, set, true));
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) - 1);
+    auto r = read_sidecar(path);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("damaged or truncated"), std::string::npos);
+    { std::ofstream(path) << "something else entirely"; }
+    EXPECT_NE(read_sidecar(path).error().message.find("not a fleece bitmap sidecar"),
+              std::string::npos);
+    std::remove(path.c_str());
+}
+
+} // namespace
+} // namespace fleece::block

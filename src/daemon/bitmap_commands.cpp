@@ -1,0 +1,369 @@
+// QMP dirty bitmap commands and their transaction actions (see bitmap_commands.hpp).
+
+#include "daemon/bitmap_commands.hpp"
+
+#include "block/bitmap_sidecar.hpp"
+#include "block/dirty_bitmap.hpp"
+#include "block/graph.hpp"
+#include "daemon/services.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fmt/format.h>
+#include <map>
+#include <optional>
+#include <unistd.h>
+#include <vector>
+
+namespace fleece::daemon {
+namespace {
+
+using block::DirtyBitmap;
+using nlohmann::json;
+
+// ---- argument schemas (shared by the commands and the transaction actions) -------------
+
+using control::ArgType;
+const std::vector<control::ArgSpec>& add_args() {
+    static const std::vector<control::ArgSpec> a = {{"node", ArgType::str, true},
+                                                    {"name", ArgType::str, true},
+                                                    {"granularity", ArgType::integer, false},
+                                                    {"persistent", ArgType::boolean, false},
+                                                    {"disabled", ArgType::boolean, false}};
+    return a;
+}
+const std::vector<control::ArgSpec>& name_args() {
+    static const std::vector<control::ArgSpec> a = {{"node", ArgType::str, true},
+                                                    {"name", ArgType::str, true}};
+    return a;
+}
+const std::vector<control::ArgSpec>& merge_args() {
+    static const std::vector<control::ArgSpec> a = {{"node", ArgType::str, true},
+                                                    {"target", ArgType::str, true},
+                                                    {"bitmaps", ArgType::array, true}};
+    return a;
+}
+
+Status validate(std::string_view type, const std::vector<control::ArgSpec>& args,
+                const json& data) {
+    control::CommandSpec spec;
+    spec.name = std::string(type);
+    spec.args = args;
+    if (!data.is_object()) return make_error("Invalid parameter type for 'data', expected: object");
+    return control::validate_args(spec, data);
+}
+
+Result<block::Node*> find_node(block::Graph& graph, const std::string& name) {
+    block::Node* n = graph.find(name);
+    if (!n)
+        return make_error(fmt::format("Cannot find device='{}' nor node-name='{}'", name, name));
+    return n;
+}
+
+// block_dirty_bitmap_lookup in QEMU: node, then bitmap.
+Result<DirtyBitmap*> lookup(block::Graph& graph, const std::string& node, const std::string& name,
+                            block::Node** node_out = nullptr) {
+    auto n = find_node(graph, node);
+    if (!n) return n.error();
+    DirtyBitmap* b = (*n)->dirty_bitmaps().find(name);
+    if (!b) return make_error(fmt::format("Dirty bitmap '{}' not found", name));
+    if (node_out) *node_out = *n;
+    return b;
+}
+
+// Node name -> sidecar path, for nodes whose persistent bitmaps live in a sidecar file.
+std::map<std::string, std::string>& sidecars() {
+    static std::map<std::string, std::string> m;
+    return m;
+}
+
+// ---- actions ----------------------------------------------------------------------------
+
+class AddAction final : public BitmapAction {
+  public:
+    AddAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    Status prepare() override {
+        if (Status st = validate("block-dirty-bitmap-add", add_args(), data_); !st) return st;
+        auto n = find_node(graph_, data_["node"].get<std::string>());
+        if (!n) return n.error();
+        block::Node& node = **n;
+        std::uint64_t granularity = block::default_bitmap_granularity(node.limits().cluster_size);
+        if (data_.contains("granularity")) {
+            const json& g = data_["granularity"];
+            if (!g.is_number_unsigned())
+                return make_error("Parameter 'granularity' expects uint32_t");
+            granularity = g.get<std::uint64_t>();
+        }
+        const bool persistent = data_.value("persistent", false);
+        const std::string name = data_["name"].get<std::string>();
+        if (persistent && !name.empty() && !node.supports_persistent_bitmaps() &&
+            !sidecars().count(node.name()))
+            return make_error(fmt::format(
+                "Can't store persistent bitmaps to {}: Operation not supported", node.name()));
+        auto b = node.dirty_bitmaps().add(name, node.size(), granularity);
+        if (!b) return b.error();
+        (*b)->set_persistent(persistent);
+        (*b)->set_enabled(!data_.value("disabled", false));
+        node_ = &node;
+        added_ = *b;
+        return {};
+    }
+    void abort() override {
+        if (added_) node_->dirty_bitmaps().remove(added_);
+    }
+
+  private:
+    block::Graph& graph_;
+    json data_;
+    block::Node* node_ = nullptr;
+    DirtyBitmap* added_ = nullptr;
+};
+
+class RemoveAction final : public BitmapAction {
+  public:
+    RemoveAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    Status prepare() override {
+        if (Status st = validate("block-dirty-bitmap-remove", name_args(), data_); !st) return st;
+        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>(),
+                        &node_);
+        if (!b) return b.error();
+        if (Status st = check_bitmap(**b, block::bitmap_check_busy | block::bitmap_check_readonly);
+            !st)
+            return st;
+        // Hidden from the rest of the transaction: busy until it is really gone.
+        bitmap_ = *b;
+        bitmap_->set_busy(true);
+        return {};
+    }
+    void commit() override { node_->dirty_bitmaps().remove(bitmap_); }
+    void abort() override { bitmap_->set_busy(false); }
+
+  private:
+    block::Graph& graph_;
+    json data_;
+    block::Node* node_ = nullptr;
+    DirtyBitmap* bitmap_ = nullptr;
+};
+
+class ClearAction final : public BitmapAction {
+  public:
+    ClearAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    Status prepare() override {
+        if (Status st = validate("block-dirty-bitmap-clear", name_args(), data_); !st) return st;
+        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>());
+        if (!b) return b.error();
+        if (Status st = check_bitmap(**b, block::bitmap_check_all); !st) return st;
+        bitmap_ = *b;
+        saved_ = bitmap_->copy_bits();
+        bitmap_->clear();
+        return {};
+    }
+    void abort() override { bitmap_->restore_bits(std::move(*saved_)); }
+
+  private:
+    block::Graph& graph_;
+    json data_;
+    DirtyBitmap* bitmap_ = nullptr;
+    std::optional<Bitmap> saved_;
+};
+
+class EnableAction final : public BitmapAction {
+  public:
+    EnableAction(block::Graph& g, json d, bool enable)
+        : graph_(g), data_(std::move(d)), enable_(enable) {}
+    Status prepare() override {
+        const char* type = enable_ ? "block-dirty-bitmap-enable" : "block-dirty-bitmap-disable";
+        if (Status st = validate(type, name_args(), data_); !st) return st;
+        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>());
+        if (!b) return b.error();
+        if (Status st = check_bitmap(**b, block::bitmap_check_allow_readonly); !st) return st;
+        bitmap_ = *b;
+        was_ = bitmap_->enabled();
+        bitmap_->set_enabled(enable_);
+        return {};
+    }
+    void abort() override { bitmap_->set_enabled(was_); }
+
+  private:
+    block::Graph& graph_;
+    json data_;
+    bool enable_;
+    DirtyBitmap* bitmap_ = nullptr;
+    bool was_ = false;
+};
+
+class MergeAction final : public BitmapAction {
+  public:
+    MergeAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    Status prepare() override {
+        if (Status st = validate("block-dirty-bitmap-merge", merge_args(), data_); !st) return st;
+        const std::string node = data_["node"].get<std::string>();
+        auto dst = lookup(graph_, node, data_["target"].get<std::string>());
+        if (!dst) return dst.error();
+        if (Status st = check_bitmap(**dst, block::bitmap_check_all); !st) return st;
+        // Collect and check every source first: the merge is all or nothing.
+        std::vector<const DirtyBitmap*> sources;
+        const json& list = data_["bitmaps"];
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            const json& item = list[i];
+            Result<DirtyBitmap*> src = make_error("");
+            if (item.is_string()) {
+                src = lookup(graph_, node, item.get<std::string>());
+            } else if (item.is_object() && item.contains("node") && item["node"].is_string() &&
+                       item.contains("name") && item["name"].is_string() && item.size() == 2) {
+                block::Node* n = graph_.find(item["node"].get<std::string>());
+                if (!n)
+                    return make_error(
+                        fmt::format("Node '{}' not found", item["node"].get<std::string>()));
+                src = lookup(graph_, n->name(), item["name"].get<std::string>());
+            } else {
+                return make_error(fmt::format(
+                    "Invalid parameter type for 'bitmaps[{}]', expected: string or object "
+                    "{{node, name}}",
+                    i));
+            }
+            if (!src) return src.error();
+            if (Status st = check_bitmap(**src, block::bitmap_check_busy |
+                                                    block::bitmap_check_inconsistent);
+                !st)
+                return st;
+            if (Status st = block::merge_check(**dst, **src); !st) return st;
+            sources.push_back(*src);
+        }
+        bitmap_ = *dst;
+        saved_ = bitmap_->copy_bits();
+        for (const DirtyBitmap* s : sources)
+            bitmap_->merge(*s);
+        return {};
+    }
+    void abort() override { bitmap_->restore_bits(std::move(*saved_)); }
+
+  private:
+    block::Graph& graph_;
+    json data_;
+    DirtyBitmap* bitmap_ = nullptr;
+    std::optional<Bitmap> saved_;
+};
+
+// ---- commands ---------------------------------------------------------------------------
+
+block::Graph& graph_of(control::CommandContext& ctx) {
+    return *static_cast<Services*>(ctx.services)->graph;
+}
+
+Status attach_sidecar(block::Graph& graph, const std::string& node_name, const std::string& path) {
+    auto n = find_node(graph, node_name);
+    if (!n) return n.error();
+    block::Node& node = **n;
+    if (sidecars().count(node.name()))
+        return make_error(fmt::format("Node '{}' already has a bitmap sidecar", node.name()));
+    const bool exists = ::access(path.c_str(), F_OK) == 0;
+    if (!exists && errno != ENOENT)
+        return make_error(
+            fmt::format("Cannot access bitmap sidecar '{}': {}", path, std::strerror(errno)));
+    if (exists) {
+        auto content = block::read_sidecar(path);
+        if (!content) return content.error();
+        if (content->disk_size != node.size())
+            return make_error(fmt::format("Bitmap sidecar '{}' is for a disk of {} bytes, node "
+                                          "'{}' has {}",
+                                          path, content->disk_size, node.name(), node.size()));
+        for (const auto& e : content->bitmaps)
+            if (node.dirty_bitmaps().find(e.name))
+                return make_error("Bitmap already exists: " + e.name);
+        for (auto& e : content->bitmaps) {
+            auto b = node.dirty_bitmaps().add(e.name, node.size(), e.granularity);
+            if (!b) return b.error();
+            Bitmap bits((*b)->bits().size());
+            bits.load_words(e.words);
+            (*b)->restore_bits(std::move(bits));
+            (*b)->set_persistent(true);
+            (*b)->set_enabled(e.enabled);
+            // Not saved at the last shutdown: writes after the last save are unknown.
+            (*b)->set_inconsistent(!content->clean);
+        }
+    }
+    // In use from now on, durably, before the node takes another write.
+    if (Status st = block::write_sidecar(path, node.size(), node.dirty_bitmaps(), false); !st)
+        return st;
+    sidecars()[node.name()] = path;
+    return {};
+}
+
+io::Task<Result<json>> sidecar_command(control::CommandContext& ctx, const json& args) {
+    Status st = attach_sidecar(graph_of(ctx), args.at("node").get<std::string>(),
+                               args.at("path").get<std::string>());
+    if (!st) co_return st.error();
+    co_return json::object();
+}
+
+template <const char* Type>
+io::Task<Result<json>> bitmap_command(control::CommandContext& ctx, const json& args) {
+    std::unique_ptr<BitmapAction> action = make_bitmap_action(graph_of(ctx), Type, args);
+    if (Status st = action->prepare(); !st) co_return st.error();
+    action->commit();
+    co_return json::object();
+}
+
+constexpr char add_type[] = "block-dirty-bitmap-add";
+constexpr char remove_type[] = "block-dirty-bitmap-remove";
+constexpr char clear_type[] = "block-dirty-bitmap-clear";
+constexpr char enable_type[] = "block-dirty-bitmap-enable";
+constexpr char disable_type[] = "block-dirty-bitmap-disable";
+constexpr char merge_type[] = "block-dirty-bitmap-merge";
+
+} // namespace
+
+bool is_bitmap_action(std::string_view type) {
+    for (std::string_view t :
+         {add_type, remove_type, clear_type, enable_type, disable_type, merge_type})
+        if (t == type) return true;
+    return false;
+}
+
+std::unique_ptr<BitmapAction> make_bitmap_action(block::Graph& graph, std::string_view type,
+                                                 json data) {
+    if (type == add_type) return std::make_unique<AddAction>(graph, std::move(data));
+    if (type == remove_type) return std::make_unique<RemoveAction>(graph, std::move(data));
+    if (type == clear_type) return std::make_unique<ClearAction>(graph, std::move(data));
+    if (type == enable_type) return std::make_unique<EnableAction>(graph, std::move(data), true);
+    if (type == disable_type) return std::make_unique<EnableAction>(graph, std::move(data), false);
+    if (type == merge_type) return std::make_unique<MergeAction>(graph, std::move(data));
+    FLEECE_ASSERT(!"not a bitmap action");
+    return nullptr;
+}
+
+Status save_bitmap_sidecars(block::Graph& graph) {
+    Status result;
+    for (const auto& [name, path] : sidecars()) {
+        // A node deleted meanwhile leaves its sidecar in use: loads inconsistent (safe).
+        block::Node* n = graph.find(name);
+        if (!n) continue;
+        Status st = block::write_sidecar(path, n->size(), n->dirty_bitmaps(), true);
+        if (!st && result) result = st;
+    }
+    return result;
+}
+
+void register_bitmap_commands(control::CommandRegistry& registry) {
+    registry.add({"x-block-dirty-bitmap-sidecar",
+                  "Keeps a node's persistent bitmaps in a sidecar file (loads it, marks it in "
+                  "use; saved clean at shutdown)",
+                  {{"node", ArgType::str, true}, {"path", ArgType::str, true}},
+                  false,
+                  sidecar_command});
+    registry.add({add_type, "Creates a dirty bitmap on a node", add_args(), false,
+                  bitmap_command<add_type>});
+    registry.add(
+        {remove_type, "Deletes a dirty bitmap", name_args(), false, bitmap_command<remove_type>});
+    registry.add(
+        {clear_type, "Clears a dirty bitmap", name_args(), false, bitmap_command<clear_type>});
+    registry.add({enable_type, "Makes a dirty bitmap record writes", name_args(), false,
+                  bitmap_command<enable_type>});
+    registry.add({disable_type, "Stops a dirty bitmap from recording writes", name_args(), false,
+                  bitmap_command<disable_type>});
+    registry.add({merge_type, "Merges dirty bitmaps (also from other nodes) into a target",
+                  merge_args(), false, bitmap_command<merge_type>});
+}
+
+} // namespace fleece::daemon

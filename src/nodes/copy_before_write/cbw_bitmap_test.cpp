@@ -1,0 +1,67 @@
+// copy-before-write with the `bitmap` option: only the bitmap's dirty clusters are copied
+// before writes and readable through the snapshot; clean clusters read as EACCES.
+
+#include "nodes/copy_before_write/cbw_test_util.hpp"
+
+namespace fleece::nodes::testing {
+namespace {
+
+constexpr std::uint64_t k = 1024;
+constexpr std::uint64_t M = 1024 * k;
+
+nlohmann::json bitmap_option() {
+    return {{"bitmap", {{"node", "source"}, {"name", "frozen"}}}};
+}
+
+// Clusters 1 and 3 (64 KiB) dirty, at a finer granularity than the CBW cluster.
+void add_frozen_bitmap(MemoryNode& src) {
+    block::DirtyBitmap* b = *src.dirty_bitmaps().add("frozen", src.size(), 4096);
+    b->record(64 * k + 4 * k, 4 * k);
+    b->record(3 * 64 * k, 64 * k);
+    b->set_enabled(false);
+}
+
+TEST(CbwBitmap, OnlyDirtyClustersAreCopiedAndReadable) {
+    Fleece f(1 * M, bitmap_option(), add_frozen_bitmap);
+    f.fill(0, 1 * M, 0x11);
+    EXPECT_EQ(f.cbw->block_copy().copy_bitmap().count(), 2u);
+    // Guest writes everywhere: only the two dirty clusters are copied.
+    EXPECT_FALSE(f.run(write_pattern(f.gc.get(), 0, 1 * M, 0x22)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
+    // The snapshot serves the dirty clusters with the old data...
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 64 * k, 64 * k, 0x11)));
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 3 * 64 * k, 64 * k, 0x11)));
+    // ...and refuses the clean ones, also when a read straddles both.
+    EXPECT_EQ(f.run(read_pattern(f.rc.get(), 0, 4 * k, 0x11)), block::errno_code(EACCES));
+    EXPECT_EQ(f.run(read_pattern(f.rc.get(), 2 * 64 * k, 64 * k, 0x11)), block::errno_code(EACCES));
+    EXPECT_EQ(f.run(read_pattern(f.rc.get(), 64 * k, 128 * k, 0x11)), block::errno_code(EACCES));
+    // Block status too.
+    block::BlockStatus st = f.loop.run_until_complete(f.rc->block_status(0, 64 * k));
+    EXPECT_EQ(st.error, block::errno_code(EACCES));
+    st = f.loop.run_until_complete(f.rc->block_status(64 * k, 1 * M - 64 * k));
+    EXPECT_FALSE(st.error);
+    EXPECT_EQ(st.length, 64 * k);
+}
+
+TEST(CbwBitmap, OptionErrors) {
+    EXPECT_THROW(Fleece(1 * M, {{"bitmap", {{"node", "nope"}, {"name", "frozen"}}}}),
+                 std::runtime_error);
+    try {
+        Fleece f(1 * M, {{"bitmap", "frozen"}}, add_frozen_bitmap);
+        FAIL();
+    } catch (const std::runtime_error& e) {
+        EXPECT_STREQ(e.what(), "Invalid parameter type for 'bitmap', expected: object");
+    }
+    try {
+        Fleece f(1 * M, bitmap_option(), [](MemoryNode& src) {
+            add_frozen_bitmap(src);
+            src.dirty_bitmaps().find("frozen")->set_inconsistent(true);
+        });
+        FAIL();
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("inconsistent"), std::string::npos);
+    }
+}
+
+} // namespace
+} // namespace fleece::nodes::testing
