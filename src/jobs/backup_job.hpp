@@ -74,8 +74,6 @@ class BackupJob final : public Job, public block::ChildParent {
     io::Task<std::error_code> run() override;
     void commit() override;
     void abort() override;
-    void commit() override;
-    void abort() override;
     void clean() override;
     io::Task<void> clean_graph() override;
     void on_speed_changed() override;
