@@ -39,7 +39,13 @@ struct Fixture {
         o.job.id = "bk";
         o.device = "src";
         o.target = "tgt";
-        o.sync = std::move(sync);
+        const std::pair<const char*, SyncMode> modes[] = {{"full", SyncMode::full},
+                                                          {"top", SyncMode::top},
+                                                          {"none", SyncMode::none},
+                                                          {"bitmap", SyncMode::bitmap},
+                                                          {"incremental", SyncMode::incremental}};
+        for (const auto& [n, m] : modes)
+            if (sync == n) o.sync = m;
         o.bitmap = std::move(bitmap);
         o.bitmap_mode = std::move(mode);
         return o;
