@@ -314,6 +314,17 @@ void BackupRun::setup() {
     remove_stale_runs(qmp_, out_, o_.node);
     graph_before_ = graph_fingerprint(qmp_);
     const std::vector<ParentEdge> parents = find_parents(qmp_, o_.node);
+    // The filter forbids writes that bypass it as soon as it has one parent, so a second
+    // writer could only move together with the first (no transactional blockdev-replace yet).
+    std::string writers;
+    for (const ParentEdge& p : parents)
+        if (p.writes) writers += (writers.empty() ? "" : ", ") + p.describe();
+    if (std::count_if(parents.begin(), parents.end(),
+                      [](const ParentEdge& p) { return p.writes; }) > 1)
+        throw std::runtime_error(
+            "node '" + o_.node + "' has several writers (" + writers +
+            "): fleece backup can move only one writer onto the filter; "
+            "leave one writer (e.g. put the others on a format node above it)");
 
     // The target first: a target that cannot be reached fails before the guest is touched.
     target_created_ = create_target_image(target_, disk_.size);
