@@ -24,6 +24,7 @@ struct BlockCopy::Call {
     bool finished = false;
     std::error_code result;
     io::EventLoop::Timer* waiter = nullptr;
+    Node* owner = nullptr;
 };
 
 std::uint64_t BlockCopy::cluster_size_for(const Node& target, std::uint64_t min_cluster_size) {
@@ -69,6 +70,8 @@ io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t le
     // already on its way; the call just stops creating new chunks.
     io::Gate::Holder hold = gate_.enter();
     if (!hold) co_return errno_code(ESHUTDOWN);
+    call->owner = opts.owner;
+    if (call->owner) call->owner->background_work_started();
     io::EventLoop::current().spawn(run_detached(offset, end, call, std::move(hold)));
     io::EventLoop::Timer timer(io::EventLoop::current());
     if (!call->finished) {
@@ -86,6 +89,7 @@ io::Task<void> BlockCopy::run_detached(std::uint64_t offset, std::uint64_t end,
     call->result = co_await run_call(offset, end, call);
     call->finished = true;
     if (call->waiter) call->waiter->cancel();
+    if (call->owner) call->owner->background_work_finished();
     hold.leave(); // close() waits for timed-out copies until here
 }
 

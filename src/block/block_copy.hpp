@@ -26,6 +26,9 @@ struct CopyOptions {
     std::chrono::nanoseconds timeout{0}; // 0 = none
     unsigned max_workers = 64;
     std::uint64_t max_chunk = 0; // 0 = default (1 MiB)
+    // With a timeout: the node whose request this copy serves; a copy that outlives its
+    // timeout stays counted in flight on it until it really ends (drain waits for it).
+    Node* owner = nullptr;
 };
 
 class BlockCopy {

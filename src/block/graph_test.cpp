@@ -293,3 +293,60 @@ TEST(Graph, ReplaceChildRollsBackOnConflictSizeOrLoop) {
 
 } // namespace
 } // namespace fleece::block
+
+namespace fleece::block {
+namespace {
+
+// Records the flags each write reaches the driver with, and flushes.
+class FuaRecorder final : public Node {
+  public:
+    explicit FuaRecorder(bool native_fua) : Node("rec", "recorder") {
+        set_size(65536);
+        caps_.fua = native_fua;
+    }
+    std::vector<std::string> log;
+
+  protected:
+    io::Task<std::error_code> do_read(std::uint64_t, std::span<std::byte>, ReqFlags) override {
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_write(std::uint64_t, std::span<const std::byte>,
+                                       ReqFlags f) override {
+        log.push_back((f & req_fua) ? "write+fua" : "write");
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_write_zeroes(std::uint64_t, std::uint64_t, ReqFlags f) override {
+        log.push_back((f & req_fua) ? "zeroes+fua" : "zeroes");
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_flush() override {
+        log.push_back("flush");
+        co_return std::error_code{};
+    }
+};
+
+io::Task<void> fua_requests(Child* c) {
+    std::vector<std::byte> buf(512);
+    EXPECT_FALSE(co_await c->write(0, buf, req_fua));
+    EXPECT_FALSE(co_await c->write_zeroes(0, 512, req_fua));
+    EXPECT_FALSE(co_await c->write(0, buf, 0));
+}
+
+TEST(Fua, EmulatedByFlushWhenTheNodeLacksIt) {
+    for (bool native : {false, true}) {
+        io::EventLoop loop;
+        Graph g;
+        auto* rec = static_cast<FuaRecorder*>(*g.add(std::make_unique<FuaRecorder>(native)));
+        User u("u");
+        auto edge = g.attach(u, *rec, perm_write | perm_consistent_read, perm_all);
+        ASSERT_TRUE(edge.ok());
+        loop.run_until_complete(fua_requests(edge->get()));
+        const std::vector<std::string> emulated{"write", "flush", "zeroes", "flush", "write"};
+        const std::vector<std::string> passed{"write+fua", "zeroes+fua", "write"};
+        EXPECT_EQ(rec->log, native ? passed : emulated);
+        g.detach(std::move(*edge));
+    }
+}
+
+} // namespace
+} // namespace fleece::block

@@ -111,6 +111,11 @@ io::Task<BlockStatus> Child::block_status(std::uint64_t offset, std::uint64_t le
 
 // ---- Node -------------------------------------------------------------------------------
 
+void Node::background_work_finished() {
+    FLEECE_ASSERT(in_flight_ > 0);
+    if (--in_flight_ == 0) idle_.notify_all();
+}
+
 class Node::InFlight {
   public:
     explicit InFlight(Node* n) : n_(n) { ++n_->in_flight_; }
@@ -203,6 +208,11 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     if (auto e = check_writable()) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
+    if ((flags & req_fua) && !caps_.fua) {
+        // No native FUA: write, then flush, before the request completes.
+        if (auto e = co_await do_write(offset, buf, flags & ~req_fua)) co_return e;
+        co_return co_await do_flush();
+    }
     co_return co_await do_write(offset, buf, flags);
 }
 
@@ -212,6 +222,10 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
+    if ((flags & req_fua) && !caps_.fua) {
+        if (auto e = co_await do_write_zeroes(offset, length, flags & ~req_fua)) co_return e;
+        co_return co_await do_flush();
+    }
     co_return co_await do_write_zeroes(offset, length, flags);
 }
 

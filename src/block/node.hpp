@@ -133,6 +133,11 @@ class Node : public ChildParent {
     virtual void refresh_from_children() {}
 
     std::uint64_t in_flight() const { return in_flight_; }
+    // Work a driver keeps doing after the request that started it returned (a copy-before-
+    // write copy that timed out goes on in the background): it counts as in flight, so
+    // drain and removal wait for it.
+    void background_work_started() { ++in_flight_; }
+    void background_work_finished();
     bool quiesced() const { return quiesce_counter_ > 0; }
 
     // ChildParent

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <span>
+#include <sys/socket.h>
 
 namespace fleece::control {
 
@@ -15,7 +16,20 @@ using nlohmann::json;
 void send_message(QmpClient& client, const json& message) {
     if (client.closed) return;
     // Replace invalid UTF-8 instead of throwing: an id echoed back may contain anything.
-    client.outq.push_back(message.dump(-1, ' ', false, json::error_handler_t::replace) + "\r\n");
+    std::string text = message.dump(-1, ' ', false, json::error_handler_t::replace) + "\r\n";
+    if (client.queued_bytes + text.size() > QmpClient::max_queued_bytes) {
+        log::warn("qmp: dropping a client that does not read its replies ({} bytes queued)",
+                  client.queued_bytes);
+        client.closed = true;
+        client.outq.clear();
+        client.queued_bytes = 0;
+        // Wakes the reader (read returns 0) and a writer blocked on a full socket.
+        ::shutdown(client.sock.get(), SHUT_RDWR);
+        client.wake.notify_all();
+        return;
+    }
+    client.queued_bytes += text.size();
+    client.outq.push_back(std::move(text));
     client.wake.notify_one();
 }
 
@@ -32,6 +46,7 @@ io::Task<void> client_writer(std::shared_ptr<QmpClient> client) {
         if (client->closed) break;
         std::string msg = std::move(client->outq.front());
         client->outq.pop_front();
+        client->queued_bytes -= msg.size();
         client->writing = true;
         const int rc = co_await io::write_all(client->sock.get(),
                                               std::as_bytes(std::span(msg.data(), msg.size())));
@@ -42,6 +57,7 @@ io::Task<void> client_writer(std::shared_ptr<QmpClient> client) {
         }
     }
     client->outq.clear();
+    client->queued_bytes = 0;
 }
 
 io::Task<void> client_reader(QmpServer* server, std::shared_ptr<QmpClient> client) {

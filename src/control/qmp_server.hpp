@@ -16,9 +16,14 @@
 namespace fleece::control {
 
 struct QmpClient {
+    // A client that stops reading is dropped once this much output waits for it, so it
+    // cannot make the daemon's memory grow without bound (events keep coming).
+    static constexpr std::size_t max_queued_bytes = 4u << 20;
+
     explicit QmpClient(int fd) : sock(fd) {}
     io::FileDescriptor sock;
     std::deque<std::string> outq;
+    std::size_t queued_bytes = 0;
     io::WaitQueue wake; // writer waits here for outq or closed
     bool closed = false;
     bool writing = false;

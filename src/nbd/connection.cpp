@@ -324,11 +324,7 @@ io::Task<void> Connection::handle_request(std::shared_ptr<Connection> self, Requ
         ec = block::errno_code(EINVAL);
         break;
     }
-    payload.reset();
-    // Nodes without native FUA get it emulated by a flush, as QEMU's block layer does.
-    if (!ec && (req.flags & cmd_flag_fua) && !child.node().caps().fua &&
-        (req.type == cmd_write || req.type == cmd_write_zeroes))
-        ec = co_await child.flush();
+    payload.reset(); // (FUA on writes: the block layer flushes nodes without native FUA)
     co_await self->reply_simple(req.cookie, ec ? errno_to_nbd(ec.value(), fast_zero) : err_none);
     hold.leave();
 }

@@ -46,7 +46,6 @@ class OptionReader {
     const nlohmann::json& options_;
     std::string prefix_;
     std::set<std::string> known_;
-    std::vector<OptionReader> nested_;
     std::optional<Error> error_;
 };
 

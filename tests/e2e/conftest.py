@@ -1,58 +1,14 @@
 """Shared fixtures for end-to-end tests: start fleeced, talk QMP to it."""
-import json
 import os
 import pathlib
-import socket
 import subprocess
-import time
 
 import pytest
 
+from fleece_testlib import QmpClient, wait_for_socket  # noqa: F401 (re-exported for tests)
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FLEECED = os.environ.get("FLEECED", str(REPO / "build" / "bin" / "fleeced"))
-
-
-class QmpClient:
-    """A minimal blocking QMP client; reads one CRLF-terminated JSON message at a time."""
-
-    def __init__(self, path, timeout=5.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.recv()
-
-    def send_raw(self, data: bytes):
-        self.sock.sendall(data)
-
-    def recv(self):
-        line = self.file.readline()
-        if not line:
-            raise EOFError("connection closed")
-        return json.loads(line)
-
-    def recv_reply(self):
-        """Next message that is not an event."""
-        while True:
-            msg = self.recv()
-            if "event" not in msg:
-                return msg
-
-    def cmd(self, name, args=None, **extra):
-        req = {"execute": name}
-        if args is not None:
-            req["arguments"] = args
-        req.update(extra)
-        self.send_raw(json.dumps(req).encode() + b"\n")
-        return self.recv_reply()
-
-    def negotiate(self):
-        assert self.cmd("qmp_capabilities") == {"return": {}}
-        return self
-
-    def close(self):
-        self.file.close()
-        self.sock.close()
 
 
 class Daemon:
@@ -74,17 +30,6 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-def wait_for_socket(path, proc=None, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("fleeced exited with %d" % proc.returncode)
-        time.sleep(0.02)
-    raise TimeoutError("socket %s did not appear" % path)
 
 
 def start_daemon(tmp_path, extra_args=()):

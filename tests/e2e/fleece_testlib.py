@@ -19,7 +19,7 @@ class QmpError(Exception):
 
 
 class Qmp:
-    def __init__(self, path, timeout=10):
+    def __init__(self, path, timeout=10, negotiate=True):
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -36,7 +36,8 @@ class Qmp:
         self.events = []
         self.next_id = 0
         self.greeting = self._recv_any()
-        self.execute('qmp_capabilities')
+        if negotiate:
+            self.execute('qmp_capabilities')
 
     def _recv_any(self):
         while True:
@@ -50,6 +51,16 @@ class Qmp:
             if not chunk:
                 raise EOFError('QMP connection closed')
             self.buf += chunk
+
+    def raw(self, text):
+        """Sends `text` as is; returns the next message that is not an event."""
+        self.sock.sendall(text.encode() + b'\n')
+        while True:
+            reply = self._recv_any()
+            if 'event' in reply:
+                self.events.append(reply)
+                continue
+            return reply
 
     def command(self, cmd_name, /, **args):
         """Returns the raw reply (return or error)."""
@@ -88,6 +99,71 @@ class Qmp:
                 self.sock.settimeout(60)
             if 'event' in msg:
                 self.events.append(msg)
+
+
+class QmpClient:
+    """A line-level QMP client for protocol tests (raw bytes, no negotiation, no id matching);
+    Qmp below is the one for driving the daemon."""
+
+    def __init__(self, path, timeout=5.0):
+        # The socket file appears at bind(), a moment before listen(): retry a refusal.
+        deadline = time.monotonic() + 10
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(str(path))
+                break
+            except ConnectionRefusedError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.recv()
+
+    def send_raw(self, data: bytes):
+        self.sock.sendall(data)
+
+    def recv(self):
+        line = self.file.readline()
+        if not line:
+            raise EOFError("connection closed")
+        return json.loads(line)
+
+    def recv_reply(self):
+        """Next message that is not an event."""
+        while True:
+            msg = self.recv()
+            if "event" not in msg:
+                return msg
+
+    def cmd(self, name, args=None, **extra):
+        req = {"execute": name}
+        if args is not None:
+            req["arguments"] = args
+        req.update(extra)
+        self.send_raw(json.dumps(req).encode() + b"\n")
+        return self.recv_reply()
+
+    def negotiate(self):
+        assert self.cmd("qmp_capabilities") == {"return": {}}
+        return self
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def wait_for_socket(path, proc=None, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("fleeced exited with %d" % proc.returncode)
+        time.sleep(0.02)
+    raise TimeoutError("socket %s did not appear" % path)
 
 
 class Daemon:

@@ -5,65 +5,13 @@ failure, and the same error class)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-FLEECED = os.environ.get('FLEECED', os.path.join(ROOT, 'build', 'bin', 'fleeced'))
+from fleece_testlib import FLEECED, Qmp
+
 QSD = shutil.which('qemu-storage-daemon')
-
-
-class Qmp:
-    def __init__(self, path):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(10)
-        self.buf = b''
-        self.greeting = self.recv()
-
-    def recv(self):
-        while True:
-            line, sep, rest = self.buf.partition(b'\n')
-            if sep:
-                self.buf = rest
-                if line.strip():
-                    msg = json.loads(line)
-                    if 'event' in msg:
-                        continue
-                    return msg
-                continue
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError('QMP connection closed')
-            self.buf += chunk
-
-    def raw(self, text):
-        self.sock.sendall(text.encode() + b'\n')
-        return self.recv()
-
-    def cmd(self, name, **args):
-        # Replies are matched by id: a malformed message may produce several id-less errors.
-        self.next_id = getattr(self, 'next_id', 0) + 1
-        msg = {'execute': name, 'id': self.next_id}
-        if args:
-            msg['arguments'] = args
-        self.sock.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            reply = self.recv()
-            if reply.get('id') == self.next_id:
-                return reply
 
 
 def outcome(reply):
@@ -89,31 +37,31 @@ def run_script(binary, tmp_path, tag):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     steps = []
     try:
-        q = Qmp(sock)
+        q = Qmp(sock, negotiate=False)
         assert 'QMP' in q.greeting
-        steps.append(('qmp_capabilities', outcome(q.cmd('qmp_capabilities'))))
-        steps.append(('add file', outcome(q.cmd('blockdev-add', driver='file', **{'node-name': 'f1', 'filename': str(disk1)}))))
-        steps.append(('add raw', outcome(q.cmd('blockdev-add', driver='raw', file='f1', **{'node-name': 'r1'}))))
-        steps.append(('add raw nested', outcome(q.cmd('blockdev-add', driver='raw', **{'node-name': 'r2', 'file': {'driver': 'file', 'filename': str(disk1), 'read-only': True}, 'read-only': True}))))
-        nodes = q.cmd('query-named-block-nodes')
+        steps.append(('qmp_capabilities', outcome(q.command('qmp_capabilities'))))
+        steps.append(('add file', outcome(q.command('blockdev-add', driver='file', **{'node-name': 'f1', 'filename': str(disk1)}))))
+        steps.append(('add raw', outcome(q.command('blockdev-add', driver='raw', file='f1', **{'node-name': 'r1'}))))
+        steps.append(('add raw nested', outcome(q.command('blockdev-add', driver='raw', **{'node-name': 'r2', 'file': {'driver': 'file', 'filename': str(disk1), 'read-only': True}, 'read-only': True}))))
+        nodes = q.command('query-named-block-nodes')
         steps.append(('query', outcome(nodes)))
         names = sorted(n['node-name'] for n in nodes['return'] if not n['node-name'].startswith('#'))
         steps.append(('node names', ','.join(names)))
-        steps.append(('del in use', outcome(q.cmd('blockdev-del', **{'node-name': 'f1'}))))
-        steps.append(('del r1', outcome(q.cmd('blockdev-del', **{'node-name': 'r1'}))))
-        steps.append(('del f1', outcome(q.cmd('blockdev-del', **{'node-name': 'f1'}))))
-        steps.append(('del r2', outcome(q.cmd('blockdev-del', **{'node-name': 'r2'}))))
-        steps.append(('del missing node', outcome(q.cmd('blockdev-del', **{'node-name': 'nope'}))))
-        steps.append(('duplicate', outcome(q.cmd('blockdev-add', driver='raw', file='f0', **{'node-name': 'r0'}))))
-        steps.append(('unknown command', outcome(q.cmd('no-such-command'))))
-        steps.append(('missing argument', outcome(q.cmd('blockdev-del'))))
-        steps.append(('unknown argument', outcome(q.cmd('blockdev-del', **{'node-name': 'r0', 'bogus': 1}))))
-        steps.append(('wrong type', outcome(q.cmd('blockdev-del', **{'node-name': 5}))))
-        steps.append(('bad driver option', outcome(q.cmd('blockdev-add', driver='file', **{'node-name': 'x', 'filename': str(disk1), 'bogus': 1}))))
-        steps.append(('missing file', outcome(q.cmd('blockdev-add', driver='file', **{'node-name': 'x', 'filename': str(work / 'absent')}))))
+        steps.append(('del in use', outcome(q.command('blockdev-del', **{'node-name': 'f1'}))))
+        steps.append(('del r1', outcome(q.command('blockdev-del', **{'node-name': 'r1'}))))
+        steps.append(('del f1', outcome(q.command('blockdev-del', **{'node-name': 'f1'}))))
+        steps.append(('del r2', outcome(q.command('blockdev-del', **{'node-name': 'r2'}))))
+        steps.append(('del missing node', outcome(q.command('blockdev-del', **{'node-name': 'nope'}))))
+        steps.append(('duplicate', outcome(q.command('blockdev-add', driver='raw', file='f0', **{'node-name': 'r0'}))))
+        steps.append(('unknown command', outcome(q.command('no-such-command'))))
+        steps.append(('missing argument', outcome(q.command('blockdev-del'))))
+        steps.append(('unknown argument', outcome(q.command('blockdev-del', **{'node-name': 'r0', 'bogus': 1}))))
+        steps.append(('wrong type', outcome(q.command('blockdev-del', **{'node-name': 5}))))
+        steps.append(('bad driver option', outcome(q.command('blockdev-add', driver='file', **{'node-name': 'x', 'filename': str(disk1), 'bogus': 1}))))
+        steps.append(('missing file', outcome(q.command('blockdev-add', driver='file', **{'node-name': 'x', 'filename': str(work / 'absent')}))))
         steps.append(('malformed json', outcome(q.raw('{"execute": ]}'))))
-        steps.append(('still serving', outcome(q.cmd('query-version'))))
-        steps.append(('quit', outcome(q.cmd('quit'))))
+        steps.append(('still serving', outcome(q.command('query-version'))))
+        steps.append(('quit', outcome(q.command('quit'))))
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:

@@ -60,6 +60,7 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     CopyOptions opts;
     opts.ignore_ratelimit = true;
     opts.timeout = cfg_.timeout;
+    opts.owner = this; // a timed-out copy keeps us busy for drain until it ends
     std::error_code ec = co_await bcs_->copy(start, end - start, opts);
     if (ec) {
         if (cfg_.on_error == OnCbwError::break_guest_write) co_return ec;

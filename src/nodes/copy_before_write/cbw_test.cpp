@@ -221,3 +221,33 @@ TEST(CopyBeforeWrite, MinClusterSize) {
 
 } // namespace
 } // namespace fleece::nodes::testing
+
+namespace fleece::nodes::testing {
+namespace {
+
+io::Task<std::uint64_t> drain_and_count_target_writes(block::Graph* g, block::Node* cbw,
+                                                      MemoryNode* tgt) {
+    block::DrainedSection drained = co_await g->drain(*cbw);
+    co_return tgt->writes();
+}
+
+// A copy that outlived its cbw-timeout is still in flight on the filter: draining the
+// filter (blockdev-replace, blockdev-del) waits until it really ends.
+TEST(CopyBeforeWrite, DrainWaitsForTimedOutCopies) {
+    Fleece f(1 * M, {{"cbw-timeout", 1}});
+    f.fill(0, 1 * M, 0x66);
+    f.tgt->set_write_latency(std::chrono::milliseconds(1500));
+    const auto before = f.tgt->writes();
+    EXPECT_EQ(f.run(write_pattern(f.gc.get(), 0, 64 * k, 0x77)), block::errno_code(ETIMEDOUT));
+    EXPECT_EQ(f.tgt->writes(), before); // the slow copy has not landed yet
+    EXPECT_GT(f.cbw->in_flight(), 0u);
+    const auto after_drain =
+        f.loop.run_until_complete(drain_and_count_target_writes(&f.g, f.cbw, f.tgt));
+    EXPECT_GT(after_drain, before);
+    EXPECT_EQ(f.cbw->in_flight(), 0u);
+    // The copy that finished late still counts: the snapshot reads the old data.
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 64 * k, 0x66)));
+}
+
+} // namespace
+} // namespace fleece::nodes::testing

@@ -53,9 +53,8 @@ class FileNode final : public block::Node {
         read_only_ = read_only;
         caps_.write = !read_only;
         caps_.flush = true;
-        // FUA is honoured by this driver (fdatasync after the write), so parents may pass
-        // req_fua straight through instead of issuing a separate flush.
-        caps_.fua = true;
+        // No native FUA: the block layer turns a req_fua write into write + flush.
+        caps_.fua = false;
         caps_.trim = unmap;
         caps_.zero = true;
         // We answer req_no_fallback with ENOTSUP instead of writing zeroes, which is what
@@ -108,7 +107,7 @@ class FileNode final : public block::Node {
     }
 
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
-                                       block::ReqFlags flags) override {
+                                       block::ReqFlags) override {
         if (misaligned(offset, buf.size())) co_return errno_code(EINVAL);
         if (buffer_misaligned(buf.data())) {
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
@@ -120,7 +119,7 @@ class FileNode final : public block::Node {
             const std::int64_t r = co_await io::pwrite_full(fd_, buf, offset);
             if (r < 0) co_return errno_code(static_cast<int>(-r));
         }
-        co_return co_await fua_if(flags);
+        co_return std::error_code{};
     }
 
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
@@ -130,14 +129,14 @@ class FileNode final : public block::Node {
         if ((flags & block::req_may_unmap) && unmap_ && punch_supported_) {
             const std::int64_t r = co_await io::fallocate(
                 fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-            if (r == 0) co_return co_await fua_if(flags);
+            if (r == 0) co_return std::error_code{};
             if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             punch_supported_ = false;
         }
         if (zero_range_supported_) {
             const std::int64_t r = co_await io::fallocate(
                 fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-            if (r == 0) co_return co_await fua_if(flags);
+            if (r == 0) co_return std::error_code{};
             if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             // Remember, so that every later request does not pay a failing system call.
             zero_range_supported_ = false;
@@ -214,11 +213,6 @@ class FileNode final : public block::Node {
         if (static_cast<std::uint64_t>(r) < buf.size())
             std::memset(buf.data() + r, 0, buf.size() - static_cast<std::size_t>(r));
         co_return std::error_code{};
-    }
-
-    io::Task<std::error_code> fua_if(block::ReqFlags flags) {
-        if (!(flags & block::req_fua)) co_return std::error_code{};
-        co_return co_await do_flush();
     }
 
     std::string path_;
