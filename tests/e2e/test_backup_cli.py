@@ -347,6 +347,8 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(guest, tmp_path):
         (['--node', 'disk', '--target', 'nbd+unix:///x?socket=' + str(tmp_path / 'none.sock')],
          'cannot open the target'),
     ]
+    cases.append((['--node', 'disk', '--target', str(tmp_path / 'd.raw'), '--fleecing', existing],
+                  'already exists'))
     for args, needle in cases:
         rc, stdout, err = run_cli('--qmp', d.qmp_path, *args)
         assert rc == 1 and needle in err, (args, stdout, err)
@@ -361,7 +363,8 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(guest, tmp_path):
     q.execute('block-export-del', id='g2')
     assert graph_state(q) == before
     no_leftovers(q, str(tmp_path))
-    assert not os.path.exists(str(tmp_path / 'a.raw'))
+    assert not os.path.exists(str(tmp_path / 'a.raw')) and not os.path.exists(str(tmp_path / 'd.raw'))
+    assert os.path.exists(existing)  # a file the user named is never deleted
     qemu_io(guest_uri, 'write -P 0x12 0 4k', 'read -P 0x12 0 4k')
 
 

@@ -268,6 +268,7 @@ class BackupRun {
     NodeInfo disk_;
     std::string fleecing_file_;
     bool target_created_ = false;
+    bool fleecing_created_ = false; // only a file this run created is ever deleted
     json graph_before_;
 };
 
@@ -294,7 +295,7 @@ void BackupRun::create_fleecing_file(std::uint64_t size) {
     struct stat st {};
     if (::stat(fleecing_file_.c_str(), &st) == 0)
         throw std::runtime_error("fleecing file " + fleecing_file_ + " already exists");
-    create_target_image(spec, size);
+    fleecing_created_ = create_target_image(spec, size);
 }
 
 void BackupRun::setup() {
@@ -464,7 +465,7 @@ int BackupRun::run() {
     } catch (const std::exception& e) {
         out_.warning(std::string("cleanup: ") + e.what());
     }
-    if (!fleecing_file_.empty()) ::unlink(fleecing_file_.c_str()); // also if its node never came
+    if (fleecing_created_) ::unlink(fleecing_file_.c_str()); // also if its node never came
     if (!graph_before_.is_null()) {
         try {
             if (graph_fingerprint(qmp_) != graph_before_) {
