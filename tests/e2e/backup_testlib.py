@@ -9,13 +9,22 @@ MiB = 1 << 20
 
 
 def wait_for_socket(path, proc, timeout=20):
+    """Waits until the server accepts connections (the file may exist before listen())."""
+    import socket
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while True:
         if proc.poll() is not None:
-            raise RuntimeError('process exited with %s before creating %s' % (proc.returncode, path))
-        if time.monotonic() > deadline:
-            raise TimeoutError('no socket %s' % path)
-        time.sleep(0.02)
+            raise RuntimeError('process exited with %s before listening on %s' % (proc.returncode, path))
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError('nobody listens on %s' % path)
+            time.sleep(0.02)
+        finally:
+            s.close()
 
 
 class Nbdkit:

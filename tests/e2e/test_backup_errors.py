@@ -151,6 +151,7 @@ def test_job_filter_break_guest_write_fails_the_guest_write(env):
     q, device, uri, trigger, srv, _ = make_env(env, 'job-filter', '100%')
     q.execute('blockdev-backup', device=device, target='target', sync='full', speed=1,
               **{'job-id': 'bk', 'on-cbw-error': 'break-guest-write'})
+    wait_progress(q, 'bk', 1)  # the job's first chunk is on the target: the job now sleeps
     open(trigger, 'w').close()
     out = qemu_io(uri, 'write -P 0x31 60M 64k', check=False)
     assert 'write failed' in out, out
@@ -159,4 +160,4 @@ def test_job_filter_break_guest_write_fails_the_guest_write(env):
     q.execute('block-job-set-speed', device='bk', speed=0)
     evs = job_events(q, 'bk', until_status('null'))
     done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
-    assert 'error' not in done
+    assert 'error' not in done, [(e['event'], e['data'], e['timestamp']['microseconds']) for e in evs]

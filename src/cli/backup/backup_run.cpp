@@ -268,6 +268,7 @@ class BackupRun {
     NodeInfo disk_;
     std::string fleecing_file_;
     bool target_created_ = false;
+    bool fleecing_created_ = false; // only a file this run created is ever deleted
     json graph_before_;
 };
 
@@ -294,7 +295,7 @@ void BackupRun::create_fleecing_file(std::uint64_t size) {
     struct stat st {};
     if (::stat(fleecing_file_.c_str(), &st) == 0)
         throw std::runtime_error("fleecing file " + fleecing_file_ + " already exists");
-    create_target_image(spec, size);
+    fleecing_created_ = create_target_image(spec, size);
 }
 
 void BackupRun::setup() {
@@ -314,6 +315,17 @@ void BackupRun::setup() {
     remove_stale_runs(qmp_, out_, o_.node);
     graph_before_ = graph_fingerprint(qmp_);
     const std::vector<ParentEdge> parents = find_parents(qmp_, o_.node);
+    // The filter forbids writes that bypass it as soon as it has one parent, so a second
+    // writer could only move together with the first (no transactional blockdev-replace yet).
+    std::string writers;
+    for (const ParentEdge& p : parents)
+        if (p.writes) writers += (writers.empty() ? "" : ", ") + p.describe();
+    if (std::count_if(parents.begin(), parents.end(),
+                      [](const ParentEdge& p) { return p.writes; }) > 1)
+        throw std::runtime_error(
+            "node '" + o_.node + "' has several writers (" + writers +
+            "): fleece backup can move only one writer onto the filter; "
+            "leave one writer (e.g. put the others on a format node above it)");
 
     // The target first: a target that cannot be reached fails before the guest is touched.
     target_created_ = create_target_image(target_, disk_.size);
@@ -453,7 +465,7 @@ int BackupRun::run() {
     } catch (const std::exception& e) {
         out_.warning(std::string("cleanup: ") + e.what());
     }
-    if (!fleecing_file_.empty()) ::unlink(fleecing_file_.c_str()); // also if its node never came
+    if (fleecing_created_) ::unlink(fleecing_file_.c_str()); // also if its node never came
     if (!graph_before_.is_null()) {
         try {
             if (graph_fingerprint(qmp_) != graph_before_) {
