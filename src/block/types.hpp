@@ -8,21 +8,25 @@ namespace fleece::block {
 
 // Per-request flags (a bit set).
 using ReqFlags = std::uint32_t;
-inline constexpr ReqFlags req_fua = 0x1;               // durable before completion
-inline constexpr ReqFlags req_may_unmap = 0x2;         // write-zeroes may punch a hole
-inline constexpr ReqFlags req_no_fallback = 0x4;       // write-zeroes must be fast (NBD FAST_ZERO)
-inline constexpr ReqFlags req_write_unchanged = 0x8;   // content stays the same (CBW into fleecing)
-inline constexpr ReqFlags req_write_compressed = 0x10; // store compressed (Caps::compressed_write)
+inline constexpr ReqFlags req_fua = 0x1;             // durable before completion
+inline constexpr ReqFlags req_may_unmap = 0x2;       // write-zeroes may punch a hole
+inline constexpr ReqFlags req_no_fallback = 0x4;     // write-zeroes must be fast (NBD FAST_ZERO)
+inline constexpr ReqFlags req_write_unchanged = 0x8; // content stays the same (CBW into fleecing)
+
+// Store the data compressed (backup `compress`); only for nodes with compressed_write.
+inline constexpr ReqFlags req_write_compressed = 0x10;
 
 struct Caps {
     bool write = true; // the node can be written at all
     bool flush = true;
-    bool fua = false;              // native FUA (otherwise emulated by a flush)
-    bool trim = false;             // discard does something
-    bool zero = false;             // efficient write-zeroes
-    bool fast_zero = false;        // write-zeroes that is guaranteed fast
-    bool block_status = false;     // reports holes / zeroes
-    bool compressed_write = false; // accepts req_write_compressed (whole clusters)
+    bool fua = false;          // native FUA (otherwise emulated by a flush)
+    bool trim = false;         // discard does something
+    bool zero = false;         // efficient write-zeroes
+    bool fast_zero = false;    // write-zeroes that is guaranteed fast
+    bool block_status = false; // reports holes / zeroes
+
+    // Accepts req_write_compressed on whole clusters.
+    bool compressed_write = false;
 };
 
 struct Limits {
