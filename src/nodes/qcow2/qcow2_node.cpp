@@ -68,7 +68,8 @@ io::Task<std::error_code> Qcow2Node::grow_file() {
     }
 }
 
-io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool create) {
+io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool create,
+                                               bool may_commit) {
     for (;;) {
         const std::uint64_t l1e = l1_[l1_index];
         const std::uint64_t off = l1e & offset_mask;
@@ -103,7 +104,9 @@ io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool crea
                                                  "or past the end of the file",
                                                  off, l1_index)),
                              nullptr};
-        if (cache_.full() && !cache_.evict_one_clean()) {
+        // Every slot dirty: writers commit to make room; a reader goes over the bound for a
+        // moment instead (it may have no write permission left to commit with).
+        if (cache_.full() && !cache_.evict_one_clean() && may_commit) {
             if (auto e = co_await commit()) co_return Lookup{e, nullptr};
             continue;
         }
@@ -122,10 +125,10 @@ io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool crea
     }
 }
 
-io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
+io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g, bool for_write) {
     const std::uint64_t l1i = g / l2_entries();
     if (l1i >= l1_.size()) co_return EntryResult{};
-    Lookup l = co_await load_l2(l1i, false);
+    Lookup l = co_await load_l2(l1i, false, for_write);
     if (l.first) co_return EntryResult{l.first, 0};
     co_return EntryResult{{}, l.second ? l.second->entries[g % l2_entries()] : 0};
 }
@@ -254,7 +257,7 @@ void Qcow2Node::queue_release(std::uint64_t old_raw) {
 }
 
 io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw) {
-    Lookup l = co_await load_l2(g / l2_entries(), true);
+    Lookup l = co_await load_l2(g / l2_entries(), true, true);
     if (l.first) co_return l.first;
     // No suspension from here: the table pointer is valid.
     const std::uint64_t old = l.second->entries[g % l2_entries()];
@@ -273,7 +276,7 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
                                                  std::span<const std::byte> data) {
     const std::uint64_t g = pos >> cb_;
     const std::uint64_t in = pos & (cs_ - 1);
-    EntryResult r = co_await lookup(g);
+    EntryResult r = co_await lookup(g, true);
     if (r.error) co_return r.error;
     const L2Entry e = decode_l2(r.raw, cb_, h_.version);
     if (e.reserved_bits)
@@ -378,7 +381,7 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
                 continue;
             }
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g);
+            EntryResult r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             const L2Entry e = decode_l2(r.raw, cb_, h_.version);
             std::uint64_t raw = entry_zero;
@@ -406,7 +409,7 @@ io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint6
         auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
         for (std::uint64_t pos = lo; pos < hi; pos += cs_) {
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g);
+            EntryResult r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             // With a backing file the cluster must keep reading as zeroes, not fall through.
             const std::uint64_t raw = backing_ ? entry_zero : 0;
