@@ -133,6 +133,46 @@ io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g, bool for_wri
     co_return EntryResult{{}, l.second ? l.second->entries[g % l2_entries()] : 0};
 }
 
+bool Qcow2Node::peek_entry(std::uint64_t g, std::uint64_t* raw) {
+    const std::uint64_t l1i = g / l2_entries();
+    if (l1i >= l1_.size()) {
+        *raw = 0;
+        return true;
+    }
+    const std::uint64_t l1e = l1_[l1i];
+    if (l1e & l1_reserved_mask) return false; // the slow path reports it
+    if ((l1e & offset_mask) == 0) {
+        *raw = 0;
+        return true;
+    }
+    L2Table* t = cache_.find(l1e & offset_mask);
+    if (!t) return false;
+    *raw = t->entries[g % l2_entries()];
+    return true;
+}
+
+bool Qcow2Node::try_set_entry(std::uint64_t g, std::uint64_t raw) {
+    const std::uint64_t l1i = g / l2_entries();
+    if (l1i >= l1_.size()) return false;
+    const std::uint64_t off = l1_[l1i] & offset_mask;
+    L2Table* t = off && !(l1_[l1i] & l1_reserved_mask) ? cache_.find(off) : nullptr;
+    if (!t) return false;
+    apply_entry(t, g, raw);
+    return true;
+}
+
+void Qcow2Node::apply_entry(L2Table* t, std::uint64_t g, std::uint64_t raw) {
+    const std::uint64_t old = t->entries[g % l2_entries()];
+    if (old == raw) return;
+    t->set(g % l2_entries(), raw);
+    // A cluster kept by the new entry (data -> preallocated zero) is not released.
+    const L2Entry before = decode_l2(old, cb_, h_.version);
+    const L2Entry after = decode_l2(raw, cb_, h_.version);
+    const bool kept =
+        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
+    if (!kept) queue_release(old);
+}
+
 namespace {
 struct CompressJob {
     std::uint8_t type;
@@ -216,7 +256,8 @@ io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std
     while (done < buf.size()) {
         const std::uint64_t pos = offset + done;
         const std::uint64_t n = std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
-        EntryResult r = co_await lookup(pos >> cb_);
+        EntryResult r;
+        if (!peek_entry(pos >> cb_, &r.raw)) r = co_await lookup(pos >> cb_);
         if (r.error) co_return r.error;
         const L2Entry e = decode_l2(r.raw, cb_, h_.version);
         const std::uint64_t host = e.host_offset + (pos & (cs_ - 1));
@@ -233,6 +274,12 @@ io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std
                 run_host = host;
                 run_len = n;
                 run_buf = done;
+            } else if (!e.reserved_bits && (e.kind == ClusterKind::zero_plain ||
+                                            e.kind == ClusterKind::zero_allocated ||
+                                            (e.kind == ClusterKind::unallocated &&
+                                             (!backing_ || pos >= backing_->node().size())))) {
+                // Zeroes inline: no await per cluster over long holes.
+                std::memset(buf.data() + done, 0, n);
             } else if (auto err = co_await read_piece(pos, buf.subspan(done, n), r.raw)) {
                 co_return err;
             }
@@ -257,18 +304,10 @@ void Qcow2Node::queue_release(std::uint64_t old_raw) {
 }
 
 io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw) {
+    if (try_set_entry(g, raw)) co_return std::error_code{};
     Lookup l = co_await load_l2(g / l2_entries(), true, true);
     if (l.first) co_return l.first;
-    // No suspension from here: the table pointer is valid.
-    const std::uint64_t old = l.second->entries[g % l2_entries()];
-    if (old == raw) co_return std::error_code{};
-    l.second->set(g % l2_entries(), raw);
-    // A cluster kept by the new entry (data -> preallocated zero) is not released.
-    const L2Entry before = decode_l2(old, cb_, h_.version);
-    const L2Entry after = decode_l2(raw, cb_, h_.version);
-    const bool kept =
-        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
-    if (!kept) queue_release(old);
+    apply_entry(l.second, g, raw); // no suspension since the lookup: the pointer is valid
     co_return std::error_code{};
 }
 
@@ -381,7 +420,8 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
                 continue;
             }
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g, true);
+            EntryResult r;
+            if (!peek_entry(g, &r.raw)) r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             const L2Entry e = decode_l2(r.raw, cb_, h_.version);
             std::uint64_t raw = entry_zero;
@@ -391,6 +431,7 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
             if (!(flags & block::req_may_unmap) && e.kind == ClusterKind::normal && e.copied &&
                 !e.misaligned)
                 raw = e.host_offset | entry_copied | entry_zero;
+            if (try_set_entry(g, raw)) continue;
             if (auto err = co_await set_entry(g, raw)) co_return err;
         }
     }
@@ -409,11 +450,13 @@ io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint6
         auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
         for (std::uint64_t pos = lo; pos < hi; pos += cs_) {
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g, true);
+            EntryResult r;
+            if (!peek_entry(g, &r.raw)) r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             // With a backing file the cluster must keep reading as zeroes, not fall through.
             const std::uint64_t raw = backing_ ? entry_zero : 0;
             if (r.raw == 0 && !backing_) continue;
+            if (try_set_entry(g, raw)) continue;
             if (auto err = co_await set_entry(g, raw)) co_return err;
         }
     }
@@ -453,8 +496,9 @@ io::Task<block::BlockStatus> Qcow2Node::do_block_status(std::uint64_t offset,
     const int cls = classify(first.raw);
     std::uint64_t pos = std::min(end, align_down(offset, cs_) + cs_);
     for (int i = 0; pos < end && i < 4096; ++i) {
-        EntryResult r = co_await lookup(pos >> cb_);
-        if (r.error || classify(r.raw) != cls) break;
+        // Only what is cached: no suspension (and no deep await chain) per cluster.
+        std::uint64_t raw = 0;
+        if (!peek_entry(pos >> cb_, &raw) || classify(raw) != cls) break;
         pos = std::min(end, pos + cs_);
     }
     s.length = pos - offset;

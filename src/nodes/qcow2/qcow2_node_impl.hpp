@@ -58,6 +58,11 @@ class Qcow2Node final : public block::Node {
     // (`may_commit`) commit metadata to make room in a cache full of dirty tables.
     io::Task<Lookup> load_l2(std::uint64_t l1_index, bool create, bool may_commit);
     io::Task<EntryResult> lookup(std::uint64_t guest_cluster, bool for_write = false);
+    // Synchronous fast paths when the L2 table is cached (or absent): no suspension, so
+    // loops over many clusters build no deep await chains. False: use the slow path.
+    bool peek_entry(std::uint64_t guest_cluster, std::uint64_t* raw);
+    bool try_set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
+    void apply_entry(L2Table* t, std::uint64_t guest_cluster, std::uint64_t raw);
     // Reads [pos, pos+out.size()) of one guest cluster whose L2 entry is `raw`.
     io::Task<std::error_code> read_piece(std::uint64_t pos, std::span<std::byte> out,
                                          std::uint64_t raw);
