@@ -69,7 +69,8 @@ io::Task<std::error_code> Qcow2Node::grow_file() {
     }
 }
 
-io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool create) {
+io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool create,
+                                               bool may_commit) {
     for (;;) {
         const std::uint64_t l1e = l1_[l1_index];
         const std::uint64_t off = l1e & offset_mask;
@@ -104,7 +105,9 @@ io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool crea
                                                  "or past the end of the file",
                                                  off, l1_index)),
                              nullptr};
-        if (cache_.full() && !cache_.evict_one_clean()) {
+        // Every slot dirty: writers commit to make room; a reader goes over the bound for a
+        // moment instead (it may have no write permission left to commit with).
+        if (cache_.full() && !cache_.evict_one_clean() && may_commit) {
             if (auto e = co_await commit()) co_return Lookup{e, nullptr};
             continue;
         }
@@ -123,12 +126,52 @@ io::Task<Qcow2Node::Lookup> Qcow2Node::load_l2(std::uint64_t l1_index, bool crea
     }
 }
 
-io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g) {
+io::Task<Qcow2Node::EntryResult> Qcow2Node::lookup(std::uint64_t g, bool for_write) {
     const std::uint64_t l1i = g / l2_entries();
     if (l1i >= l1_.size()) co_return EntryResult{};
-    Lookup l = co_await load_l2(l1i, false);
+    Lookup l = co_await load_l2(l1i, false, for_write);
     if (l.first) co_return EntryResult{l.first, 0};
     co_return EntryResult{{}, l.second ? l.second->entries[g % l2_entries()] : 0};
+}
+
+bool Qcow2Node::peek_entry(std::uint64_t g, std::uint64_t* raw) {
+    const std::uint64_t l1i = g / l2_entries();
+    if (l1i >= l1_.size()) {
+        *raw = 0;
+        return true;
+    }
+    const std::uint64_t l1e = l1_[l1i];
+    if (l1e & l1_reserved_mask) return false; // the slow path reports it
+    if ((l1e & offset_mask) == 0) {
+        *raw = 0;
+        return true;
+    }
+    L2Table* t = cache_.find(l1e & offset_mask);
+    if (!t) return false;
+    *raw = t->entries[g % l2_entries()];
+    return true;
+}
+
+bool Qcow2Node::try_set_entry(std::uint64_t g, std::uint64_t raw) {
+    const std::uint64_t l1i = g / l2_entries();
+    if (l1i >= l1_.size()) return false;
+    const std::uint64_t off = l1_[l1i] & offset_mask;
+    L2Table* t = off && !(l1_[l1i] & l1_reserved_mask) ? cache_.find(off) : nullptr;
+    if (!t) return false;
+    apply_entry(t, g, raw);
+    return true;
+}
+
+void Qcow2Node::apply_entry(L2Table* t, std::uint64_t g, std::uint64_t raw) {
+    const std::uint64_t old = t->entries[g % l2_entries()];
+    if (old == raw) return;
+    t->set(g % l2_entries(), raw);
+    // A cluster kept by the new entry (data -> preallocated zero) is not released.
+    const L2Entry before = decode_l2(old, cb_, h_.version);
+    const L2Entry after = decode_l2(raw, cb_, h_.version);
+    const bool kept =
+        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
+    if (!kept) queue_release(old);
 }
 
 namespace {
@@ -214,7 +257,8 @@ io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std
     while (done < buf.size()) {
         const std::uint64_t pos = offset + done;
         const std::uint64_t n = std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
-        EntryResult r = co_await lookup(pos >> cb_);
+        EntryResult r;
+        if (!peek_entry(pos >> cb_, &r.raw)) r = co_await lookup(pos >> cb_);
         if (r.error) co_return r.error;
         const L2Entry e = decode_l2(r.raw, cb_, h_.version);
         const std::uint64_t host = e.host_offset + (pos & (cs_ - 1));
@@ -231,6 +275,12 @@ io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std
                 run_host = host;
                 run_len = n;
                 run_buf = done;
+            } else if (!e.reserved_bits && (e.kind == ClusterKind::zero_plain ||
+                                            e.kind == ClusterKind::zero_allocated ||
+                                            (e.kind == ClusterKind::unallocated &&
+                                             (!backing_ || pos >= backing_->node().size())))) {
+                // Zeroes inline: no await per cluster over long holes.
+                std::memset(buf.data() + done, 0, n);
             } else if (auto err = co_await read_piece(pos, buf.subspan(done, n), r.raw)) {
                 co_return err;
             }
@@ -255,18 +305,10 @@ void Qcow2Node::queue_release(std::uint64_t old_raw) {
 }
 
 io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw) {
-    Lookup l = co_await load_l2(g / l2_entries(), true);
+    if (try_set_entry(g, raw)) co_return std::error_code{};
+    Lookup l = co_await load_l2(g / l2_entries(), true, true);
     if (l.first) co_return l.first;
-    // No suspension from here: the table pointer is valid.
-    const std::uint64_t old = l.second->entries[g % l2_entries()];
-    if (old == raw) co_return std::error_code{};
-    l.second->set(g % l2_entries(), raw);
-    // A cluster kept by the new entry (data -> preallocated zero) is not released.
-    const L2Entry before = decode_l2(old, cb_, h_.version);
-    const L2Entry after = decode_l2(raw, cb_, h_.version);
-    const bool kept =
-        after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
-    if (!kept) queue_release(old);
+    apply_entry(l.second, g, raw); // no suspension since the lookup: the pointer is valid
     co_return std::error_code{};
 }
 
@@ -274,7 +316,7 @@ io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
                                                  std::span<const std::byte> data) {
     const std::uint64_t g = pos >> cb_;
     const std::uint64_t in = pos & (cs_ - 1);
-    EntryResult r = co_await lookup(g);
+    EntryResult r = co_await lookup(g, true);
     if (r.error) co_return r.error;
     const L2Entry e = decode_l2(r.raw, cb_, h_.version);
     if (e.reserved_bits)
@@ -379,7 +421,8 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
                 continue;
             }
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g);
+            EntryResult r;
+            if (!peek_entry(g, &r.raw)) r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             const L2Entry e = decode_l2(r.raw, cb_, h_.version);
             std::uint64_t raw = entry_zero;
@@ -389,6 +432,7 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
             if (!(flags & block::req_may_unmap) && e.kind == ClusterKind::normal && e.copied &&
                 !e.misaligned)
                 raw = e.host_offset | entry_copied | entry_zero;
+            if (try_set_entry(g, raw)) continue;
             if (auto err = co_await set_entry(g, raw)) co_return err;
         }
     }
@@ -407,11 +451,13 @@ io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint6
         auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
         for (std::uint64_t pos = lo; pos < hi; pos += cs_) {
             const std::uint64_t g = pos >> cb_;
-            EntryResult r = co_await lookup(g);
+            EntryResult r;
+            if (!peek_entry(g, &r.raw)) r = co_await lookup(g, true);
             if (r.error) co_return r.error;
             // With a backing file the cluster must keep reading as zeroes, not fall through.
             const std::uint64_t raw = backing_ ? entry_zero : 0;
             if (r.raw == 0 && !backing_) continue;
+            if (try_set_entry(g, raw)) continue;
             if (auto err = co_await set_entry(g, raw)) co_return err;
         }
     }
@@ -451,8 +497,9 @@ io::Task<block::BlockStatus> Qcow2Node::do_block_status(std::uint64_t offset,
     const int cls = classify(first.raw);
     std::uint64_t pos = std::min(end, align_down(offset, cs_) + cs_);
     for (int i = 0; pos < end && i < 4096; ++i) {
-        EntryResult r = co_await lookup(pos >> cb_);
-        if (r.error || classify(r.raw) != cls) break;
+        // Only what is cached: no suspension (and no deep await chain) per cluster.
+        std::uint64_t raw = 0;
+        if (!peek_entry(pos >> cb_, &raw) || classify(raw) != cls) break;
         pos = std::min(end, pos + cs_);
     }
     s.length = pos - offset;

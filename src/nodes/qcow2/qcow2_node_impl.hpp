@@ -54,9 +54,15 @@ class Qcow2Node final : public block::Node {
 
     std::uint64_t l2_entries() const { return h_.l2_entries(); }
     // The L2 table of L1 slot `l1_index` (creating it when `create`), valid until the
-    // caller's next suspension. {ok, nullptr} when absent and not created.
-    io::Task<Lookup> load_l2(std::uint64_t l1_index, bool create);
-    io::Task<EntryResult> lookup(std::uint64_t guest_cluster);
+    // caller's next suspension. {ok, nullptr} when absent and not created. Only writers
+    // (`may_commit`) commit metadata to make room in a cache full of dirty tables.
+    io::Task<Lookup> load_l2(std::uint64_t l1_index, bool create, bool may_commit);
+    io::Task<EntryResult> lookup(std::uint64_t guest_cluster, bool for_write = false);
+    // Synchronous fast paths when the L2 table is cached (or absent): no suspension, so
+    // loops over many clusters build no deep await chains. False: use the slow path.
+    bool peek_entry(std::uint64_t guest_cluster, std::uint64_t* raw);
+    bool try_set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
+    void apply_entry(L2Table* t, std::uint64_t guest_cluster, std::uint64_t raw);
     // Reads [pos, pos+out.size()) of one guest cluster whose L2 entry is `raw`.
     io::Task<std::error_code> read_piece(std::uint64_t pos, std::span<std::byte> out,
                                          std::uint64_t raw);
