@@ -7,7 +7,9 @@
 # Env: SIZE_MIB (default 2048), EXTENT_MIB (data/hole alternation, default 64),
 #      REPS (runs per tool and case, best time kept, default 3),
 #      BENCH_DIR (default build/bench-tmp; a real file system, not tmpfs).
-# Both tools flush the target before exiting. Every fleece output is checked with
+# Each case runs in both cache modes, same for both tools: writeback (the target is
+# flushed before exit; fleece's default) and unsafe (no flush; qemu-img convert's
+# default). Every fleece output is checked with
 # `qemu-img compare` (not timed). Prints JSON lines, then a table with the ratio
 # fleece/qemu-img of wall times (below 1 = fleece faster).
 set -euo pipefail
@@ -41,8 +43,8 @@ echo "   allocated: raw $(du -h "$src_raw" | cut -f1), qcow2 $(du -h "$src_qcow2
 
 now() { date +%s.%N; }
 
-run_case() { # name src src_fmt dst_fmt
-    local name=$1 src=$2 sfmt=$3 dfmt=$4 tool best secs out t0 t1 rep
+run_case() { # name src src_fmt dst_fmt cache
+    local name=$1 src=$2 sfmt=$3 dfmt=$4 cache=$5 tool best secs out t0 t1 rep
     for tool in qemu-img fleece; do
         best=
         for ((rep = 0; rep < REPS; rep++)); do
@@ -50,9 +52,9 @@ run_case() { # name src src_fmt dst_fmt
             rm -f "$out"
             t0=$(now)
             if [[ $tool == fleece ]]; then
-                "$FLEECE" img convert -f "$sfmt" -O "$dfmt" "$src" "$out"
+                "$FLEECE" img convert -t "$cache" -f "$sfmt" -O "$dfmt" "$src" "$out"
             else
-                qemu-img convert -f "$sfmt" -O "$dfmt" "$src" "$out"
+                qemu-img convert -t "$cache" -f "$sfmt" -O "$dfmt" "$src" "$out"
             fi
             t1=$(now)
             secs=$(python3 -c "print(round($t1 - $t0, 3))")
@@ -70,14 +72,16 @@ tool, name, secs, out, size_mib = sys.argv[1:6]
 print(json.dumps({"tool": tool, "case": name, "seconds": float(secs),
                   "mb_s": round(int(size_mib) * 1048576 / 1e6 / float(secs), 1),
                   "output_allocated_mib": round(os.stat(out).st_blocks * 512 / 1048576, 1)}))' \
-            "$tool" "$name" "$best" "$out" "$SIZE_MIB" | tee -a "$results"
+            "$tool" "$name/$cache" "$best" "$out" "$SIZE_MIB" | tee -a "$results"
         rm -f "$out"
     done
 }
 
-run_case raw-to-raw "$src_raw" raw raw
-run_case raw-to-qcow2 "$src_raw" raw qcow2
-run_case qcow2-to-raw "$src_qcow2" qcow2 raw
+for cache in writeback unsafe; do
+    run_case raw-to-raw "$src_raw" raw raw "$cache"
+    run_case raw-to-qcow2 "$src_raw" raw qcow2 "$cache"
+    run_case qcow2-to-raw "$src_qcow2" qcow2 raw "$cache"
+done
 
 python3 - "$results" <<'PY'
 import json, sys
@@ -87,12 +91,12 @@ for r in rows:
     if r["case"] not in cases:
         cases.append(r["case"])
 print()
-print("%-14s %12s %12s %16s %18s" % ("case", "qemu-img s", "fleece s", "fleece/qemu-img",
+print("%-24s %12s %12s %16s %18s" % ("case", "qemu-img s", "fleece s", "fleece/qemu-img",
                                      "allocated q/f MiB"))
 for c in cases:
     q = next(r for r in rows if r["case"] == c and r["tool"] == "qemu-img")
     f = next(r for r in rows if r["case"] == c and r["tool"] == "fleece")
-    print("%-14s %12.3f %12.3f %16.2f %18s" % (c, q["seconds"], f["seconds"],
+    print("%-24s %12.3f %12.3f %16.2f %18s" % (c, q["seconds"], f["seconds"],
                                                 f["seconds"] / q["seconds"],
                                                 "%s/%s" % (q["output_allocated_mib"],
                                                            f["output_allocated_mib"])))

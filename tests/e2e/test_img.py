@@ -305,6 +305,10 @@ def test_convert_progress_and_parallelism(tmp_path):
         assert p.stdout.startswith(b'    (0.00/100%)\r')
         assert p.stdout.endswith(b'    (100.00/100%)\r\n')
         ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, dst))
+    # qemu-img convert's default cache mode: no flush, same data.
+    ok(fleece_img('convert', '-t', 'unsafe', '-O', 'raw', src, dst))
+    ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, dst))
+    assert fleece_img('convert', '-t', 'directsync', '-O', 'raw', src, dst).returncode == 1
 
 
 def test_convert_existing_target_with_n_overwrites_stale_data(tmp_path):
