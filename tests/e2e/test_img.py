@@ -305,6 +305,10 @@ def test_convert_progress_and_parallelism(tmp_path):
         assert p.stdout.startswith(b'    (0.00/100%)\r')
         assert p.stdout.endswith(b'    (100.00/100%)\r\n')
         ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, dst))
+    # qemu-img convert's default cache mode: no flush, same data.
+    ok(fleece_img('convert', '-t', 'unsafe', '-O', 'raw', src, dst))
+    ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, dst))
+    assert fleece_img('convert', '-t', 'directsync', '-O', 'raw', src, dst).returncode == 1
 
 
 def test_convert_existing_target_with_n_overwrites_stale_data(tmp_path):
@@ -380,3 +384,229 @@ def test_resize_bad_input(tmp_path):
     assert os.path.getsize(path) == MiB
     p = fleece_img('resize', str(tmp_path / 'missing.raw'), '1G')
     assert p.returncode == 1 and 'Could not open' in p.stderr
+
+
+# --- qcow2 ----------------------------------------------------------------------------
+
+def set_refcount(path, cluster_index, value, grow_file=False):
+    """Overwrites one 16-bit refcount of a qcow2 image (to make leaks and corruptions)."""
+    import struct
+    with open(path, 'r+b') as f:
+        hdr = f.read(104)
+        cluster_size = 1 << struct.unpack('>I', hdr[20:24])[0]
+        refcount_table = struct.unpack('>Q', hdr[48:56])[0]
+        assert struct.unpack('>I', hdr[96:100])[0] == 4
+        per_block = cluster_size // 2
+        f.seek(refcount_table + 8 * (cluster_index // per_block))
+        block = struct.unpack('>Q', f.read(8))[0]
+        assert block
+        if grow_file:
+            f.truncate((cluster_index + 1) * cluster_size)
+        f.seek(block + 2 * (cluster_index % per_block))
+        f.write(struct.pack('>H', value))
+
+
+def without(d, *keys):
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def coverage(entries):
+    """A map without host offsets, adjacent entries of the same kind merged: what the
+    guest sees and what is allocated, whatever the layout of the image file."""
+    out = []
+    for e in entries:
+        e = without(e, 'offset')
+        if out and without(out[-1], 'start', 'length') == without(e, 'start', 'length'):
+            out[-1]['length'] += e['length']
+        else:
+            out.append(e)
+    return out
+
+
+@pytest.mark.parametrize('options', [[], ['-o', 'cluster_size=4k'], ['-o', 'cluster_size=2M'],
+                                     ['-o', 'cluster_size=512'],
+                                     ['-o', 'preallocation=metadata'],
+                                     ['-o', 'cluster_size=4k,preallocation=metadata']])
+def test_create_qcow2_like_qemu_img(tmp_path, options):
+    mine, theirs = str(tmp_path / 'mine.qcow2'), str(tmp_path / 'theirs.qcow2')
+    p = ok(fleece_img('create', '-f', 'qcow2', *options, mine, '256M'))
+    q = ok(qemu_img('create', '-f', 'qcow2', *options, theirs, '256M'))
+    assert p.stdout.replace(mine, 'X') == q.stdout.replace(theirs, 'X')
+    ok(qemu_img('check', mine))
+    a, b = info_json('qemu', mine), info_json('qemu', theirs)
+    assert without(a, 'filename', 'actual-size') == without(b, 'filename', 'actual-size')
+    # Preallocated metadata may be laid out differently in the file; the mapping is the same.
+    assert coverage(map_json('qemu', mine)) == coverage(map_json('qemu', theirs))
+
+
+def test_create_qcow2_with_backing_like_qemu_img(tmp_path):
+    ok(qemu_img('create', '-f', 'qcow2', str(tmp_path / 'base.qcow2'), '64M'))
+    # Relative backing names are relative to the new image; the size comes from the backing.
+    p = ok(fleece_img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2',
+                      str(tmp_path / 'mine.qcow2')))
+    q = ok(qemu_img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2',
+                    str(tmp_path / 'theirs.qcow2')))
+    assert p.stdout.replace('mine', 'X') == q.stdout.replace('theirs', 'X')
+    mine = str(tmp_path / 'mine.qcow2')
+    ok(qemu_img('check', mine))
+    a = info_json('qemu', mine, '--backing-chain')
+    b = info_json('qemu', str(tmp_path / 'theirs.qcow2'), '--backing-chain')
+    assert [without(x, 'filename', 'actual-size') for x in a] == \
+        [without(x, 'filename', 'actual-size') for x in b]
+    p = fleece_img('create', '-f', 'qcow2', '-b', 'missing.qcow2', '-F', 'qcow2',
+                   str(tmp_path / 'x.qcow2'))
+    assert p.returncode == 1 and 'missing.qcow2' in p.stderr
+
+
+def make_chain(tmp_path):
+    """base.qcow2 <- top.qcow2 with data, zero clusters and holes in both."""
+    base, top = str(tmp_path / 'base.qcow2'), str(tmp_path / 'top.qcow2')
+    ok(qemu_img('create', '-f', 'qcow2', base, '64M'))
+    qemu_io(base, 'write -P 0x0b 0 4M', 'write -P 0x0c 16M 1M', 'write -z 20M 1M', fmt='qcow2')
+    ok(qemu_img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top))
+    qemu_io(top, 'write -P 0x1a 1M 1M', 'write -z 3M 512k', 'write -P 0x1b 30M 64k',
+            'write -P 0x1c 40M 4k', 'write -P 0x1d 50M 3M', fmt='qcow2')
+    return base, top
+
+
+def test_info_qcow2_same_as_qemu_img(tmp_path):
+    base, top = make_chain(tmp_path)
+    for args in ([], ['--backing-chain']):
+        for path in (top, base):
+            p = ok(fleece_img('info', '--output=json', *args, path))
+            q = ok(qemu_img('info', '--output=json', *args, path))
+            assert json.loads(p.stdout) == json.loads(q.stdout)
+            p = ok(fleece_img('info', *args, path))
+            q = ok(qemu_img('info', *args, path))
+            assert p.stdout == q.stdout
+    # Relative to the working directory too.
+    p = ok(fleece_img('info', '--output=json', '--backing-chain', 'top.qcow2', cwd=tmp_path))
+    q = ok(qemu_img('info', '--output=json', '--backing-chain', 'top.qcow2', cwd=tmp_path))
+    assert json.loads(p.stdout) == json.loads(q.stdout)
+
+
+def test_map_qcow2_same_as_qemu_img(tmp_path):
+    base, top = make_chain(tmp_path)
+    for path in (top, base):
+        assert map_json('fleece', path) == map_json('qemu', path)
+    assert ok(fleece_img('map', 'top.qcow2', cwd=tmp_path)).stdout == \
+        ok(qemu_img('map', 'top.qcow2', cwd=tmp_path)).stdout
+
+
+def test_check_qcow2_like_qemu_img(tmp_path):
+    path = str(tmp_path / 'a.qcow2')
+    ok(fleece_img('create', '-f', 'qcow2', path, '64M'))
+    qemu_io(path, 'write -P 1 0 128k', 'write -P 2 10M 64k', fmt='qcow2')
+    p, q = fleece_img('check', path), qemu_img('check', path)
+    assert p.returncode == q.returncode == 0
+    assert p.stdout == q.stdout
+    assert json.loads(ok(fleece_img('check', '--output=json', path)).stdout) == \
+        json.loads(ok(qemu_img('check', '--output=json', path)).stdout)
+    # Two leaked clusters past the end of the data: exit code 3.
+    clusters = os.path.getsize(path) // 65536
+    set_refcount(path, clusters + 1, 1, grow_file=True)
+    set_refcount(path, clusters + 2, 1, grow_file=True)
+    p, q = fleece_img('check', path), qemu_img('check', path)
+    assert p.returncode == q.returncode == 3, p.stdout + p.stderr
+    assert p.stdout == q.stdout
+    pj = fleece_img('check', '--output=json', path)
+    qj = qemu_img('check', '--output=json', path)
+    assert pj.returncode == qj.returncode == 3
+    assert json.loads(pj.stdout) == json.loads(qj.stdout)
+    p = fleece_img('check', '-r', 'leaks', path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert 'The following inconsistencies were found and repaired' in p.stdout
+    assert qemu_img('check', path).returncode == 0
+    qemu_io(path, 'read -P 1 0 128k', 'read -P 2 10M 64k', fmt='qcow2')
+
+
+def test_check_qcow2_corruption_exit_2(tmp_path):
+    path = str(tmp_path / 'a.qcow2')
+    ok(qemu_img('create', '-f', 'qcow2', path, '64M'))
+    qemu_io(path, 'write -P 1 0 128k', fmt='qcow2')
+    set_refcount(path, 5, 0)  # a data cluster now has refcount 0
+    p, q = fleece_img('check', path), qemu_img('check', path)
+    assert p.returncode == q.returncode == 2, p.stdout + p.stderr
+    assert 'errors were found on the image' in p.stdout
+    pj = fleece_img('check', '--output=json', path)
+    assert pj.returncode == 2 and json.loads(pj.stdout)['corruptions'] > 0
+
+
+def test_corrupt_qcow2_is_refused_clearly(tmp_path):
+    good = str(tmp_path / 'good.qcow2')
+    ok(qemu_img('create', '-f', 'qcow2', good, '64M'))
+    bad = str(tmp_path / 'bad.qcow2')
+    with open(good, 'rb') as f, open(bad, 'wb') as g:
+        g.write(f.read(100))
+    for cmd in (['info'], ['map'], ['check'], ['convert', '-O', 'raw'], ['compare']):
+        extra = [str(tmp_path / 'out.raw')] if cmd[0] == 'convert' else \
+            [good] if cmd[0] == 'compare' else []
+        p = fleece_img(*cmd, bad, *extra)
+        want = 2 if cmd[0] == 'compare' else 1
+        assert p.returncode == want, (cmd, p.stdout, p.stderr)
+        assert "'%s'" % bad in p.stderr and 'qcow2' in p.stderr, (cmd, p.stderr)
+
+
+def test_convert_raw_qcow2_round_trip(tmp_path):
+    src = str(tmp_path / 'src.raw')
+    make_raw(src, 64 * MiB)
+    write_mixed(src)
+    qemu_io(src, 'write -P 0 20M 8M', 'write -P 0x77 40M 5M')
+    q2 = str(tmp_path / 'mid.qcow2')
+    ok(fleece_img('convert', '-f', 'raw', '-O', 'qcow2', src, q2))
+    ok(qemu_img('check', q2))
+    ok(qemu_img('compare', '-f', 'raw', '-F', 'qcow2', src, q2))
+    assert fleece_img('compare', src, q2).returncode == 0
+    ref = str(tmp_path / 'ref.qcow2')
+    ok(qemu_img('convert', '-f', 'raw', '-O', 'qcow2', src, ref))
+    # Same allocation as qemu-img's conversion (host offsets may differ: writes run in
+    # parallel), and no more space.
+    assert coverage(map_json('fleece', q2)) == coverage(map_json('qemu', ref))
+    assert map_json('fleece', q2) == map_json('qemu', q2)
+    assert os.path.getsize(q2) <= os.path.getsize(ref) + 65536
+    back = str(tmp_path / 'back.raw')
+    ok(fleece_img('convert', '-O', 'raw', q2, back))
+    ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, back))
+    assert allocated_bytes(back) < 12 * MiB
+
+
+def test_convert_qcow2_chain_to_raw_and_qcow2_options(tmp_path):
+    base, top = make_chain(tmp_path)
+    out = str(tmp_path / 'flat.raw')
+    ok(fleece_img('convert', '-O', 'raw', top, out))
+    ok(qemu_img('compare', '-F', 'raw', top, out))
+    q2 = str(tmp_path / 'flat.qcow2')
+    ok(fleece_img('convert', '-O', 'qcow2', '-o', 'cluster_size=4k', top, q2))
+    ok(qemu_img('check', q2))
+    ok(qemu_img('compare', top, q2))
+    assert info_json('qemu', q2)['cluster-size'] == 4096
+    p = fleece_img('convert', '-O', 'qcow2', '-o', 'cluster_size=5k', top, str(tmp_path / 'x.qcow2'))
+    assert p.returncode == 1 and 'power of two' in p.stderr
+
+
+def test_compare_qcow2_agrees_with_qemu_img(tmp_path):
+    base, top = make_chain(tmp_path)
+    flat = str(tmp_path / 'flat.raw')
+    ok(qemu_img('convert', '-O', 'raw', top, flat))
+    p, q = compare_both(top, flat)
+    assert p.returncode == 0 and p.stdout == q.stdout
+    qemu_io(flat, 'write -P 0x55 0x3100000 512')
+    p, q = compare_both(top, flat)
+    assert p.returncode == 1 and p.stdout == q.stdout
+    p, q = compare_both(top, base)
+    assert p.returncode == 1 and p.stdout == q.stdout
+
+
+def test_resize_qcow2(tmp_path):
+    path = str(tmp_path / 'a.qcow2')
+    ok(fleece_img('create', '-f', 'qcow2', path, '64M'))
+    qemu_io(path, 'write -P 0x61 63M 1M', fmt='qcow2')
+    assert ok(fleece_img('resize', path, '+1G')).stdout == 'Image resized.\n'
+    assert info_json('qemu', path)['virtual-size'] == (1 << 30) + 64 * MiB
+    ok(qemu_img('check', path))
+    qemu_io(path, 'read -P 0x61 63M 1M', 'read -P 0 64M 1M', 'write -P 0x62 1G 1M', fmt='qcow2')
+    ok(qemu_img('check', path))
+    p = fleece_img('resize', '--shrink', path, '-1M')
+    assert p.returncode == 1 and 'not supported' in p.stderr
+    p = fleece_img('resize', path, '-1M')
+    assert p.returncode == 1 and '--shrink' in p.stderr

@@ -101,6 +101,16 @@ int run_check(const CheckArgs& a) {
     if (!loc || loc->nbd) return fail("Checking an image over NBD is not supported", 1);
     auto r = qcow2_check(a.filename, mode);
     if (!r) return fail("Could not check '" + a.filename + "': " + r.error().message, 1);
+    if (r->leaks_fixed || r->corruptions_fixed) {
+        // Like qemu-img, what is reported after a repair is a fresh check of the result.
+        auto again = qcow2_check(a.filename, RepairMode::none);
+        if (!again)
+            return fail("Could not check '" + a.filename + "': " + again.error().message, 1);
+        again->leaks_fixed = r->leaks_fixed;
+        again->corruptions_fixed = r->corruptions_fixed;
+        again->messages.insert(again->messages.begin(), r->messages.begin(), r->messages.end());
+        r = std::move(again);
+    }
     for (const std::string& m : r->messages)
         std::cerr << m << "\n";
     std::cerr.flush();

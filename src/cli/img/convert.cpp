@@ -30,6 +30,7 @@ struct ConvertArgs {
     bool progress = false;
     bool no_create = false;
     bool target_is_zero = false;
+    std::string cache = "writeback";
     unsigned parallel = 8;
     std::vector<std::string> options;
     std::string source, target;
@@ -174,6 +175,7 @@ io::Task<int> run_convert(ConvertArgs a, Session* s) {
     // With -n the target is opened in the -O format too (raw by default), as qemu-img does.
     // Built outside co_await: GCC 12 destroys a braced temporary argument twice.
     OpenRequest dst_req{a.target, a.target_format, true};
+    dst_req.no_flush = a.cache == "unsafe";
     auto dst = co_await open_image(s, std::move(dst_req));
     if (!dst) co_return fail(dst.error().message);
     if ((*dst)->size() < size)
@@ -212,6 +214,11 @@ void add_convert(CLI::App& img, Action* action) {
     cmd->add_flag("-n", a->no_create, "The target exists: do not create it");
     cmd->add_flag("--target-is-zero", a->target_is_zero,
                   "With -n: the target reads as zeroes, skip writing zeroes");
+    cmd->add_option("-t", a->cache,
+                    "Target cache mode: writeback (flush at the end, the default) or unsafe "
+                    "(no flush, what qemu-img convert does by default)")
+        ->check(CLI::IsMember({"writeback", "unsafe"}))
+        ->default_val("writeback");
     cmd->add_option("-m", a->parallel, "Requests in flight (1-16)")->default_val(8);
     cmd->add_option("-o", a->options, "Target format options key=value[,...]")
         ->allow_extra_args(false);

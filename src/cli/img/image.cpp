@@ -119,10 +119,12 @@ std::vector<block::Node*> Image::chain() const {
 
 namespace {
 
-io::Task<Result<block::Node*>> open_protocol(Session* s, Location loc, bool writable) {
+io::Task<Result<block::Node*>> open_protocol(Session* s, Location loc, bool writable,
+                                             bool no_flush) {
     json proto_opts = loc.protocol;
     proto_opts["node-name"] = s->fresh_name("proto");
     proto_opts["read-only"] = !writable;
+    if (no_flush && !loc.nbd) proto_opts["cache"] = json{{"no-flush", true}};
     co_return co_await nodes::blockdev_add(s->graph, proto_opts);
 }
 
@@ -132,7 +134,7 @@ io::Task<Result<std::string>> probe_image_format(Session* s, std::string name) {
     const std::string prefix = fmt::format("Could not open '{}': ", name);
     auto loc = parse_location(name);
     if (!loc) co_return make_error(prefix + loc.error().message);
-    auto proto = co_await open_protocol(s, *loc, false);
+    auto proto = co_await open_protocol(s, *loc, false, false);
     if (!proto) co_return make_error(prefix + proto.error().message);
     auto probed = co_await probe_format(s, *proto, name);
     const std::string proto_name = (*proto)->name();
@@ -148,7 +150,7 @@ io::Task<Result<std::unique_ptr<Image>>> open_image(Session* s, OpenRequest req)
     auto loc = parse_location(req.name);
     if (!loc) co_return make_error(prefix + loc.error().message);
 
-    auto proto = co_await open_protocol(s, *loc, req.writable);
+    auto proto = co_await open_protocol(s, *loc, req.writable, req.no_flush);
     if (!proto) co_return make_error(prefix + proto.error().message);
     const std::string proto_name = (*proto)->name();
 

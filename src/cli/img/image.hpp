@@ -39,6 +39,8 @@ struct OpenRequest {
     std::string format; // "" = probe (qcow2 magic, else raw)
     bool writable = false;
     nlohmann::json format_options = nlohmann::json::object(); // extra options of the format node
+    // qemu-img's `-t unsafe`: never flush (the data may be lost on a host crash).
+    bool no_flush = false;
 };
 
 class Image final : public block::ChildParent {

@@ -85,10 +85,10 @@ io::Task<int> run_map(MapArgs a, Session* s) {
         e.depth = st.depth == 0 ? static_cast<std::uint32_t>(chain.size() - 1) : st.depth - 1;
         e.zero = st.flags & block::status_zero;
         e.data = st.flags & block::status_data;
-        if (raw)
-            e.offset = pos; // raw maps every byte to the same offset of its file
-        else if (st.offset != block::BlockStatus::no_offset)
+        if (st.offset != block::BlockStatus::no_offset)
             e.offset = st.offset;
+        else if (raw)
+            e.offset = pos; // raw over NBD: every byte maps to the same offset
         if (e.depth == 0)
             e.file = image.name();
         else if (e.depth < chain.size())

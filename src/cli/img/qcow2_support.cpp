@@ -1,33 +1,17 @@
 #include "cli/img/qcow2_support.hpp"
 
-// The qcow2 driver is developed on its own branch; until it is merged this file builds
-// without it and says so at run time.
-#if __has_include("nodes/qcow2/qcow2_tools.hpp")
+#include "nodes/qcow2/qcow2_format.hpp"
 #include "nodes/qcow2/qcow2_tools.hpp"
-#define FLEECE_HAVE_QCOW2_TOOLS 1
-#endif
+#include "util/align.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace fleece::cli::img {
-
-#ifndef FLEECE_HAVE_QCOW2_TOOLS
-
-namespace {
-Error missing() {
-    return make_error("qcow2 support is not built into this fleece yet");
-}
-} // namespace
-
-Status qcow2_create(const std::string&, const CreateSettings&) {
-    return missing();
-}
-Result<Qcow2Info> qcow2_info(const std::string&) {
-    return missing();
-}
-Result<CheckReport> qcow2_check(const std::string&, RepairMode) {
-    return missing();
-}
-
-#else
 
 namespace q = fleece::nodes::qcow2;
 
@@ -89,6 +73,86 @@ Result<CheckReport> qcow2_check(const std::string& path, RepairMode mode) {
     return c;
 }
 
-#endif
+namespace {
+
+void put_be(std::byte* p, std::uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; --i) {
+        p[i] = static_cast<std::byte>(v & 0xff);
+        v >>= 8;
+    }
+}
+
+struct Fd {
+    int fd = -1;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+Error os_error(const char* what, const std::string& path) {
+    return make_error(fmt::format("Could not {} '{}': {}", what, path, std::strerror(errno)));
+}
+
+bool pwrite_all(int fd, const std::byte* p, std::size_t n, std::uint64_t off) {
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+        if (w <= 0) return false;
+        p += w;
+        n -= static_cast<std::size_t>(w);
+        off += static_cast<std::uint64_t>(w);
+    }
+    return true;
+}
+
+} // namespace
+
+Status qcow2_grow(const std::string& path, std::uint64_t new_size) {
+    Fd f;
+    f.fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (f.fd < 0) return os_error("open", path);
+    struct stat st {};
+    if (::fstat(f.fd, &st) < 0) return os_error("stat", path);
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    std::vector<std::byte> first(std::min<std::uint64_t>(file_size, 2u << 20));
+    if (::pread(f.fd, first.data(), first.size(), 0) != static_cast<ssize_t>(first.size()))
+        return os_error("read", path);
+    auto h = q::parse_header(first, file_size);
+    if (!h) return h.error();
+    if (h->corrupt() || h->dirty())
+        return make_error(
+            "The image is marked corrupt or dirty; repair it first (img check -r all)");
+    if (h->nb_snapshots) return make_error("Can't resize an image which has snapshots");
+    if (h->find_extension(q::ext_bitmaps))
+        return make_error("Can't resize an image which has persistent bitmaps");
+    if (new_size < h->size) return make_error("Shrinking qcow2 images is not supported yet");
+    if (new_size > q::max_virtual_size) return make_error("Image size too large");
+    const std::uint64_t cs = h->cluster_size();
+    const std::uint64_t want_l1 = q::l1_entries_for(new_size, h->cluster_bits, h->extended_l2());
+    if (want_l1 > h->l1_size) {
+        // The L1 table grows in place inside the clusters it already owns; moving it to new
+        // clusters (refcount updates) is not done offline yet.
+        const std::uint64_t capacity = align_up(std::uint64_t{h->l1_size} * 8, cs) / 8;
+        if (h->l1_table_offset == 0 || want_l1 > capacity)
+            return make_error(fmt::format(
+                "Growing this image needs a larger L1 table, which is not supported yet "
+                "(largest size without it: {} bytes)",
+                capacity * (h->l2_entries() * cs)));
+        // Entries past l1_size are unused; make sure they read as "unallocated" before the
+        // header makes them part of the table.
+        std::vector<std::byte> zeroes((want_l1 - h->l1_size) * 8);
+        if (!pwrite_all(f.fd, zeroes.data(), zeroes.size(), h->l1_table_offset + h->l1_size * 8) ||
+            ::fdatasync(f.fd) < 0)
+            return os_error("write", path);
+    }
+    // size (offset 24) and, if needed, l1_size (offset 36) are in the same sector.
+    std::byte field[8];
+    if (want_l1 > h->l1_size) {
+        put_be(field, want_l1, 4);
+        if (!pwrite_all(f.fd, field, 4, 36)) return os_error("write", path);
+    }
+    put_be(field, new_size, 8);
+    if (!pwrite_all(f.fd, field, 8, 24) || ::fdatasync(f.fd) < 0) return os_error("write", path);
+    return {};
+}
 
 } // namespace fleece::cli::img

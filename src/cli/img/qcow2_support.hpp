@@ -36,4 +36,7 @@ struct CheckReport {
 };
 Result<CheckReport> qcow2_check(const std::string& path, RepairMode mode);
 
+// Grows the virtual size in place (header, and the L1 table inside its clusters).
+Status qcow2_grow(const std::string& path, std::uint64_t new_size);
+
 } // namespace fleece::cli::img

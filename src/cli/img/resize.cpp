@@ -2,6 +2,7 @@
 
 #include "cli/img/common.hpp"
 #include "cli/img/image.hpp"
+#include "cli/img/qcow2_support.hpp"
 #include "cli/img/size.hpp"
 #include "util/align.hpp"
 
@@ -50,10 +51,15 @@ int run_resize(const ResizeArgs& a) {
         if (wanted.error().message.rfind("Invalid size", 0) == 0) return fail(size_help);
         return fail(wanted.error().message);
     }
-    if (format != "raw") return fail("Resizing " + format + " images is not supported yet");
     const std::uint64_t new_size = align_up(*wanted, std::uint64_t{512});
     if (new_size < old_size && !a.shrink)
         return fail("Use the --shrink option to perform a shrink operation.");
+    if (format == "qcow2") {
+        if (Status st = qcow2_grow(a.filename, new_size); !st)
+            return fail("Could not resize '" + a.filename + "': " + st.error().message);
+        if (!a.quiet) std::cout << "Image resized.\n";
+        return 0;
+    }
     const int fd = ::open(a.filename.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return fail("Could not open '" + a.filename + "': " + std::strerror(errno));
     const int rc = ::ftruncate(fd, static_cast<off_t>(new_size));

@@ -179,6 +179,7 @@ class FileNode final : public block::Node {
         block::BlockStatus s;
         s.length = length;
         s.flags = block::status_data | block::status_allocated;
+        s.offset = offset; // a protocol node maps every byte to itself
         if (is_block_device_) co_return s;
         // lseek is a cheap metadata lookup, done inline like QEMU's file-posix does.
         const off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);

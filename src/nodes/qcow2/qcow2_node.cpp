@@ -495,17 +495,29 @@ io::Task<block::BlockStatus> Qcow2Node::do_block_status(std::uint64_t offset,
         co_return s;
     }
     const int cls = classify(first.raw);
+    // Data in normal clusters also reports its host offset (img map); the run then only
+    // extends over host-contiguous normal clusters. Compressed data has no such offset.
+    const bool normal = decode_l2(first.raw, cb_, h_.version).kind == ClusterKind::normal;
+    std::uint64_t next_host = decode_l2(first.raw, cb_, h_.version).host_offset + cs_;
     std::uint64_t pos = std::min(end, align_down(offset, cs_) + cs_);
     for (int i = 0; pos < end && i < 4096; ++i) {
         // Only what is cached: no suspension (and no deep await chain) per cluster.
         std::uint64_t raw = 0;
         if (!peek_entry(pos >> cb_, &raw) || classify(raw) != cls) break;
+        if (cls == 1) {
+            const L2Entry e = decode_l2(raw, cb_, h_.version);
+            if ((e.kind == ClusterKind::normal) != normal) break;
+            if (normal && e.host_offset != next_host) break;
+            next_host += cs_;
+        }
         pos = std::min(end, pos + cs_);
     }
     s.length = pos - offset;
     s.depth = 1;
     if (cls == 1) {
         s.flags = block::status_data | block::status_allocated;
+        if (normal)
+            s.offset = decode_l2(first.raw, cb_, h_.version).host_offset + (offset & (cs_ - 1));
     } else if (cls == 2) {
         s.flags = block::status_zero | block::status_allocated;
     } else if (backing_ && offset < backing_->node().size()) {
@@ -515,6 +527,7 @@ io::Task<block::BlockStatus> Qcow2Node::do_block_status(std::uint64_t offset,
         s.length = b.length;
         s.flags = b.flags & ~block::status_allocated;
         s.depth = b.depth == 0 ? 0 : b.depth + 1;
+        s.offset = b.offset;
     } else {
         s.flags = block::status_zero;
         s.depth = 0;
