@@ -118,3 +118,60 @@ def test_open_timeout(tmp_path):
         if kit:
             kit.kill()
             kit.wait()
+
+
+def test_upstreams_errors_and_delay(tmp_path):
+    """The node in front of qemu-nbd (data checked with qemu-img compare), nbdkit's delay
+    filter (slow but correct) and error filter (the server's errno comes through)."""
+    disk = tmp_path / 'up.raw'
+    with open(disk, 'wb') as f:
+        f.write(os.urandom(4 << 20))
+        f.truncate(16 << 20)
+    qn_sock = str(tmp_path / 'qn.sock')
+    qn = subprocess.Popen(['qemu-nbd', '-f', 'raw', '--socket=' + qn_sock, '--persistent',
+                           '--shared=4', str(disk)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow_sock = str(tmp_path / 'slow.sock')
+    err_sock = str(tmp_path / 'err.sock')
+    slow = subprocess.Popen(['nbdkit', '-f', '-U', slow_sock, '--filter=delay', 'memory', '16M',
+                             'rdelay=10ms', 'wdelay=10ms'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bad = subprocess.Popen(['nbdkit', '-f', '-U', err_sock, '--filter=error', 'memory', '16M',
+                            'error-pread=EIO', 'error-pread-rate=100%', 'error-trim=ENOSPC',
+                            'error-trim-rate=100%'],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for s in (qn_sock, slow_sock, err_sock):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(s):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    d = Daemon(tmp_path)
+    try:
+        q = d.qmp
+        for name, s in (('qn', qn_sock), ('slow', slow_sock), ('bad', err_sock)):
+            q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': s},
+                      **{'node-name': name})
+        sock = str(tmp_path / 'nbd.sock')
+        q.execute('nbd-server-start', addr={'type': 'unix', 'data': {'path': sock}})
+        for name in ('qn', 'slow', 'bad'):
+            q.execute('block-export-add', type='nbd', id=name, writable=True,
+                      **{'node-name': name})
+        uri = lambda n: 'nbd+unix:///%s?socket=%s' % (n, sock)
+        assert 'Images are identical' in subprocess.run(
+            ['qemu-img', 'compare', '-f', 'raw', '-F', 'raw', str(disk), uri('qn')],
+            capture_output=True, text=True, timeout=120).stdout
+        qemu_io(uri('slow'), 'aio_write -P 0x21 0 64k', 'aio_write -P 0x22 64k 64k',
+                'aio_flush', 'read -P 0x21 0 64k', 'read -P 0x22 64k 64k')
+        qemu_io(uri('bad'), 'write -P 0x23 0 64k')  # writes are not failed by the filter
+        out = qemu_io(uri('bad'), 'read 0 64k', check=False)
+        assert 'Input/output error' in out, out
+        out = qemu_io(uri('bad'), 'discard 0 64k', check=False)
+        assert 'No space left on device' in out, out
+        # The node and the daemon are still fine.
+        qemu_io(uri('slow'), 'read -P 0x21 0 64k')
+        assert len(q.execute('query-block-exports')) == 3
+    finally:
+        assert d.stop() == 0
+        for p in (qn, slow, bad):
+            p.kill()
+            p.wait()
