@@ -93,7 +93,8 @@ Result<SidecarContent> read_sidecar(const std::string& path) {
         if (!check_granularity(e.granularity) ||
             nwords != (div_round_up(c.disk_size, e.granularity) + 63) / 64)
             return bad;
-        e.enabled = enabled != 0;
+        e.enabled = (enabled & 1) != 0;
+        e.inconsistent = (enabled & 2) != 0;
         e.words.resize(nwords);
         for (auto& w : e.words)
             if (!r.get(&w)) return bad;
@@ -120,7 +121,9 @@ Status write_sidecar(const std::string& path, std::uint64_t disk_size, const Dir
         put<std::uint32_t>(out, static_cast<std::uint32_t>(b.name().size()));
         out.insert(out.end(), b.name().begin(), b.name().end());
         put<std::uint64_t>(out, b.granularity());
-        put<std::uint8_t>(out, b.recording() ? 1 : 0);
+        // An inconsistent bitmap must stay so across clean restarts: saving it clean would
+        // turn a possible miss into a silent one.
+        put<std::uint8_t>(out, (b.recording() ? 1 : 0) | (b.inconsistent() ? 2 : 0));
         put<std::uint64_t>(out, bits.words().size());
         for (std::uint64_t w : bits.words())
             put<std::uint64_t>(out, w);

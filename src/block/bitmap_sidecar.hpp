@@ -11,8 +11,8 @@
 //
 // Format (little-endian): "FLEECEBM", u32 version 1, u32 state (0 clean, 1 in use),
 // u64 disk size, u32 bitmap count, then per bitmap: u32 name length, name, u64 granularity,
-// u8 enabled, u64 word count, the 64-bit words. Written to a temporary file, fsynced and
-// renamed over the old one, so a crash leaves either the old or the new file.
+// u8 flags (1 enabled, 2 inconsistent), u64 word count, the 64-bit words. Written to a temporary
+// file, fsynced and renamed over the old one, so a crash leaves either the old or the new file.
 
 #include "block/dirty_bitmap.hpp"
 #include "util/result.hpp"
@@ -28,6 +28,7 @@ struct SidecarContent {
         std::string name;
         std::uint64_t granularity = 0;
         bool enabled = true;
+        bool inconsistent = false; // stays so until the user removes the bitmap
         std::vector<std::uint64_t> words;
     };
     std::vector<Entry> bitmaps;

@@ -26,6 +26,7 @@ TEST(BitmapSidecar, RoundTripKeepsPersistentBitmapsOnly) {
     b->set_enabled(false);
     a->record(3 * 65536 + 5, 70000);
     b->set_dirty(9'999'999, 1);
+    b->set_inconsistent(true);
     t->record(0, 1);
     // A frozen bitmap is saved with its successor's writes (over-approximation).
     a->create_successor();
@@ -45,6 +46,8 @@ TEST(BitmapSidecar, RoundTripKeepsPersistentBitmapsOnly) {
     EXPECT_EQ(c->bitmaps[1].name, "b");
     EXPECT_EQ(c->bitmaps[1].granularity, 512u);
     EXPECT_FALSE(c->bitmaps[1].enabled);
+    EXPECT_TRUE(c->bitmaps[1].inconsistent);
+    EXPECT_FALSE(c->bitmaps[0].inconsistent);
 
     ASSERT_TRUE(write_sidecar(path, 10'000'000, set, false));
     EXPECT_FALSE(read_sidecar(path)->clean);

@@ -280,7 +280,7 @@ Status attach_sidecar(block::Graph& graph, const std::string& node_name, const s
             (*b)->set_persistent(true);
             (*b)->set_enabled(e.enabled);
             // Not saved at the last shutdown: writes after the last save are unknown.
-            (*b)->set_inconsistent(!content->clean);
+            (*b)->set_inconsistent(!content->clean || e.inconsistent);
         }
     }
     // In use from now on, durably, before the node takes another write.

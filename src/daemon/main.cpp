@@ -57,6 +57,9 @@ io::Task<void> shut_down(Services* services) {
         co_await services->nbd_server->stop();
         services->nbd_server.reset();
     }
+    // No writer is left (exports stopped, their requests done): the bitmaps are final.
+    if (Status st = save_bitmap_sidecars(*services->graph); !st)
+        log::error("fleeced: {}", st.error().message);
     co_await services->graph->close_all();
 }
 
@@ -146,8 +149,6 @@ int run(const Options& options) {
     if (options.daemonize) daemonize_ready();
     log::info("fleeced ready");
     loop.run();
-    if (Status st = save_bitmap_sidecars(*services.graph); !st)
-        log::error("fleeced: {}", st.error().message);
     loop.run_until_complete(shut_down(&services));
 
     for (const auto& path : socket_paths)

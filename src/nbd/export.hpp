@@ -20,9 +20,9 @@ struct ExportOptions {
     std::string name;        // NBD export name; empty = same as node_name
     std::string description; // NBD_INFO_DESCRIPTION / NBD_REP_SERVER text
     bool writable = false;
-    bool allocation_depth = false;      // offer the qemu:allocation-depth meta context
-    std::vector<std::string> bitmaps{}; // offer qemu:dirty-bitmap:NAME for each (see
-                                        // dirty_bitmap_context.hpp)
+    bool allocation_depth = false;         // offer the qemu:allocation-depth meta context
+    std::vector<std::string> bitmaps = {}; // offer qemu:dirty-bitmap:NAME for each (see
+                                           // dirty_bitmap_context.hpp)
 };
 
 class Connection;

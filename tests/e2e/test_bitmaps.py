@@ -433,6 +433,14 @@ def test_sidecar_survives_restart_and_crash_needs_full_backup(tmp_path):
         assert 'full backup' in e.value.desc
         with pytest.raises(QmpError):
             q.execute('block-dirty-bitmap-merge', node='disk', target='b0', bitmaps=[])
+    finally:
+        assert d.stop() == 0
+    # A clean restart does not make it trustworthy again.
+    d = sidecar_daemon(tmp_path, disk, sock)
+    try:
+        q = d.qmp
+        info = {b['name']: b for b in bitmaps_of(q, 'disk')}
+        assert info['b0']['inconsistent'] is True
         # The way out: drop it, start a new chain.
         q.execute('block-dirty-bitmap-remove', node='disk', name='b0')
         q.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
