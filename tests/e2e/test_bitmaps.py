@@ -107,6 +107,22 @@ SCRIPT = [
     ('block-dirty-bitmap-remove', {'node': 'r', 'name': 'big'}),
     ('block-dirty-bitmap-clear', {'node': 'r', 'name': 'fine'}),
     ('query', None),
+    # transaction: a failing action rolls back the earlier ones; grouped is refused for
+    # bitmap actions; a good one applies every action in order.
+    ('transaction', {'actions': [
+        {'type': 'block-dirty-bitmap-add', 'data': {'node': 'r', 'name': 't1'}},
+        {'type': 'block-dirty-bitmap-disable', 'data': {'node': 'r', 'name': 'b0'}},
+        {'type': 'block-dirty-bitmap-add', 'data': {'node': 'r', 'name': 't1'}}]}),
+    ('transaction', {'actions': [
+        {'type': 'block-dirty-bitmap-add', 'data': {'node': 'r', 'name': 't2'}}],
+        'properties': {'completion-mode': 'grouped'}}),
+    ('transaction', {'actions': [
+        {'type': 'block-dirty-bitmap-add', 'data': {'node': 'r', 'name': 't3',
+                                                    'disabled': True}},
+        {'type': 'block-dirty-bitmap-merge', 'data': {'node': 'r', 'target': 't3',
+                                                      'bitmaps': ['fine', 'b0']}},
+        {'type': 'block-dirty-bitmap-clear', 'data': {'node': 'r', 'name': 'b0'}}]}),
+    ('query', None),
 ]
 
 # Writes through a writable export of r (the guest). No discard: QEMU does not record a
@@ -161,13 +177,21 @@ def test_bitmap_commands_match_qemu_storage_daemon(tmp_path):
     # The script did exercise the interesting cases.
     assert ('blockdev-backup', 'error: Bitmap \'big\' is currently in use by another '
             'operation and cannot be used') in got
-    final = got[-1][1]
-    assert {b['name'] for b in final['r']} == {'b0', 'fine'}
+    before_txn = got[-5][1]
+    assert {b['name'] for b in before_txn['r']} == {'b0', 'fine'}
+    txn_failed, txn_grouped, txn_ok = got[-4][1], got[-3][1], got[-2][1]
+    assert txn_failed.startswith('error:') and txn_grouped.startswith('error:'), got[-4:]
+    assert txn_ok == {}, txn_ok
+    final = {b['name']: b for b in got[-1][1]['r']}
+    # t1 rolled back, t2 never made; b0 recording again (its disable was rolled back) and
+    # then cleared by the good transaction; t3 holds what fine and b0 had.
+    assert set(final) == {'b0', 'fine', 't3'}
+    assert final['b0']['recording'] and final['b0']['count'] == 0
+    assert not final['t3']['recording'] and final['t3']['count'] > 0
 
 
 def test_all_bitmap_commands_are_registered(tmp_path):
-    # The actions plug into `transaction` (another branch); until then the commands work
-    # on their own and the daemon lists all six.
+    # The six commands are listed (they are also `transaction` actions, see above).
     d = Daemon(tmp_path)
     try:
         names = {c['name'] for c in d.qmp.execute('query-commands')}
