@@ -72,11 +72,17 @@ TEST(Qcow2Node, WritesReadBackAndImageStaysClean) {
         ASSERT_FALSE(h.write(1500, pattern(100, 2), block::req_fua));
         auto b = read_back(h, 1000, a.size());
         EXPECT_EQ(b[500], pattern(100, 2)[0]);
-        // Block status: data, then unallocated zeroes.
-        auto s = h.status(0, 8 * MiB);
-        EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
-        EXPECT_EQ(s.length, 12288u);
-        s = h.status(12288, 8 * MiB - 12288);
+        // Block status: data, then unallocated zeroes. A data run stops where the host
+        // clusters stop being contiguous (img map reports host offsets), so walk it.
+        std::uint64_t data_end = 0;
+        for (;;) {
+            auto d = h.status(data_end, 8 * MiB - data_end);
+            ASSERT_GT(d.length, 0u);
+            if (d.flags != (block::status_data | block::status_allocated)) break;
+            data_end += d.length;
+        }
+        EXPECT_EQ(data_end, 12288u);
+        auto s = h.status(12288, 8 * MiB - 12288);
         EXPECT_EQ(s.flags, block::status_zero);
         EXPECT_EQ(s.depth, 0u);
     }
