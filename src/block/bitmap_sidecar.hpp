@@ -1,6 +1,6 @@
 #pragma once
 // Bitmap sidecar files: persistent dirty bitmaps for nodes that cannot store them in their
-// image (raw files, block devices), in the "clean-shutdown" mode of ADR 0007.
+// image (raw files, block devices), in the "clean-shutdown" mode of ADR 0002.
 //
 // - Attaching loads the sidecar's bitmaps and at once rewrites it marked in-use (durably)
 //   before the node takes further writes.

@@ -117,10 +117,10 @@ def test_nbdcopy_both_ways(server, tmp_path):
 def test_fio_verify(server):
     run('fio', '--name=verify', '--ioengine=nbd', '--uri=' + server.uri('disk'),
         '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=16M', '--offset=32M',
-        '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=terse')
+        '--verify=crc32c', '--verify_state_save=0', '--do_verify=1', '--verify_fatal=1', '--output-format=terse')
     run('fio', '--name=seq', '--ioengine=nbd', '--uri=' + server.uri('disk'),
         '--rw=write', '--bs=1M', '--iodepth=4', '--size=16M', '--offset=16M',
-        '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=terse')
+        '--verify=crc32c', '--verify_state_save=0', '--do_verify=1', '--verify_fatal=1', '--output-format=terse')
 
 
 def nonstrict(uri, contexts=()):
