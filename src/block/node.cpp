@@ -199,6 +199,11 @@ io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> 
     if (auto e = check_range(offset, buf.size())) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
+    if (track_reads_ > 0) {
+        RangeLockTable::Guard held =
+            co_await reads_.lock(offset, buf.size(), RangeLockTable::Mode::shared);
+        co_return co_await do_read(offset, buf, flags);
+    }
     co_return co_await do_read(offset, buf, flags);
 }
 

@@ -10,6 +10,7 @@
 
 #include "block/dirty_bitmap.hpp"
 #include "block/perm.hpp"
+#include "block/range_lock.hpp"
 #include "block/types.hpp"
 #include "io/sync.hpp"
 #include "io/task.hpp"
@@ -141,6 +142,15 @@ class Node : public ChildParent {
     // Whether persistent bitmaps can be stored with this node's image (qcow2 can).
     virtual bool supports_persistent_bitmaps() const { return false; }
 
+    // Read tracking, for the seed's fleecing scheme: a fleecing image whose backing is this
+    // node reads unallocated clusters straight from here, past the copy-before-write filter.
+    // The filter turns tracking on and, after copying a cluster, waits for reads of it that
+    // started earlier, so none of them can see the guest's new data. Off: reads cost nothing.
+    void track_reads(bool on) { track_reads_ += on ? 1 : -1; }
+    io::Task<void> wait_reads_idle(std::uint64_t offset, std::uint64_t length) {
+        return reads_.wait_idle(offset, length);
+    }
+
     std::uint64_t in_flight() const { return in_flight_; }
     // Work a driver keeps doing after the request that started it returned (a copy-before-
     // write copy that timed out goes on in the background): it counts as in flight, so
@@ -200,6 +210,8 @@ class Node : public ChildParent {
     io::WaitQueue idle_;          // notified when in_flight_ drops to zero
     io::WaitQueue quiesce_ended_; // notified when quiesce_counter_ drops to zero
     DirtyBitmaps dirty_bitmaps_;
+    int track_reads_ = 0;
+    RangeLockTable reads_; // shared holds by tracked reads in flight
 };
 
 // Forwards every operation to the `file` child; drivers override what they change.

@@ -30,6 +30,8 @@ CbwNode::CbwNode(std::string name, Node& file, Node& target, CbwConfig cfg)
         access_.set_all();
     }
     done_ = Bitmap(bcs_->copy_bitmap().size());
+    tracked_source_ = &this->file().node(); // see Node::track_reads and copy_before_write()
+    tracked_source_->track_reads(true);
 }
 
 CbwNode::~CbwNode() = default;
@@ -60,6 +62,8 @@ PermPair CbwNode::child_perms(const Child& c, PermSet parent_perm, PermSet paren
 
 io::Task<void> CbwNode::close() {
     co_await bcs_->close();
+    if (tracked_source_) tracked_source_->track_reads(false);
+    tracked_source_ = nullptr;
 }
 
 io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::uint64_t length) {
@@ -81,6 +85,9 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     }
     // Snapshot reads served from the source over this range must finish first.
     co_await frozen_.wait_idle(start, end - start);
+    // The seed's scheme: the fleecing image reads uncopied clusters from our file directly.
+    // Such a read that began before the copy landed must not see the guest's write.
+    if (is_fleecing()) co_await file().node().wait_reads_idle(start, end - start);
     co_return std::error_code{};
 }
 

@@ -52,6 +52,7 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
 
   private:
+    block::Node* tracked_source_ = nullptr; // our file's node, reads tracked until close()
     io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
     bool is_fleecing() const;
     // Length of the prefix of [offset, end) that is uniformly done or not done.

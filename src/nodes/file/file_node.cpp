@@ -1,5 +1,6 @@
 #include "nodes/file/file_node.hpp"
 
+#include "block/range_lock.hpp"
 #include "io/file_io.hpp"
 #include "util/align.hpp"
 
@@ -82,8 +83,11 @@ class FileNode final : public block::Node {
     }
 
   protected:
-    // O_DIRECT needs aligned offsets and lengths; the Node entry points do not pad yet,
-    // so a misaligned request is the caller's bug and gets EINVAL (like the kernel would).
+    // O_DIRECT needs aligned offsets and lengths. Format drivers issue small metadata
+    // requests (a qcow2 header, one L1 entry), so a misaligned read reads the covering
+    // aligned range and a misaligned write is a read-modify-write of it. The RMW holds its
+    // range exclusively and every other write holds its range shared, so no concurrent
+    // update is lost.
     bool misaligned(std::uint64_t offset, std::uint64_t length) const {
         const std::uint32_t a = limits_.request_alignment;
         return direct_ && (!is_aligned(offset, a) || !is_aligned(length, a));
@@ -91,16 +95,32 @@ class FileNode final : public block::Node {
     bool buffer_misaligned(const void* p) const {
         return direct_ && reinterpret_cast<std::uintptr_t>(p) % limits_.request_alignment != 0;
     }
+    struct Cover {
+        std::uint64_t start = 0;
+        std::uint64_t length = 0;
+    };
+    Cover cover(std::uint64_t offset, std::uint64_t length) const {
+        const std::uint64_t a = limits_.request_alignment;
+        const std::uint64_t start = align_down(offset, a);
+        return {start, align_up(offset + length, a) - start};
+    }
+    // Held by every write while O_DIRECT is on (see misaligned()); empty guard otherwise.
+    io::Task<block::RangeLockTable::Guard>
+    hold_for_write(std::uint64_t offset, std::uint64_t length, block::RangeLockTable::Mode mode) {
+        if (!direct_) co_return block::RangeLockTable::Guard{};
+        const Cover c = cover(offset, length);
+        co_return co_await write_ranges_.lock(c.start, c.length, mode);
+    }
 
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
                                       block::ReqFlags) override {
-        if (misaligned(offset, buf.size())) co_return errno_code(EINVAL);
-        if (buffer_misaligned(buf.data())) {
-            // Memory alignment is our problem, not the caller's: bounce through an aligned copy.
-            AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
-            std::span<std::byte> b(bounce.get(), buf.size());
-            if (auto e = co_await read_at(offset, b)) co_return e;
-            std::memcpy(buf.data(), b.data(), b.size());
+        if (misaligned(offset, buf.size()) || buffer_misaligned(buf.data())) {
+            // Through an aligned copy of the covering range.
+            const Cover c = direct_ ? cover(offset, buf.size()) : Cover{offset, buf.size()};
+            AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, c.length);
+            std::span<std::byte> b(bounce.get(), c.length);
+            if (auto e = co_await read_at(c.start, b)) co_return e;
+            std::memcpy(buf.data(), b.data() + (offset - c.start), buf.size());
             co_return std::error_code{};
         }
         co_return co_await read_at(offset, buf);
@@ -108,7 +128,21 @@ class FileNode final : public block::Node {
 
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                        block::ReqFlags) override {
-        if (misaligned(offset, buf.size())) co_return errno_code(EINVAL);
+        if (misaligned(offset, buf.size())) {
+            block::RangeLockTable::Guard held =
+                co_await hold_for_write(offset, buf.size(), block::RangeLockTable::Mode::exclusive);
+            const Cover c = cover(offset, buf.size());
+            AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, c.length);
+            std::span<std::byte> b(bounce.get(), c.length);
+            if (auto e = co_await read_at(c.start, b)) co_return e;
+            std::memcpy(b.data() + (offset - c.start), buf.data(), buf.size());
+            const std::int64_t r = co_await io::pwrite_full(
+                fd_, std::span<const std::byte>(b.data(), b.size()), c.start);
+            if (r < 0) co_return errno_code(static_cast<int>(-r));
+            co_return std::error_code{};
+        }
+        block::RangeLockTable::Guard held =
+            co_await hold_for_write(offset, buf.size(), block::RangeLockTable::Mode::shared);
         if (buffer_misaligned(buf.data())) {
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
             std::memcpy(bounce.get(), buf.data(), buf.size());
@@ -124,6 +158,8 @@ class FileNode final : public block::Node {
 
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               block::ReqFlags flags) override {
+        block::RangeLockTable::Guard held =
+            co_await hold_for_write(offset, length, block::RangeLockTable::Mode::shared);
         // A hole reads as zeroes, so when unmapping is both allowed by the request and
         // enabled on the node, punching is the cheapest way to zero.
         if ((flags & block::req_may_unmap) && unmap_ && punch_supported_) {
@@ -149,6 +185,8 @@ class FileNode final : public block::Node {
         // discard=ignore (QEMU's default) keeps the allocation; discard is advisory, so
         // "not supported" is success too.
         if (!unmap_ || !punch_supported_) co_return std::error_code{};
+        block::RangeLockTable::Guard held =
+            co_await hold_for_write(offset, length, block::RangeLockTable::Mode::shared);
         const std::int64_t r =
             co_await io::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
         if (r == 0) co_return std::error_code{};
@@ -216,6 +254,7 @@ class FileNode final : public block::Node {
         co_return std::error_code{};
     }
 
+    block::RangeLockTable write_ranges_; // see misaligned()
     std::string path_;
     int fd_;
     bool is_block_device_;

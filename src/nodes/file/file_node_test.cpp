@@ -129,10 +129,19 @@ TEST(FileNode, DirectIoNeedsAlignment) {
     std::vector<std::byte> back(data.size());
     ASSERT_FALSE(h.read(a * 3, back));
     EXPECT_EQ(back, data);
-    // Misaligned offsets and lengths are refused (no padding yet).
-    EXPECT_EQ(h.read(a * 3 + 1, std::span(back).first(a)), std::errc::invalid_argument);
-    EXPECT_EQ(h.write(0, std::span<const std::byte>(data).first(a + 1)),
-              std::errc::invalid_argument);
+    // Misaligned offsets and lengths are padded: reads through the covering range, writes
+    // as read-modify-write that keeps the bytes around them.
+    std::vector<std::byte> small(a);
+    ASSERT_FALSE(h.read(a * 3 + 1, small));
+    EXPECT_EQ(small, std::vector<std::byte>(data.begin() + 1, data.begin() + 1 + a));
+    const auto odd = pattern(a + 1, 4);
+    ASSERT_FALSE(h.write(a * 3 + 7, odd));
+    std::vector<std::byte> whole(3 * a);
+    ASSERT_FALSE(h.read(a * 3, whole));
+    for (std::size_t i = 0; i < whole.size(); ++i) {
+        const std::byte want = (i >= 7 && i < 7 + a + 1) ? odd[i - 7] : data[i];
+        ASSERT_EQ(whole[i], want) << "byte " << i;
+    }
     EXPECT_FALSE(h.flush());
 }
 
