@@ -3,26 +3,13 @@ scheme (CBW + snapshot-access, job from the snapshot) and the job-inserted filte
 from a disk that has writers), to file and NBD targets, checked against a copy of the
 disk taken at the backup's start."""
 
-import os
 
 import pytest
 
 from backup_testlib import (MiB, FioGuest, Nbdkit, copy_file, export_children, job_events,
                             names, node_names, qemu_img_compare, random_fill, until_status)
 from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
-
-SIZE = 64 * MiB
-PATTERNS = [('0x5d', '0', '64k'), ('0xd5', '1M', '64k'), ('0xdc', '32M', '64k'), ('0xcd', '0x3ff0000', '64k')]
-OVERWRITES = [('0xab', '0', '64k'), ('0xad', '0x00f8000', '64k'), ('0x1d', '0x2008000', '64k'), ('0xea', '0x3fe0000', '64k')]
-ZEROES = [('0', '0x00f8000', '32k'), ('0', '0x2010000', '32k'), ('0', '0x3fe0000', '64k')]
-
-
-def reads(table):
-    return ['read -P %s %s %s' % p for p in table]
-
-
-def writes(table):
-    return ['write -P %s %s %s' % p for p in table]
+from fleecing_layout import SIZE, PATTERNS, OVERWRITES, ZEROES, reads, writes
 
 
 @pytest.fixture

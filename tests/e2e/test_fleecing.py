@@ -1,26 +1,11 @@
 """QEMU's image-fleecing scenarios (research/qemu-fleecing.md §5.2, §5.3) against fleeced:
 the snapshot-access scheme, pulled over NBD and pushed by a backup job."""
 
-import os
 
 import pytest
 
 from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
-
-MiB = 1 << 20
-SIZE = 64 * MiB
-PATTERNS = [('0x5d', '0', '64k'), ('0xd5', '1M', '64k'), ('0xdc', '32M', '64k'), ('0xcd', '0x3ff0000', '64k')]
-OVERWRITES = [('0xab', '0', '64k'), ('0xad', '0x00f8000', '64k'), ('0x1d', '0x2008000', '64k'), ('0xea', '0x3fe0000', '64k')]
-ZEROES = [('0', '0x00f8000', '32k'), ('0', '0x2010000', '32k'), ('0', '0x3fe0000', '64k')]
-REMAINDER = [('0xd5', '0x108000', '32k'), ('0xdc', '32M', '32k'), ('0xcd', '0x3ff0000', '64k')]
-
-
-def reads(table):
-    return ['read -P %s %s %s' % p for p in table]
-
-
-def writes(table):
-    return ['write -P %s %s %s' % p for p in table]
+from fleecing_layout import SIZE, PATTERNS, OVERWRITES, ZEROES, REMAINDER, reads, writes
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from fleece_testlib import Daemon, make_raw, qemu_io
+from fleecing_layout import MiB, SIZE, PATTERNS, OVERWRITES, ZEROES
 
 KiB = 1024
-MiB = 1 << 20
 
 
 def usage(path):
@@ -28,11 +28,6 @@ def uri(sock, name):
 
 
 # ---- §5.5: discards through the snapshot ---------------------------------------------------
-
-SIZE = 64 * MiB
-PATTERNS = [('0x5d', '0', '64k'), ('0xd5', '1M', '64k'), ('0xdc', '32M', '64k'), ('0xcd', '0x3ff0000', '64k')]
-OVERWRITES = [('0xab', '0', '64k'), ('0xad', '0x00f8000', '64k'), ('0x1d', '0x2008000', '64k'), ('0xea', '0x3fe0000', '64k')]
-ZEROES = [('0', '0x00f8000', '32k'), ('0', '0x2010000', '32k'), ('0', '0x3fe0000', '64k')]
 
 
 @pytest.fixture

@@ -6,25 +6,11 @@ command must succeed or fail alike. Documented 7.2 bugs are left out of the shar
 import os
 import re
 import shutil
-import subprocess
 
 from fleece_testlib import FLEECED, Daemon, QmpError, make_raw, qemu_io
+from fleecing_layout import MiB, SIZE, PATTERNS, OVERWRITES, ZEROES, REMAINDER, reads, writes
 
 QSD = shutil.which('qemu-storage-daemon')
-MiB = 1 << 20
-SIZE = 64 * MiB
-PATTERNS = [('0x5d', '0', '64k'), ('0xd5', '1M', '64k'), ('0xdc', '32M', '64k'), ('0xcd', '0x3ff0000', '64k')]
-OVERWRITES = [('0xab', '0', '64k'), ('0xad', '0x00f8000', '64k'), ('0x1d', '0x2008000', '64k'), ('0xea', '0x3fe0000', '64k')]
-ZEROES = [('0', '0x00f8000', '32k'), ('0', '0x2010000', '32k'), ('0', '0x3fe0000', '64k')]
-REMAINDER = [('0xd5', '0x108000', '32k'), ('0xdc', '32M', '32k'), ('0xcd', '0x3ff0000', '64k')]
-
-
-def reads(table):
-    return ['read -P %s %s %s' % p for p in table]
-
-
-def writes(table):
-    return ['write -P %s %s %s' % p for p in table]
 
 
 # (export, read_only, command); every command is its own qemu-io run.
