@@ -9,7 +9,7 @@ endfunction()
 
 # fleece_unit_test(NAME SOURCES... DEPS ...): a GoogleTest binary labelled "unit".
 function(fleece_unit_test name)
-  if(NOT FLEECE_TESTS)
+  if(NOT FLEECE_TESTS OR NOT FLEECE_UNIT_TESTS)
     return()
   endif()
   cmake_parse_arguments(ARG "" "LABEL" "SOURCES;DEPS" ${ARGN})

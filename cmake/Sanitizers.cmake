@@ -1,4 +1,7 @@
 if(FLEECE_SANITIZE)
+  # -O1 halves the compile time of -O2 under instrumentation and still keeps coroutine
+  # await chains shallow enough for ASan's stack (-O0 overflowed it).
+  set(CMAKE_CXX_FLAGS_RELWITHDEBINFO "-O1 -g1 -DNDEBUG")
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)
 endif()

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Configure and build fleece, niced, two jobs at a time:
-#   build/       RelWithDebInfo: build/bin/fleeced, build/bin/fleece, benchmarks; e2e tests
-#   build-asan/  ASan + UBSan, no benchmarks: unit, fuzz-corpus and simulation tests
-# Usage: scripts/build.sh [all|release|asan]   (default: all)
+#   build/       RelWithDebInfo (-O2): bin/fleeced, bin/fleece, benchmarks, e2e tests
+#   build-asan/  ASan + UBSan (-O1), no benchmarks: unit, fuzz-replay and simulation tests
+# Usage: scripts/build.sh [all|release|asan|ci|bins]   (default: all)
+#   all      both trees, everything (what a developer wants)
+#   release  build/ with unit tests;  asan  build-asan/
+#   ci       what scripts/test.sh runs: build/ without unit-test binaries (their tests run
+#            in build-asan/, so CI compiles them once), plus build-asan/
+#   bins     build/ without unit-test binaries: the daemon, the CLI, benchmarks (the demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +21,17 @@ build_tree() { # dir cmake-options...
     nice cmake --build "$dir" -j2
 }
 
-if [[ $what != all && $what != release && $what != asan ]]; then
-    echo "usage: $0 [all|release|asan]" >&2
+case $what in
+all | release | asan | ci | bins) ;;
+*)
+    echo "usage: $0 [all|release|asan|ci|bins]" >&2
     exit 2
-fi
-if [[ $what == all || $what == release ]]; then
-    build_tree build
-fi
-if [[ $what == all || $what == asan ]]; then
-    build_tree build-asan -DFLEECE_SANITIZE=ON -DFLEECE_BENCH=OFF
-fi
+    ;;
+esac
+case $what in
+all | release) build_tree build -DFLEECE_UNIT_TESTS=ON ;;
+ci | bins) build_tree build -DFLEECE_UNIT_TESTS=OFF ;;
+esac
+case $what in
+all | asan | ci) build_tree build-asan -DFLEECE_SANITIZE=ON -DFLEECE_BENCH=OFF -DFLEECE_UNIT_TESTS=ON ;;
+esac

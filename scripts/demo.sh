@@ -25,7 +25,7 @@ say "Installing dependencies (skipped when present)"
 bash scripts/install-deps.sh
 
 say "Building (build/)"
-bash scripts/build.sh release
+bash scripts/build.sh bins
 
 for bin in "$FLEECED" "$FLEECE"; do
     if ! command -v "$bin" >/dev/null; then

@@ -88,7 +88,7 @@ fi
 note install-deps ok ""
 
 echo "== build"
-if ! bash scripts/build.sh; then
+if ! bash scripts/build.sh ci; then
     failed=$((failed + 1))
     note build FAILED "see the compiler output above"
     summary
