@@ -8,6 +8,7 @@
 #include "util/align.hpp"
 #include "util/log.hpp"
 
+#include <bit>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -76,8 +77,8 @@ io::Task<std::error_code> Qcow2Node::grow_file() {
         // Ahead in steps of 1/8 of the file (1 MiB to 64 MiB): ftruncate runs in the loop
         // thread and is a journaled inode update, so once per allocated cluster it was a
         // large part of an allocating write's cost. close() trims what stays unused.
-        const std::uint64_t step =
-            std::max<std::uint64_t>(cs_, std::clamp<std::uint64_t>(need / 8, 1u << 20, 64u << 20));
+        const std::uint64_t step = std::max<std::uint64_t>(
+            cs_, std::bit_floor(std::clamp<std::uint64_t>(need / 8, 1u << 20, 64u << 20)));
         std::uint64_t target = align_up(need, step);
         std::error_code e;
         for (int attempt = 0; attempt < 2; ++attempt) {
