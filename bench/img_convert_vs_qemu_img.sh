@@ -24,7 +24,7 @@ SIZE_MIB=${SIZE_MIB:-2048}
 EXTENT_MIB=${EXTENT_MIB:-64}
 REPS=${REPS:-3}
 BENCH_DIR=${BENCH_DIR:-build/bench-tmp}
-FLEECE=build/bin/fleece
+FLEECE=${FLEECE:-build/bin/fleece}
 
 [[ -x $FLEECE ]] || { echo "missing $FLEECE: run 'bash scripts/build.sh release' first" >&2; exit 1; }
 command -v qemu-img >/dev/null || { echo "qemu-img is not installed (scripts/install-deps.sh)" >&2; exit 1; }

@@ -21,7 +21,7 @@ fi
 SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-5}
 BENCH_DIR=${BENCH_DIR:-build/bench-tmp}
-FLEECED=build/bin/fleeced
+FLEECED=${FLEECED:-build/bin/fleeced}
 [[ -x $FLEECED ]] || { echo "missing $FLEECED: run 'bash scripts/build.sh release'" >&2; exit 1; }
 for t in fio qemu-img qemu-storage-daemon; do
     command -v $t >/dev/null || { echo "$t is not installed (scripts/install-deps.sh)" >&2; exit 1; }
