@@ -3,6 +3,7 @@
 # data (random bytes), half holes, for raw->raw, raw->qcow2 and qcow2->raw.
 #
 #   bash bench/img_convert_vs_qemu_img.sh
+#   SHORT=1 bash bench/img_convert_vs_qemu_img.sh   # 512 MiB, one run each (about a minute)
 #
 # Env: SIZE_MIB (default 2048), EXTENT_MIB (data/hole alternation, default 64),
 #      REPS (runs per tool and case, best time kept, default 3),
@@ -15,11 +16,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ -n ${SHORT:-} ]]; then
+    SIZE_MIB=${SIZE_MIB:-512}
+    REPS=${REPS:-1}
+fi
 SIZE_MIB=${SIZE_MIB:-2048}
 EXTENT_MIB=${EXTENT_MIB:-64}
 REPS=${REPS:-3}
 BENCH_DIR=${BENCH_DIR:-build/bench-tmp}
-FLEECE=build/bin/fleece
+FLEECE=${FLEECE:-build/bin/fleece}
 
 [[ -x $FLEECE ]] || { echo "missing $FLEECE: run 'bash scripts/build.sh release' first" >&2; exit 1; }
 command -v qemu-img >/dev/null || { echo "qemu-img is not installed (scripts/install-deps.sh)" >&2; exit 1; }

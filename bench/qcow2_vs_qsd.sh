@@ -6,6 +6,7 @@
 # reads of what they wrote.
 #
 #   bash bench/qcow2_vs_qsd.sh
+#   SHORT=1 bash bench/qcow2_vs_qsd.sh     # 256 MiB image, 3 s random jobs (about a minute)
 #
 # Env: SIZE (virtual size, default 1G), RUNTIME (seconds for random jobs, default 5),
 #      BENCH_DIR (default build/bench-tmp). Prints one JSON line per run, then a table
@@ -13,10 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ -n ${SHORT:-} ]]; then
+    SIZE=${SIZE:-256M}
+    RUNTIME=${RUNTIME:-3}
+fi
 SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-5}
 BENCH_DIR=${BENCH_DIR:-build/bench-tmp}
-FLEECED=build/bin/fleeced
+FLEECED=${FLEECED:-build/bin/fleeced}
 [[ -x $FLEECED ]] || { echo "missing $FLEECED: run 'bash scripts/build.sh release'" >&2; exit 1; }
 for t in fio qemu-img qemu-storage-daemon; do
     command -v $t >/dev/null || { echo "$t is not installed (scripts/install-deps.sh)" >&2; exit 1; }

@@ -256,6 +256,120 @@ def test_kill_9_never_corrupts(tmp_path, cluster):
     assert rc == 0, out
 
 
+@pytest.mark.parametrize('cluster', [4096, 65536])
+def test_kill_9_under_allocating_write_storm(tmp_path, cluster):
+    """kill -9 while a pipelined writer (queue depth 32) allocates clusters as fast as it
+    can: single blocks in fresh clusters, writes over several clusters, and discards that
+    free clusters for reuse. Flushes are issued after draining, so the model is exact:
+    every block holds its value as of the last completed flush or a later write."""
+    size = 128 * MiB
+    nblocks = size // BLOCK
+    per_cluster = cluster // BLOCK
+    img = tmp_path / 's.qcow2'
+    run('qemu-img', 'create', '-f', 'qcow2', '-o', 'cluster_size=%d' % cluster, str(img), str(size))
+    durable = {}   # block -> tag, as of the last completed flush
+    rng = random.Random(17 + cluster)
+    state = {'tag': 1, 'flushes': 0, 'writes': 0}
+    for rnd in range(4):
+        exp = Export(tmp_path, img, writable=True, discard='unmap')
+        since_flush = {}  # block -> set of tags (0 = zeroes) written after the last flush
+        stop = threading.Event()
+
+        def note(b, t):
+            since_flush.setdefault(b, set()).add(t)
+
+        def writer():
+            h = nbd.NBD()
+            h.connect_uri(exp.uri)
+            inflight = [0]
+
+            def done(err):
+                inflight[0] -= 1
+                return 1
+
+            try:
+                while not stop.is_set():
+                    for _ in range(rng.randrange(50, 400)):
+                        while inflight[0] >= 32:
+                            h.poll(-1)
+                        r = rng.random()
+                        if r < 0.85:      # one block somewhere: mostly a fresh cluster
+                            b = rng.randrange(nblocks)
+                            state['tag'] += 1
+                            note(b, state['tag'])
+                            buf = nbd.Buffer.from_bytearray(bytearray(block_data(state['tag'])))
+                            h.aio_pwrite(buf, b * BLOCK, completion=done)
+                        elif r < 0.95:    # over several clusters, unaligned at both ends
+                            b = rng.randrange(nblocks - 3 * per_cluster - 2)
+                            n = 2 * per_cluster + 2
+                            data = bytearray()
+                            for i in range(n):
+                                state['tag'] += 1
+                                note(b + i, state['tag'])
+                                data += block_data(state['tag'])
+                            h.aio_pwrite(nbd.Buffer.from_bytearray(data), b * BLOCK,
+                                         completion=done)
+                        else:             # free a whole cluster (reused by later writes)
+                            c = rng.randrange(size // cluster)
+                            for i in range(per_cluster):
+                                note(c * per_cluster + i, 0)
+                            h.aio_trim(cluster, c * cluster, completion=done)
+                        inflight[0] += 1
+                        state['writes'] += 1
+                    while inflight[0]:
+                        h.poll(-1)
+                    h.flush()
+                    state['flushes'] += 1
+                    for b, tags in since_flush.items():
+                        if len(tags) == 1:
+                            durable[b] = next(iter(tags))
+                            continue
+                        # Overlapping commands in one batch: the one that landed last
+                        # is what a read returns now.
+                        got = h.pread(BLOCK, b * BLOCK)
+                        found = [a for a in tags
+                                 if got == (bytes(BLOCK) if a == 0 else block_data(a))]
+                        assert found, 'block %d after flush: %r' % (b, got[:8])
+                        durable[b] = found[0]
+                    since_flush.clear()
+            except nbd.Error:
+                pass  # the daemon was killed
+            except BaseException as e:  # a failed check: reported by the test thread
+                errors.append(e)
+
+        errors = []
+        t = threading.Thread(target=writer)
+        t.start()
+        stop.wait(1 + rng.random())
+        exp.daemon.proc.send_signal(signal.SIGKILL)
+        exp.daemon.proc.wait()
+        stop.set()
+        t.join(timeout=60)
+        assert not t.is_alive()
+        assert not errors, errors
+        exp.daemon.log.close()
+        rc, out = qemu_img_check(str(img))
+        assert rc in (0, 3), out
+        assert 'ERROR' not in out, out
+        dump = tmp_path / 'dump.raw'
+        run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', str(img), str(dump))
+        with open(dump, 'rb') as f:
+            content = f.read()
+        for b in set(durable) | set(since_flush):
+            got = content[b * BLOCK:(b + 1) * BLOCK]
+            allowed = {durable.get(b, 0)} | since_flush.get(b, set())
+            found = [a for a in allowed if got == (bytes(BLOCK) if a == 0 else block_data(a))]
+            assert found, 'round %d block %d: %r... not one of %s' % (rnd, b, got[:8],
+                                                                       sorted(allowed))
+            durable[b] = found[0]
+        dump.unlink()
+    assert state['flushes'] > 0, "no flush completed before the kills"
+    print('requests: %d, flushes: %d' % (state['writes'], state['flushes']))
+    run('qemu-img', 'check', '-r', 'leaks', str(img), check=False)
+    rc, out = qemu_img_check(str(img))
+    assert rc == 0, out
+
+
 def write_at(path, offset, data):
     with open(path, 'r+b') as f:
         f.seek(offset)

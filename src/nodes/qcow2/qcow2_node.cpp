@@ -8,6 +8,7 @@
 #include "util/align.hpp"
 #include "util/log.hpp"
 
+#include <bit>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -18,8 +19,8 @@ using block::errno_code;
 Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block::Node* backing)
     : Node(std::move(name), "qcow2"), h_(std::move(cfg.header)), cb_(h_.cluster_bits),
       cs_(h_.cluster_size()), header_bytes_(std::move(cfg.header_bytes)), l1_(std::move(cfg.l1)),
-      cache_(cfg.l2_cache_tables), rc_(std::move(cfg.refcounts)),
-      discard_unmap_(cfg.discard_unmap) {
+      cache_(cfg.l2_cache_tables), rc_(std::move(cfg.refcounts)), discard_unmap_(cfg.discard_unmap),
+      open_file_size_(file.size()) {
     read_only_ = cfg.read_only;
     set_size(h_.size);
     file_ = &add_child(file, block::ChildRole::file, "file");
@@ -52,20 +53,44 @@ io::Task<void> Qcow2Node::close() {
     for (int i = 0; i < 2; ++i)
         if (auto e = co_await commit()) {
             log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
-            break;
+            co_return;
         }
+    co_await trim_file();
+}
+
+io::Task<void> Qcow2Node::trim_file() {
+    if (!grown_ahead_) co_return;
+    const std::uint64_t keep = std::max(open_file_size_, rc_->end_cluster() << cb_);
+    if (file_->node().size() <= keep) co_return;
+    // Nothing with a refcount lies past `keep` (end_cluster only ever grows), so this only
+    // drops never-used holes; a failure just leaves them.
+    if (auto e = co_await file_->node().truncate(keep))
+        log::warn("qcow2 node '{}': trimming the file to {} bytes failed: {}", name(), keep,
+                  e.message());
 }
 
 io::Task<std::error_code> Qcow2Node::grow_file() {
     for (;;) {
         const std::uint64_t need = rc_->end_cluster() << cb_;
-        if (file_->node().size() >= need) co_return std::error_code{};
+        const std::uint64_t size = file_->node().size();
+        if (size >= need) co_return std::error_code{};
+        // Ahead in steps of 1/8 of the file (1 MiB to 64 MiB): ftruncate runs in the loop
+        // thread and is a journaled inode update, so once per allocated cluster it was a
+        // large part of an allocating write's cost. close() trims what stays unused.
+        const std::uint64_t step = std::max<std::uint64_t>(
+            cs_, std::bit_floor(std::clamp<std::uint64_t>(need / 8, 1u << 20, 64u << 20)));
+        std::uint64_t target = align_up(need, step);
         std::error_code e;
-        if (closing_)
-            e = co_await file_->node().truncate(need);
-        else
-            e = co_await file_->truncate(need);
+        for (int attempt = 0; attempt < 2; ++attempt) {
+            if (closing_)
+                e = co_await file_->node().truncate(target);
+            else
+                e = co_await file_->truncate(target);
+            if (!e || target == need) break;
+            target = need; // e.g. a block device: no room to grow ahead
+        }
         if (e) co_return e;
+        if (target > need) grown_ahead_ = true;
     }
 }
 
@@ -312,48 +337,85 @@ io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t ra
     co_return std::error_code{};
 }
 
+bool Qcow2Node::writable_in_place(std::uint64_t raw) const {
+    const L2Entry e = decode_l2(raw, cb_, h_.version);
+    return e.kind == ClusterKind::normal && e.copied && !e.misaligned && !e.reserved_bits;
+}
+
+bool Qcow2Node::reads_as_zeroes(std::uint64_t g, std::uint64_t raw) const {
+    const L2Entry e = decode_l2(raw, cb_, h_.version);
+    return e.kind == ClusterKind::zero_plain || e.kind == ClusterKind::zero_allocated ||
+           (e.kind == ClusterKind::unallocated &&
+            (!backing_ || (g << cb_) >= backing_->node().size()));
+}
+
 io::Task<std::error_code> Qcow2Node::write_piece(std::uint64_t pos,
                                                  std::span<const std::byte> data) {
     const std::uint64_t g = pos >> cb_;
-    const std::uint64_t in = pos & (cs_ - 1);
     EntryResult r = co_await lookup(g, true);
     if (r.error) co_return r.error;
-    const L2Entry e = decode_l2(r.raw, cb_, h_.version);
-    if (e.reserved_bits)
+    if (decode_l2(r.raw, cb_, h_.version).reserved_bits)
         co_return corrupt(fmt::format("L2 entry {:#x} has reserved bits set", r.raw));
-    if (e.kind == ClusterKind::normal && e.copied && !e.misaligned)
-        co_return co_await file_->write(e.host_offset + in, data); // in place
+    if (writable_in_place(r.raw))
+        co_return co_await file_->write(
+            decode_l2(r.raw, cb_, h_.version).host_offset + (pos & (cs_ - 1)), data);
+    std::vector<std::uint64_t> old{r.raw};
+    co_return co_await write_allocating(pos, data, std::move(old));
+}
 
-    // Allocating write: new cluster, whole cluster written, then the L2 entry (in memory;
-    // it reaches the disk only in a commit, after the data and the refcount).
-    auto c = rc_->allocate(1);
+// Allocating write: new clusters, written whole (unless they are fresh holes and the old
+// content is zeroes: then only the new bytes), then the L2 entries (in memory; they reach
+// the disk only in a commit, after the data and the refcounts).
+io::Task<std::error_code> Qcow2Node::write_allocating(std::uint64_t pos,
+                                                      std::span<const std::byte> data,
+                                                      std::vector<std::uint64_t> old) {
+    const std::uint64_t g0 = pos >> cb_;
+    const std::uint64_t k = old.size();
+    const std::uint64_t in0 = pos & (cs_ - 1);
+    const std::uint64_t end = pos + data.size();
+    const std::uint64_t tail_in = end - ((g0 + k - 1) << cb_); // 1..cs_
+    // Clusters at or past this were never allocated in this session nor part of the file
+    // at open: holes that read as zeroes.
+    const std::uint64_t untouched = std::max(open_file_size_, rc_->end_cluster() << cb_);
+    auto c = rc_->allocate(k);
     if (!c) co_return errno_code(ENOSPC);
-    const std::uint64_t host = *c << cb_;
-    // A cluster past the end of the file was never written: the file grows with zeroes,
-    // so when the old content is zeroes too only the new bytes need writing.
-    const bool fresh = host >= file_->node().size();
-    const bool old_zero = e.kind == ClusterKind::zero_plain ||
-                          e.kind == ClusterKind::zero_allocated ||
-                          (e.kind == ClusterKind::unallocated &&
-                           (!backing_ || (g << cb_) >= backing_->node().size()));
+    const std::uint64_t host0 = *c << cb_;
+    const std::uint64_t host_last = host0 + (k - 1) * cs_;
+    const bool head = in0 != 0 && !(host0 >= untouched && reads_as_zeroes(g0, old[0]));
+    const bool tail =
+        tail_in != cs_ && !(host_last >= untouched && reads_as_zeroes(g0 + k - 1, old[k - 1]));
     std::error_code err = co_await grow_file();
-    if (!err) {
-        if (data.size() == cs_ || (fresh && old_zero)) {
-            err = co_await file_->write(host + in, data);
+    if (!err && !head && !tail) {
+        err = co_await file_->write(host0 + in0, data);
+    } else if (!err) {
+        // One buffer from the first byte to write to the last, old content merged in.
+        const std::uint64_t lo = head ? 0 : in0;
+        const std::uint64_t hi = tail ? k * cs_ : (k - 1) * cs_ + tail_in;
+        std::vector<std::byte> buf(hi - lo);
+        if (head && tail && k == 1) {
+            err = co_await read_piece(g0 << cb_, buf, old[0]);
         } else {
-            std::vector<std::byte> cluster(cs_);
-            err = co_await read_piece(g << cb_, cluster, r.raw);
-            if (!err) {
-                std::memcpy(cluster.data() + in, data.data(), data.size());
-                err = co_await file_->write(host, cluster);
-            }
+            if (head) err = co_await read_piece(g0 << cb_, std::span(buf).first(in0), old[0]);
+            if (!err && tail)
+                err = co_await read_piece(end, std::span(buf).last(cs_ - tail_in), old[k - 1]);
+        }
+        if (!err) {
+            std::memcpy(buf.data() + (in0 - lo), data.data(), data.size());
+            err = co_await file_->write(host0 + lo, buf);
         }
     }
+    std::uint64_t mapped = 0;
+    for (; !err && mapped < k; ++mapped) {
+        const std::uint64_t raw = (host0 + mapped * cs_) | entry_copied;
+        if (!try_set_entry(g0 + mapped, raw)) err = co_await set_entry(g0 + mapped, raw);
+        if (err) break;
+    }
     if (err) {
-        rc_->release(*c); // nothing refers to it
+        for (std::uint64_t i = mapped; i < k; ++i)
+            rc_->release(*c + i); // nothing refers to these
         co_return err;
     }
-    co_return co_await set_entry(g, host | entry_copied);
+    co_return std::error_code{};
 }
 
 // Compressed clusters get a host cluster of their own (no packing of several into one),
@@ -384,16 +446,65 @@ io::Task<std::error_code> Qcow2Node::do_write(std::uint64_t offset, std::span<co
         const std::uint64_t lo = align_down(offset, cs_);
         const std::uint64_t hi = align_up(offset + buf.size(), cs_);
         auto guard = co_await locks_.lock(lo, hi - lo, block::RangeLockTable::Mode::exclusive);
-        for (std::uint64_t done = 0; done < buf.size();) {
+        // Consecutive clusters written in place at contiguous host offsets go as one
+        // request; consecutive clusters that need new ones get one contiguous run (and
+        // one request). Both runs are pending until a cluster does not extend them.
+        std::uint64_t place_host = 0, place_len = 0, place_buf = 0;
+        std::vector<std::uint64_t> alloc_old;
+        std::uint64_t alloc_buf = 0, alloc_len = 0;
+        for (std::uint64_t done = 0; done <= buf.size();) {
+            const bool last = done == buf.size();
             const std::uint64_t pos = offset + done;
             const std::uint64_t n =
-                std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
-            std::error_code e;
-            if ((flags & block::req_write_compressed) && n == cs_)
-                e = co_await write_compressed(pos, buf.subspan(done, n));
-            else
-                e = co_await write_piece(pos, buf.subspan(done, n));
-            if (e) co_return e;
+                last ? 0 : std::min<std::uint64_t>(buf.size() - done, cs_ - (pos & (cs_ - 1)));
+            const bool compressed = !last && (flags & block::req_write_compressed) && n == cs_;
+            EntryResult r;
+            if (!last && !compressed && !peek_entry(pos >> cb_, &r.raw))
+                r = co_await lookup(pos >> cb_, true);
+            if (r.error) co_return r.error;
+            const L2Entry e = decode_l2(r.raw, cb_, h_.version);
+            if (!last && !compressed && e.reserved_bits)
+                co_return corrupt(fmt::format("L2 entry {:#x} has reserved bits set", r.raw));
+            const bool in_place = !last && !compressed && writable_in_place(r.raw);
+            const bool allocating = !last && !compressed && !in_place;
+            const std::uint64_t host = e.host_offset + (pos & (cs_ - 1));
+            if (place_len && !(in_place && place_host + place_len == host)) {
+                if (auto err = co_await file_->write(place_host, buf.subspan(place_buf, place_len)))
+                    co_return err;
+                place_len = 0;
+            }
+            if (!alloc_old.empty() && !allocating) {
+                if (auto err = co_await write_allocating(offset + alloc_buf,
+                                                         buf.subspan(alloc_buf, alloc_len),
+                                                         std::move(alloc_old)))
+                    co_return err;
+                alloc_old.clear();
+                alloc_len = 0;
+            }
+            if (last) break;
+            if (compressed) {
+                if (auto err = co_await write_compressed(pos, buf.subspan(done, n))) co_return err;
+            } else if (in_place) {
+                if (place_len == 0) {
+                    place_host = host;
+                    place_buf = done;
+                }
+                place_len += n;
+            } else {
+                if (alloc_old.empty()) alloc_buf = done;
+                alloc_old.push_back(r.raw);
+                alloc_len += n;
+                // A run must fit in free space between refcount blocks, which new blocks
+                // interrupt every refblock_entries() clusters.
+                if (alloc_old.size() >= std::max<std::uint64_t>(1, h_.refblock_entries() / 4)) {
+                    if (auto err = co_await write_allocating(offset + alloc_buf,
+                                                             buf.subspan(alloc_buf, alloc_len),
+                                                             std::move(alloc_old)))
+                        co_return err;
+                    alloc_old.clear();
+                    alloc_len = 0;
+                }
+            }
             done += n;
         }
     }

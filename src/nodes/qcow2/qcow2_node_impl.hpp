@@ -69,12 +69,25 @@ class Qcow2Node final : public block::Node {
     io::Task<std::error_code> read_compressed(const L2Entry& e, std::span<std::byte> cluster);
     // Writes one piece inside one guest cluster (caller holds the cluster exclusively).
     io::Task<std::error_code> write_piece(std::uint64_t pos, std::span<const std::byte> data);
+    // Writes `data` at guest `pos` into new host clusters: one contiguous run for every
+    // guest cluster it touches (whose L2 entries are `old`), one I/O to the file (old
+    // content of partial first/last clusters merged in), then the L2 entries. The caller
+    // holds the clusters exclusively.
+    io::Task<std::error_code> write_allocating(std::uint64_t pos, std::span<const std::byte> data,
+                                               std::vector<std::uint64_t> old);
+    // Whether the old content of a guest cluster whose L2 entry is `raw` reads as zeroes.
+    bool reads_as_zeroes(std::uint64_t guest_cluster, std::uint64_t raw) const;
+    // True when the L2 entry `raw` is a data cluster this image owns (written in place).
+    bool writable_in_place(std::uint64_t raw) const;
     // Writes one whole guest cluster compressed (or plainly if it does not shrink).
     io::Task<std::error_code> write_compressed(std::uint64_t pos, std::span<const std::byte> data);
     // Sets the L2 entry of `guest_cluster` to `raw`, queueing the old clusters for release.
     io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
     void queue_release(std::uint64_t old_raw);
+    // Makes the file long enough for every allocated cluster, growing ahead in steps.
     io::Task<std::error_code> grow_file();
+    // At close: gives back the part of the file grown ahead but never allocated.
+    io::Task<void> trim_file();
     io::Task<std::error_code> meta_write(std::uint64_t off, std::span<const std::byte> data);
     io::Task<std::error_code> meta_flush();
     // Rewrites the first cluster with the current refcount table location.
@@ -99,6 +112,11 @@ class Qcow2Node final : public block::Node {
     std::vector<std::uint64_t> pending_release_; // host clusters whose L2 entries are gone
     bool discard_unmap_;
     bool closing_ = false;
+    // File length at open: below it old bytes may lie in free clusters; above it (and
+    // above every cluster ever allocated since, see Refcounts::end_cluster) the file is
+    // holes, so a new cluster there needs no zero-filling.
+    std::uint64_t open_file_size_ = 0;
+    bool grown_ahead_ = false;
     block::Child* file_;
     block::Child* backing_ = nullptr;
 };

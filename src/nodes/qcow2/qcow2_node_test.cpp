@@ -172,6 +172,43 @@ TEST(Qcow2Node, ConcurrentAllocatingWrites) {
     EXPECT_EQ(r->allocated_clusters, 64u); // each cluster allocated exactly once
 }
 
+TEST(Qcow2Node, ConcurrentMultiClusterWritesGetContiguousHostRuns) {
+    ScratchDir dir;
+    const std::string p = make_image(dir, "r.qcow2", 32 * MiB, 65536);
+    {
+        Harness h;
+        auto n = h.add(qcow2_opts(p));
+        ASSERT_TRUE(n.ok()) << n.error().message;
+        ASSERT_TRUE(h.attach(**n, rw).ok());
+        int left = 0, errors = 0;
+        // Four 1 MiB writes in flight at once, the last one unaligned at both ends: each
+        // gets one run of host clusters (reads of it are then one request).
+        for (unsigned i = 0; i < 4; ++i) {
+            ++left;
+            const std::uint64_t off = i * 4 * MiB + (i == 3 ? 1000 : 0);
+            h.loop.spawn(write_one(h.root.get(), off, pattern(MiB, i), &left, &errors));
+        }
+        h.loop.run_until_complete(wait_zero(&h.loop, &left));
+        EXPECT_EQ(errors, 0);
+        for (unsigned i = 0; i < 3; ++i) {
+            auto s = h.status(i * 4 * MiB, MiB);
+            EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
+            EXPECT_EQ(s.length, MiB) << "write " << i << " is not one host run";
+            EXPECT_EQ(read_back(h, i * 4 * MiB, MiB), pattern(MiB, i));
+        }
+        // 17 clusters: the partial first and last ones keep their zeroes.
+        EXPECT_EQ(h.status(12 * MiB, 17 * 65536).length, 17 * 65536u);
+        EXPECT_EQ(read_back(h, 12 * MiB + 1000, MiB), pattern(MiB, 3));
+        EXPECT_EQ(read_back(h, 12 * MiB, 1000), std::vector<std::byte>(1000));
+        EXPECT_EQ(read_back(h, 13 * MiB + 1000, 64 * KiB - 1000),
+                  std::vector<std::byte>(64 * KiB - 1000));
+    }
+    expect_clean(p);
+    auto r = qcow2::check_image(p, qcow2::Repair::none);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->allocated_clusters, 3 * 16u + 17u);
+}
+
 TEST(Qcow2Node, BackingFallThroughZeroesAndDiscard) {
     ScratchDir dir;
     const std::string base = dir.file("base.raw", 1 * MiB); // shorter than the top

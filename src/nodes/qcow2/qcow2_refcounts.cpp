@@ -86,6 +86,7 @@ bool Refcounts::create_block(std::uint64_t index, std::uint64_t at) {
 
 std::optional<std::uint64_t> Refcounts::allocate(std::uint64_t n) {
     std::uint64_t run_start = free_hint_, run = 0;
+    std::optional<std::uint64_t> first_free; // the first free cluster the scan passed
     for (std::uint64_t c = free_hint_;; ++c) {
         if (c >= (1ull << (56 - cb_))) return std::nullopt;
         Block* b = block_for(c);
@@ -98,11 +99,14 @@ std::optional<std::uint64_t> Refcounts::allocate(std::uint64_t n) {
             run = 0;
             continue;
         }
+        if (!first_free) first_free = c;
         if (run == 0) run_start = c;
         if (++run == n) break;
     }
-    // The hint only moves past clusters known to be in use.
-    if (run_start == free_hint_) free_hint_ = run_start + n;
+    // Every cluster the scan passed before the first free one is in use, and so is the run
+    // now: the next scan starts after them (not from the start of the image every time,
+    // which made each allocation cost a walk over all allocated clusters).
+    free_hint_ = *first_free == run_start ? run_start + n : *first_free;
     for (std::uint64_t c = run_start; c < run_start + n; ++c)
         set(c, 1);
     return run_start;
