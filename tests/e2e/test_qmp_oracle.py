@@ -51,6 +51,9 @@ MALFORMED = [
     '{"execute": "blockdev-del", "arguments": {"node-name": 5}, "id": 4}',
     '{"execute": "query-named-block-nodes", "arguments": {"flat": "yes"}}',
     '{"execute": "query-version", "id": "\\u00e9"}',
+    # QEMU's parser extensions: single-quoted strings, the escape \' in any string
+    "{'execute': 'query-version', 'id': 'a \"b\" \\'c\\''}",
+    '{"execute": "query-version", "id": "it\\\'s"}',
 ]
 
 

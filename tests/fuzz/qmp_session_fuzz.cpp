@@ -172,7 +172,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 check_reply(json(), false, reply, true, false);
                 continue;
             }
-            json request = json::parse(item.text, nullptr, false);
+            json request = json::parse(control::qemu_json_to_standard(item.text), nullptr, false);
             const bool parsed = !request.is_discarded();
             if (parsed && defuse(request))
                 item.text = request.dump(-1, ' ', false, json::error_handler_t::replace);
