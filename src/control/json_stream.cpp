@@ -18,6 +18,7 @@ bool is_json_char(char c) {
     case ',':
     case ':':
     case '"':
+    case '\'':
     case '-':
     case '+':
     case '.':
@@ -37,6 +38,40 @@ bool is_json_char(char c) {
     }
 }
 } // namespace
+
+std::string qemu_json_to_standard(std::string_view text) {
+    if (text.find('\'') == std::string_view::npos) return std::string(text);
+    std::string out;
+    out.reserve(text.size() + 8);
+    char quote = 0; // inside a string opened by this quote
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (!quote) {
+            if (c == '"' || c == '\'') {
+                quote = c;
+                out.push_back('"');
+            } else {
+                out.push_back(c);
+            }
+        } else if (c == '\\' && i + 1 < text.size()) {
+            const char next = text[++i];
+            if (next == '\'') {
+                out.push_back('\''); // \' is not a standard escape; the quote needs none
+            } else {
+                out.push_back('\\');
+                out.push_back(next);
+            }
+        } else if (c == quote) {
+            quote = 0;
+            out.push_back('"');
+        } else if (c == '"') {
+            out += "\\\""; // a double quote inside a single-quoted string
+        } else {
+            out.push_back(c);
+        }
+    }
+    return out;
+}
 
 void JsonStreamSplitter::reset() {
     buf_.clear();
@@ -91,12 +126,13 @@ void JsonStreamSplitter::feed(std::string_view bytes, std::vector<StreamItem>& o
                     escape_ = false;
                 else if (c == '\\')
                     escape_ = true;
-                else if (c == '"')
+                else if (c == quote_)
                     in_string_ = false;
             } else if (!is_json_char(c)) {
                 invalid_ = true;
-            } else if (c == '"') {
+            } else if (c == '"' || c == '\'') {
                 in_string_ = true;
+                quote_ = c;
             } else if (c == '{' || c == '[') {
                 ++depth_;
             } else if (c == '}' || c == ']') {

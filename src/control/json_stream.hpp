@@ -20,6 +20,11 @@ struct StreamItem {
     std::string text; // the raw JSON text for `message`
 };
 
+// QEMU's JSON parser also accepts 'single-quoted' strings (in which a double quote needs
+// no escape) and the escape \' in any string. Rewrites such a text into standard JSON;
+// anything else is returned unchanged, so the parser still reports what is broken.
+std::string qemu_json_to_standard(std::string_view text);
+
 class JsonStreamSplitter {
   public:
     static constexpr std::size_t default_limit = 1024 * 1024;
@@ -38,6 +43,7 @@ class JsonStreamSplitter {
     std::string buf_;
     int depth_ = 0;
     bool in_string_ = false;
+    char quote_ = '"'; // the quote that opened the current string
     bool escape_ = false;
     bool invalid_ = false;   // the current value can no longer be valid JSON
     bool in_scalar_ = false; // a bare top-level token (garbage or scalar), ends at whitespace

@@ -78,3 +78,22 @@ TEST(JsonStream, BrokenValueEndsAtNewline) {
     out = split(s, "{\"a\":\n [1,\n 2]}");
     ASSERT_EQ(out.size(), 1u);
 }
+
+TEST(JsonStream, SingleQuotedStringsHideBracesAndDoubleQuotes) {
+    JsonStreamSplitter s;
+    auto out = split(s, "{'a': '}\"{'}{\"b\": 'x\\'y'}");
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_EQ(out[0], "{'a': '}\"{'}");
+    EXPECT_EQ(out[1], "{\"b\": 'x\\'y'}");
+}
+
+TEST(JsonStream, QemuJsonToStandard) {
+    EXPECT_EQ(qemu_json_to_standard(R"({"a": "b"})"), R"({"a": "b"})");
+    EXPECT_EQ(qemu_json_to_standard(R"({'execute': 'quit'})"), R"({"execute": "quit"})");
+    EXPECT_EQ(qemu_json_to_standard(R"(['say "hi"', 'it\'s'])"), R"(["say \"hi\"", "it's"])");
+    EXPECT_EQ(qemu_json_to_standard(R"(["it\'s", "it's", '\\', '\n'])"),
+              R"(["it's", "it's", "\\", "\n"])");
+    // Broken texts stay broken (the parser reports them).
+    EXPECT_EQ(qemu_json_to_standard("{'a"), "{\"a");
+    EXPECT_EQ(qemu_json_to_standard("['\\"), "[\"\\");
+}

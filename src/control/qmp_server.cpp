@@ -41,9 +41,9 @@ QmpServer::QmpServer(const CommandRegistry& registry, CommandContext ctx)
 
 io::Task<void> client_writer(std::shared_ptr<QmpClient> client) {
     while (true) {
-        while (client->outq.empty() && !client->closed)
+        while (client->outq.empty() && !client->closed && !client->input_done)
             co_await client->wake.wait();
-        if (client->closed) break;
+        if (client->closed || client->outq.empty()) break;
         std::string msg = std::move(client->outq.front());
         client->outq.pop_front();
         client->queued_bytes -= msg.size();
@@ -85,7 +85,9 @@ io::Task<void> client_reader(QmpServer* server, std::shared_ptr<QmpClient> clien
             send_message(*client, reply);
         }
     }
-    client->closed = true;
+    // The writer still flushes the replies already queued (a client may half-close right
+    // after its last request), then ends the connection.
+    client->input_done = true;
     client->wake.notify_all();
     server->clients_.erase(client);
 }

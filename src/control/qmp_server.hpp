@@ -26,6 +26,9 @@ struct QmpClient {
     std::size_t queued_bytes = 0;
     io::WaitQueue wake; // writer waits here for outq or closed
     bool closed = false;
+    // The client ended its input (half-close): the writer still sends what is queued, then
+    // the connection ends, so `echo '{...}' | socat - UNIX:...` gets its replies.
+    bool input_done = false;
     bool writing = false;
     bool command_mode = false; // only clients in command mode receive events
 };

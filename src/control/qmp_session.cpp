@@ -1,5 +1,6 @@
 #include "control/qmp_session.hpp"
 
+#include "control/json_stream.hpp"
 #include "control/version.hpp"
 
 namespace fleece::control {
@@ -22,7 +23,7 @@ json QmpSession::too_large_reply() {
 
 io::Task<json> QmpSession::handle(std::string text) {
     // Invalid UTF-8 is replaced rather than rejected so replies that echo it stay valid JSON.
-    json request = json::parse(text, nullptr, false);
+    json request = json::parse(qemu_json_to_standard(text), nullptr, false);
     if (request.is_discarded())
         co_return qmp_error(make_error("JSON parse error, invalid JSON text"));
     co_return co_await execute(std::move(request));

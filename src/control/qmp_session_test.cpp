@@ -25,6 +25,18 @@ TEST(QmpSession, NegotiationThenCommands) {
     EXPECT_EQ(r["id"], "x");
 }
 
+TEST(QmpSession, SingleQuotedStringsAreAcceptedLikeQemu) {
+    io::EventLoop loop;
+    CommandRegistry reg;
+    register_builtin_commands(reg);
+    QmpSession s(reg, CommandContext{});
+    auto r = loop.run_until_complete(s.handle("{'execute': 'qmp_capabilities'}"));
+    EXPECT_EQ(r, json({{"return", json::object()}}));
+    r = loop.run_until_complete(s.handle(R"({'execute': 'query-version', 'id': 'a "b" \'c\''})"));
+    EXPECT_EQ(r["return"]["qemu"]["major"], 7);
+    EXPECT_EQ(r["id"], "a \"b\" 'c'");
+}
+
 TEST(QmpSession, EnvelopeErrors) {
     io::EventLoop loop;
     CommandRegistry reg;
