@@ -35,6 +35,12 @@ io::Task<void> Connection::handshake_watchdog(std::shared_ptr<Connection> self,
     hold.leave();
 }
 
+void Connection::end_handshake_timer() {
+    if (handshake_over_) return;
+    handshake_over_ = true;
+    handshake_timer_.cancel();
+}
+
 io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holder server_hold) {
     if (const std::uint32_t limit = self->server_->handshake_max_seconds(); limit > 0) {
         if (io::Gate::Holder h = self->requests_.enter())
@@ -42,14 +48,12 @@ io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holde
     }
     try {
         const bool negotiated = co_await self->handshake();
-        self->handshake_over_ = true;
-        self->handshake_timer_.cancel();
+        self->end_handshake_timer();
         if (negotiated) co_await self->transmission();
     } catch (const std::exception&) {
         // A connection problem never takes the daemon down.
     }
-    self->handshake_over_ = true;
-    self->handshake_timer_.cancel();
+    self->end_handshake_timer(); // if handshake() threw
     self->broken_ = true;
     co_await self->requests_.close();
     if (self->export_) self->export_->connections_.erase(self.get());

@@ -39,6 +39,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     io::Task<bool> handshake();
     static io::Task<void> handshake_watchdog(std::shared_ptr<Connection> self,
                                              std::uint32_t seconds, io::Gate::Holder hold);
+    void end_handshake_timer();
     io::Task<Next> handle_option(OptionHeader h);
     io::Task<bool> send(Bytes bytes);
     io::Task<bool> send_option_reply(std::uint32_t option, std::uint32_t type, Bytes payload = {});
