@@ -70,7 +70,7 @@ bool Child::may_write(ReqFlags flags) const {
 io::Task<std::error_code> Child::read(std::uint64_t offset, std::span<std::byte> buf,
                                       ReqFlags flags) {
     co_await wait_while_quiesced();
-    co_return co_await node_->read(offset, buf, flags);
+    co_return co_await node_->read(offset, buf, flags, role_ == ChildRole::backing);
 }
 
 io::Task<std::error_code> Child::write(std::uint64_t offset, std::span<const std::byte> buf,
@@ -194,12 +194,12 @@ std::error_code Node::check_writable() const {
     return {};
 }
 
-io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> buf,
-                                     ReqFlags flags) {
+io::Task<std::error_code> Node::read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags,
+                                     bool via_backing) {
     if (auto e = check_range(offset, buf.size())) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
-    if (track_reads_ > 0) {
+    if (track_reads_ > 0 && via_backing) {
         RangeLockTable::Guard held =
             co_await reads_.lock(offset, buf.size(), RangeLockTable::Mode::shared);
         co_return co_await do_read(offset, buf, flags);

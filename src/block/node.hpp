@@ -111,8 +111,10 @@ class Node : public ChildParent {
     // parents need (parent_perm, union) and allow (parent_shared, intersection).
     virtual PermPair child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const;
 
-    // Checked entry points (called by Child).
-    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags);
+    // Checked entry points (called by Child). `via_backing`: the read comes through a
+    // backing edge (see track_reads).
+    io::Task<std::error_code> read(std::uint64_t offset, std::span<std::byte> buf, ReqFlags flags,
+                                   bool via_backing = false);
     io::Task<std::error_code> write(std::uint64_t offset, std::span<const std::byte> buf,
                                     ReqFlags flags);
     io::Task<std::error_code> write_zeroes(std::uint64_t offset, std::uint64_t length,
@@ -145,7 +147,10 @@ class Node : public ChildParent {
     // Read tracking, for the seed's fleecing scheme: a fleecing image whose backing is this
     // node reads unallocated clusters straight from here, past the copy-before-write filter.
     // The filter turns tracking on and, after copying a cluster, waits for reads of it that
-    // started earlier, so none of them can see the guest's new data. Off: reads cost nothing.
+    // started earlier, so none of them can see the guest's new data. Only reads arriving
+    // through a backing edge are tracked: they are the ones that go around the filter (the
+    // guest's own reads, and the filter's copies, may see the new data). Off, or through
+    // any other edge, a read costs nothing.
     void track_reads(bool on) { track_reads_ += on ? 1 : -1; }
     io::Task<void> wait_reads_idle(std::uint64_t offset, std::uint64_t length) {
         return reads_.wait_idle(offset, length);

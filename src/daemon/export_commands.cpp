@@ -41,6 +41,22 @@ Status listen_on(nbd::NbdServer& server, const json& addr) {
     return make_error(fmt::format("Parameter 'addr.type' does not accept value '{}'", type));
 }
 
+// A number from QMP, a string from --nbd-server.
+Result<std::uint32_t> uint32_argument(const json& args, const char* key) {
+    const json& m = args[key];
+    std::uint64_t n = 0;
+    if (m.is_number_unsigned())
+        n = m.get<std::uint64_t>();
+    else if (m.is_string() && !m.get<std::string>().empty() &&
+             m.get<std::string>().find_first_not_of("0123456789") == std::string::npos &&
+             m.get<std::string>().size() < 11)
+        n = std::stoull(m.get<std::string>());
+    else
+        return make_error(fmt::format("Parameter '{}' expects uint32", key));
+    if (n > UINT32_MAX) return make_error(fmt::format("Parameter '{}' expects uint32", key));
+    return static_cast<std::uint32_t>(n);
+}
+
 } // namespace
 
 Status start_nbd_server(Services& s, const json& args) {
@@ -56,19 +72,14 @@ Status start_nbd_server(Services& s, const json& args) {
         server->set_tls_creds(*creds);
     }
     if (args.contains("max-connections")) {
-        // A number from QMP, a string from --nbd-server.
-        const json& m = args["max-connections"];
-        std::uint64_t n = 0;
-        if (m.is_number_unsigned())
-            n = m.get<std::uint64_t>();
-        else if (m.is_string() && !m.get<std::string>().empty() &&
-                 m.get<std::string>().find_first_not_of("0123456789") == std::string::npos &&
-                 m.get<std::string>().size() < 11)
-            n = std::stoull(m.get<std::string>());
-        else
-            return make_error("Parameter 'max-connections' expects uint32");
-        if (n > UINT32_MAX) return make_error("Parameter 'max-connections' expects uint32");
-        server->set_max_connections(static_cast<std::uint32_t>(n));
+        auto n = uint32_argument(args, "max-connections");
+        if (!n) return n.error();
+        server->set_max_connections(*n);
+    }
+    if (args.contains("handshake-max-seconds")) {
+        auto n = uint32_argument(args, "handshake-max-seconds");
+        if (!n) return n.error();
+        server->set_handshake_max_seconds(*n);
     }
     if (Status st = listen_on(*server, args.value("addr", json())); !st) return st;
     s.nbd_server = std::move(server);
@@ -158,7 +169,8 @@ void register_export_commands(control::CommandRegistry& registry) {
                   {{"addr", ArgType::object, true},
                    {"tls-creds", ArgType::str, false},
                    {"tls-authz", ArgType::str, false},
-                   {"max-connections", ArgType::integer, false}},
+                   {"max-connections", ArgType::integer, false},
+                   {"handshake-max-seconds", ArgType::integer, false}},
                   false,
                   nbd_server_start_command});
     registry.add({"nbd-server-stop",

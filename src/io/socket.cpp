@@ -1,6 +1,7 @@
 #include "io/socket.hpp"
 
 #include "io/file_io.hpp"
+#include "util/assert.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -64,6 +66,41 @@ Task<int> write_all(int fd, std::span<const std::byte> buf) {
         const ssize_t n = ::send(fd, buf.data() + done, buf.size() - done, MSG_NOSIGNAL);
         if (n >= 0) {
             done += static_cast<std::size_t>(n);
+            continue;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) co_return -errno;
+        const std::int64_t p = co_await poll(fd, POLLOUT);
+        if (p < 0) co_return static_cast<int>(p);
+        if (p & (POLLERR | POLLHUP)) co_return -EPIPE;
+    }
+    co_return 0;
+}
+
+Task<int> write_all_gather(int fd, std::span<const std::span<const std::byte>> parts) {
+    FLEECE_ASSERT(parts.size() <= max_gather_parts);
+    iovec iov[max_gather_parts];
+    std::size_t count = 0;
+    for (const auto& p : parts) {
+        if (p.empty()) continue;
+        iov[count].iov_base = const_cast<std::byte*>(p.data());
+        iov[count].iov_len = p.size();
+        ++count;
+    }
+    std::size_t first = 0; // iov[first..count) is still to send
+    while (first < count) {
+        msghdr msg{};
+        msg.msg_iov = iov + first;
+        msg.msg_iovlen = count - first;
+        const ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n >= 0) {
+            auto left = static_cast<std::size_t>(n);
+            while (first < count && left >= iov[first].iov_len)
+                left -= iov[first++].iov_len;
+            if (left > 0) {
+                iov[first].iov_base = static_cast<std::byte*>(iov[first].iov_base) + left;
+                iov[first].iov_len -= left;
+            }
             continue;
         }
         if (errno == EINTR) continue;

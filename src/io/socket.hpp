@@ -38,6 +38,10 @@ Task<std::int64_t> read_some(int fd, std::span<std::byte> buf);
 Task<int> read_exact(int fd, std::span<std::byte> buf);
 // Writes all of buf; returns 0 or -errno.
 Task<int> write_all(int fd, std::span<const std::byte> buf);
+// Writes all parts, in order, with as few system calls as the socket allows (sendmsg with
+// one iovec per part); returns 0 or -errno. At most max_gather_parts parts.
+inline constexpr std::size_t max_gather_parts = 128;
+Task<int> write_all_gather(int fd, std::span<const std::span<const std::byte>> parts);
 // Accepts one connection (non-blocking, close-on-exec); returns the fd or -errno.
 Task<int> accept(int listen_fd);
 

@@ -22,12 +22,38 @@ void Connection::shut_down() {
     if (fd_) ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
+// Drops the client if the handshake is still going on after `seconds`; run() cancels the
+// timer as soon as it is over, whichever way.
+io::Task<void> Connection::handshake_watchdog(std::shared_ptr<Connection> self,
+                                              std::uint32_t seconds, io::Gate::Holder hold) {
+    const bool expired = co_await self->handshake_timer_.wait_for(std::chrono::seconds(seconds));
+    // The timer may fire in the same loop turn the handshake ends: check it is still on.
+    if (expired && !self->handshake_over_) {
+        log::info("nbd: dropping a client that did not finish the handshake within {} s", seconds);
+        self->shut_down(); // its pending read fails and handshake() returns
+    }
+    hold.leave();
+}
+
+void Connection::end_handshake_timer() {
+    if (handshake_over_) return;
+    handshake_over_ = true;
+    handshake_timer_.cancel();
+}
+
 io::Task<void> Connection::run(std::shared_ptr<Connection> self, io::Gate::Holder server_hold) {
+    if (const std::uint32_t limit = self->server_->handshake_max_seconds(); limit > 0) {
+        if (io::Gate::Holder h = self->requests_.enter())
+            io::EventLoop::current().spawn(handshake_watchdog(self, limit, std::move(h)));
+    }
     try {
-        if (co_await self->handshake()) co_await self->transmission();
+        const bool negotiated = co_await self->handshake();
+        self->end_handshake_timer();
+        if (negotiated) co_await self->transmission();
     } catch (const std::exception&) {
         // A connection problem never takes the daemon down.
     }
+    self->end_handshake_timer(); // if handshake() threw
     self->broken_ = true;
     co_await self->requests_.close();
     if (self->export_) self->export_->connections_.erase(self.get());
@@ -255,6 +281,8 @@ io::Task<bool> Connection::enter_transmission(std::shared_ptr<Export> exp) {
 // ---- Transmission ----------------------------------------------------------------------
 
 io::Task<void> Connection::transmission() {
+    // Pipelined request headers then come in with one recv for several.
+    if (!tls_) stream_->enable_read_ahead();
     while (!broken_) {
         std::byte hdr[request_size];
         if (co_await stream_->read_exact(hdr) < 0) break;
@@ -288,9 +316,9 @@ io::Task<void> Connection::transmission() {
 io::Task<void> Connection::write_locked(Bytes head, std::span<const std::byte> data) {
     auto guard = co_await write_mutex_.lock();
     if (broken_ && !fd_) co_return;
-    if (co_await stream_->write_all(as_bytes(head)) < 0 ||
-        (!data.empty() && co_await stream_->write_all(data) < 0))
-        shut_down();
+    // Header and payload in one system call.
+    const std::span<const std::byte> parts[2] = {as_bytes(head), data};
+    if (co_await stream_->write_gather(parts) < 0) shut_down();
 }
 
 io::Task<void> Connection::reply_simple(std::uint64_t cookie, std::uint32_t error) {
@@ -420,27 +448,34 @@ io::Task<void> Connection::do_sparse_read(Request req, io::Buffer buf) {
             co_return;
         }
     }
-    auto guard = co_await write_mutex_.lock();
-    if (broken_ && !fd_) co_return;
+    // Every chunk's header and data go out in one gathered write: one header buffer with
+    // all headers, and the parts pointing into it and into the read buffer.
+    static_assert(2 * max_segments <= io::max_gather_parts);
+    Bytes heads;
+    std::vector<std::pair<std::size_t, std::size_t>> head_at; // offset and length in `heads`
+    head_at.reserve(segs.size());
     for (std::size_t i = 0; i < segs.size(); ++i) {
         const Segment& s = segs[i];
         const bool done = i + 1 == segs.size();
-        Bytes head;
-        std::span<const std::byte> data;
-        if (s.hole) {
-            encode_offset_hole(head, req.cookie, s.offset, static_cast<std::uint32_t>(s.length),
+        const std::size_t before = heads.size();
+        if (s.hole)
+            encode_offset_hole(heads, req.cookie, s.offset, static_cast<std::uint32_t>(s.length),
                                done);
-        } else {
-            encode_offset_data_header(head, req.cookie, s.offset,
+        else
+            encode_offset_data_header(heads, req.cookie, s.offset,
                                       static_cast<std::uint32_t>(s.length), done);
-            data = std::span<const std::byte>(buf.data() + (s.offset - req.offset), s.length);
-        }
-        if (co_await stream_->write_all(as_bytes(head)) < 0 ||
-            (!data.empty() && co_await stream_->write_all(data) < 0)) {
-            shut_down();
-            co_return;
-        }
+        head_at.emplace_back(before, heads.size() - before);
     }
+    std::vector<std::span<const std::byte>> parts;
+    parts.reserve(2 * segs.size());
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+        const Segment& s = segs[i];
+        parts.emplace_back(heads.data() + head_at[i].first, head_at[i].second);
+        if (!s.hole) parts.emplace_back(buf.data() + (s.offset - req.offset), s.length);
+    }
+    auto guard = co_await write_mutex_.lock();
+    if (broken_ && !fd_) co_return;
+    if (co_await stream_->write_gather(parts) < 0) shut_down();
 }
 
 io::Task<void> Connection::do_block_status(Request req) {

@@ -37,6 +37,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   private:
     enum class Next { again, transmission, close };
     io::Task<bool> handshake();
+    static io::Task<void> handshake_watchdog(std::shared_ptr<Connection> self,
+                                             std::uint32_t seconds, io::Gate::Holder hold);
+    void end_handshake_timer();
     io::Task<Next> handle_option(OptionHeader h);
     io::Task<bool> send(Bytes bytes);
     io::Task<bool> send_option_reply(std::uint32_t option, std::uint32_t type, Bytes payload = {});
@@ -68,6 +71,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::vector<std::pair<std::uint32_t, std::shared_ptr<MetaContext>>> selected_;
     std::string meta_export_; // export name the selection was made for
     bool broken_ = false;
+    io::EventLoop::Timer handshake_timer_{io::EventLoop::current()}; // see handshake_watchdog
+    bool handshake_over_ = false;
     io::AsyncMutex write_mutex_;
     io::BufferPool buffers_{max_in_flight_bytes};
     io::Gate requests_;

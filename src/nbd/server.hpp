@@ -6,6 +6,7 @@
 //
 //   NbdServer server(graph);
 //   server.set_max_connections(16);                  // 0 = unlimited (default)
+//   server.set_handshake_max_seconds(10);            // 0 = no limit; 10 by default
 //   Status s = server.listen_unix("/run/nbd.sock");  // or listen_tcp("127.0.0.1", "10809")
 //   Status e = server.add_export({.id = "e0", .node_name = "disk0", .name = "disk0",
 //                                 .description = "", .writable = false});
@@ -61,6 +62,11 @@ class NbdServer {
     // Further clients are refused (connection closed right after accept). 0 = unlimited.
     void set_max_connections(std::uint32_t n) { max_connections_ = n; }
     std::uint32_t max_connections() const { return max_connections_; }
+    // A client that has not finished negotiating (reached transmission) this many seconds
+    // after connecting is dropped, so silent clients cannot hold connection slots. 0 = no
+    // limit. QEMU's handshake-max-seconds, with its default.
+    void set_handshake_max_seconds(std::uint32_t s) { handshake_max_seconds_ = s; }
+    std::uint32_t handshake_max_seconds() const { return handshake_max_seconds_; }
     // TLS-only server (clients must STARTTLS first); null = plain text. Set before listening.
     void set_tls_creds(std::shared_ptr<const io::TlsCreds> creds) { tls_creds_ = std::move(creds); }
     const std::shared_ptr<const io::TlsCreds>& tls_creds() const { return tls_creds_; }
@@ -91,6 +97,7 @@ class NbdServer {
     std::set<Connection*> connections_;
     io::Gate gate_; // accept loops and connections
     std::uint32_t max_connections_ = 0;
+    std::uint32_t handshake_max_seconds_ = 10;
     std::shared_ptr<const io::TlsCreds> tls_creds_;
     bool stopped_ = false;
 };

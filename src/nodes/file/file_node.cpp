@@ -1,7 +1,7 @@
 #include "nodes/file/file_node.hpp"
 
-#include "block/range_lock.hpp"
 #include "io/file_io.hpp"
+#include "nodes/file/direct_write_order.hpp"
 #include "util/align.hpp"
 
 #include <cerrno>
@@ -85,9 +85,8 @@ class FileNode final : public block::Node {
   protected:
     // O_DIRECT needs aligned offsets and lengths. Format drivers issue small metadata
     // requests (a qcow2 header, one L1 entry), so a misaligned read reads the covering
-    // aligned range and a misaligned write is a read-modify-write of it. The RMW holds its
-    // range exclusively and every other write holds its range shared, so no concurrent
-    // update is lost.
+    // aligned range and a misaligned write is a read-modify-write of it, ordered against
+    // the other writes by write_order_ so that no concurrent update is lost.
     bool misaligned(std::uint64_t offset, std::uint64_t length) const {
         const std::uint32_t a = limits_.request_alignment;
         return direct_ && (!is_aligned(offset, a) || !is_aligned(length, a));
@@ -104,12 +103,11 @@ class FileNode final : public block::Node {
         const std::uint64_t start = align_down(offset, a);
         return {start, align_up(offset + length, a) - start};
     }
-    // Held by every write while O_DIRECT is on (see misaligned()); empty guard otherwise.
-    io::Task<block::RangeLockTable::Guard>
-    hold_for_write(std::uint64_t offset, std::uint64_t length, block::RangeLockTable::Mode mode) {
-        if (!direct_) co_return block::RangeLockTable::Guard{};
+    // Held by every write while O_DIRECT is on (see misaligned()); nothing otherwise.
+    io::Task<DirectWriteOrder::Hold> hold_for_write(std::uint64_t offset, std::uint64_t length) {
+        if (!direct_) co_return DirectWriteOrder::Hold{};
         const Cover c = cover(offset, length);
-        co_return co_await write_ranges_.lock(c.start, c.length, mode);
+        co_return co_await write_order_.write(c.start, c.length);
     }
 
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -129,9 +127,9 @@ class FileNode final : public block::Node {
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                        block::ReqFlags) override {
         if (misaligned(offset, buf.size())) {
-            block::RangeLockTable::Guard held =
-                co_await hold_for_write(offset, buf.size(), block::RangeLockTable::Mode::exclusive);
             const Cover c = cover(offset, buf.size());
+            DirectWriteOrder::Hold held =
+                co_await write_order_.read_modify_write(c.start, c.length);
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, c.length);
             std::span<std::byte> b(bounce.get(), c.length);
             if (auto e = co_await read_at(c.start, b)) co_return e;
@@ -141,8 +139,7 @@ class FileNode final : public block::Node {
             if (r < 0) co_return errno_code(static_cast<int>(-r));
             co_return std::error_code{};
         }
-        block::RangeLockTable::Guard held =
-            co_await hold_for_write(offset, buf.size(), block::RangeLockTable::Mode::shared);
+        DirectWriteOrder::Hold held = co_await hold_for_write(offset, buf.size());
         if (buffer_misaligned(buf.data())) {
             AlignedBuffer bounce = aligned_buffer(limits_.request_alignment, buf.size());
             std::memcpy(bounce.get(), buf.data(), buf.size());
@@ -158,26 +155,28 @@ class FileNode final : public block::Node {
 
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               block::ReqFlags flags) override {
-        block::RangeLockTable::Guard held =
-            co_await hold_for_write(offset, length, block::RangeLockTable::Mode::shared);
+        DirectWriteOrder::Hold held = co_await hold_for_write(offset, length);
         // A hole reads as zeroes, so when unmapping is both allowed by the request and
         // enabled on the node, punching is the cheapest way to zero.
         if ((flags & block::req_may_unmap) && unmap_ && punch_supported_) {
-            const std::int64_t r = co_await io::fallocate(
-                fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+            const std::int64_t r = co_await fallocate_forgetting(
+                FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
             if (r == 0) co_return std::error_code{};
             if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             punch_supported_ = false;
         }
         if (zero_range_supported_) {
-            const std::int64_t r = co_await io::fallocate(
-                fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+            const std::int64_t r = co_await fallocate_forgetting(
+                FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
             if (r == 0) co_return std::error_code{};
             if (!unsupported(r)) co_return errno_code(static_cast<int>(-r));
             // Remember, so that every later request does not pay a failing system call.
             zero_range_supported_ = false;
         }
         if (flags & block::req_no_fallback) co_return errno_code(ENOTSUP);
+        // The fallback's writes order themselves (a misaligned one is a read-modify-write,
+        // which would wait for this very hold).
+        held.release();
         co_return co_await Node::do_write_zeroes(offset, length, flags);
     }
 
@@ -185,10 +184,9 @@ class FileNode final : public block::Node {
         // discard=ignore (QEMU's default) keeps the allocation; discard is advisory, so
         // "not supported" is success too.
         if (!unmap_ || !punch_supported_) co_return std::error_code{};
-        block::RangeLockTable::Guard held =
-            co_await hold_for_write(offset, length, block::RangeLockTable::Mode::shared);
-        const std::int64_t r =
-            co_await io::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+        DirectWriteOrder::Hold held = co_await hold_for_write(offset, length);
+        const std::int64_t r = co_await fallocate_forgetting(
+            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
         if (r == 0) co_return std::error_code{};
         if (unsupported(r)) {
             punch_supported_ = false;
@@ -207,6 +205,7 @@ class FileNode final : public block::Node {
     // the new size is visible before any other request runs.
     io::Task<std::error_code> do_truncate(std::uint64_t size) override {
         if (is_block_device_) co_return errno_code(size <= this->size() ? 0 : ENOSPC);
+        forget_data_region();
         if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) co_return errno_code(errno);
         set_size(size);
         co_return std::error_code{};
@@ -219,6 +218,10 @@ class FileNode final : public block::Node {
         s.flags = block::status_data | block::status_allocated;
         s.offset = offset; // a protocol node maps every byte to itself
         if (is_block_device_) co_return s;
+        if (offset >= known_data_.start && offset < known_data_.end) {
+            s.length = std::min(length, known_data_.end - offset);
+            co_return s;
+        }
         // lseek is a cheap metadata lookup, done inline like QEMU's file-posix does.
         const off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
         if (data < 0) {
@@ -234,12 +237,34 @@ class FileNode final : public block::Node {
             co_return s;
         }
         const off_t hole = ::lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
-        if (hole > static_cast<off_t>(offset))
+        if (hole > static_cast<off_t>(offset)) {
             s.length = std::min(length, static_cast<std::uint64_t>(hole) - offset);
+            known_data_ = {offset, static_cast<std::uint64_t>(hole)};
+        }
         co_return s;
     }
 
   private:
+    // The last data region SEEK_DATA/SEEK_HOLE found. The NBD server asks for block status
+    // before every structured read, and a sequential reader would otherwise pay two lseeks
+    // per request. Writes only turn holes into data, so the region stays data until a hole
+    // is punched or the file is truncated (forget_data_region()); calling a region data
+    // that is not is always safe (it is read and sent), the reverse never happens.
+    struct DataRegion {
+        std::uint64_t start = 0;
+        std::uint64_t end = 0;
+    };
+    void forget_data_region() { known_data_ = {}; }
+    // A fallocate that may leave holes or unwritten extents: the region is forgotten before
+    // (for later queries) and after (for a query that ran while it was in flight).
+    io::Task<std::int64_t> fallocate_forgetting(int mode, std::uint64_t offset,
+                                                std::uint64_t length) {
+        forget_data_region();
+        const std::int64_t r = co_await io::fallocate(fd_, mode, offset, length);
+        forget_data_region();
+        co_return r;
+    }
+
     static bool unsupported(std::int64_t r) {
         return r == -EOPNOTSUPP || r == -ENOTTY || r == -ENOSYS;
     }
@@ -254,7 +279,8 @@ class FileNode final : public block::Node {
         co_return std::error_code{};
     }
 
-    block::RangeLockTable write_ranges_; // see misaligned()
+    DirectWriteOrder write_order_; // see misaligned()
+    DataRegion known_data_;
     std::string path_;
     int fd_;
     bool is_block_device_;

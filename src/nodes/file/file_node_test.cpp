@@ -107,6 +107,40 @@ TEST(FileNode, BlockStatusReportsHolesAndData) {
     EXPECT_EQ(s.length, 5 * MiB);
 }
 
+// The node remembers the last data region it found (sequential readers ask before every
+// read); punching a hole inside it, or truncating, must not leave a stale "data" answer.
+TEST(FileNode, BlockStatusForgetsItsDataRegionWhenAHoleIsPunched) {
+    ScratchDir dir;
+    const std::string path = dir.file("region.img", 8 * MiB);
+    Harness h;
+    auto n = h.add(
+        json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}, {"discard", "unmap"}});
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    ASSERT_TRUE(h.attach(**n, rw).ok());
+    ASSERT_FALSE(h.write(0, pattern(4 * MiB, 5)));
+    ASSERT_FALSE(h.flush());
+    auto s = h.status(0, 8 * MiB);
+    EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
+    EXPECT_EQ(s.length, 4 * MiB);
+    // Inside the remembered region: still data, clipped to the region's end.
+    s = h.status(MiB, 7 * MiB);
+    EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
+    EXPECT_EQ(s.length, 3 * MiB);
+
+    ASSERT_FALSE(h.discard(MiB, MiB));
+    s = h.status(MiB, MiB);
+    EXPECT_EQ(s.flags & (block::status_data | block::status_zero), block::status_zero);
+    s = h.status(0, 8 * MiB);
+    EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
+    EXPECT_EQ(s.length, MiB);
+    // write-zeroes with unmap punches too.
+    s = h.status(2 * MiB, MiB);
+    EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
+    ASSERT_FALSE(h.write_zeroes(2 * MiB, MiB, block::req_may_unmap));
+    s = h.status(2 * MiB, MiB);
+    EXPECT_EQ(s.flags & (block::status_data | block::status_zero), block::status_zero);
+}
+
 TEST(FileNode, DirectIoNeedsAlignment) {
     ScratchDir dir;
     const std::string path = dir.file("direct.img", 4 * MiB);
