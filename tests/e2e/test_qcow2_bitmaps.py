@@ -1,0 +1,247 @@
+"""Persistent dirty bitmaps in qcow2 images (QEMU's bitmaps extension): bitmaps made by
+qemu-img / qemu-storage-daemon load in fleeced, bitmaps fleeced stores load in QEMU, a
+kill -9 leaves them inconsistent (never silently used), and `fleece img bitmap` behaves
+like `qemu-img bitmap`."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from fleece_testlib import FLEECED, ROOT, Daemon, QmpError, qemu_io
+
+QSD = shutil.which('qemu-storage-daemon')
+FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
+K64 = 65536
+MiB = 1 << 20
+
+
+def run(*argv, check=True):
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+    if check:
+        assert p.returncode == 0, (argv, p.stdout, p.stderr)
+    return p
+
+
+def nbd_uri(sock, name):
+    return 'nbd+unix:///%s?socket=%s' % (name, sock)
+
+
+def dirty_map(uri, bitmap):
+    out = run('nbdinfo', '--json', '--map=qemu:dirty-bitmap:' + bitmap, uri).stdout
+    return [(e['offset'], e['length']) for e in json.loads(out) if e['type'] & 1]
+
+
+def clusters_of(extents, gran=K64):
+    out = set()
+    for off, length in extents:
+        out.update(range(off // gran, (off + length + gran - 1) // gran))
+    return out
+
+
+def bitmaps_of(q, node):
+    for n in q.execute('query-named-block-nodes', flat=True):
+        if n['node-name'] == node:
+            return {b['name']: b for b in n.get('dirty-bitmaps', [])}
+    raise KeyError(node)
+
+
+def image_bitmaps(path):
+    info = json.loads(run('qemu-img', 'info', '--output=json', '-U', path).stdout)
+    return info['format-specific']['data'].get('bitmaps')
+
+
+def check_clean(path):
+    p = run('qemu-img', 'check', path, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def start(binary, work, image, sock):
+    """fleeced or qemu-storage-daemon (same command line) with qcow2 node `disk`."""
+    os.makedirs(str(work), exist_ok=True)
+    for name in ('qmp.sock',):
+        if os.path.exists(os.path.join(str(work), name)):
+            os.unlink(os.path.join(str(work), name))
+    if os.path.exists(sock):
+        os.unlink(sock)
+    assert binary, 'qemu-storage-daemon is required'
+    return Daemon(work, ['--blockdev', 'driver=file,node-name=f,filename=' + image,
+                         '--blockdev', 'driver=qcow2,node-name=disk,file=f',
+                         '--nbd-server', 'addr.type=unix,addr.path=' + sock], binary=binary)
+
+
+def guest_writes(q, sock, cmds):
+    q.execute('block-export-add', type='nbd', id='guest', name='guest', writable=True,
+              **{'node-name': 'disk'})
+    qemu_io(nbd_uri(sock, 'guest'), *cmds)
+    q.execute('block-export-del', id='guest')
+    q.wait_event('BLOCK_EXPORT_DELETED')
+
+
+def exported_map(q, sock, name):
+    """The bitmap's dirty extents through a read-only export (the bitmap disabled first)."""
+    q.execute('block-dirty-bitmap-disable', node='disk', name=name)
+    q.execute('block-export-add', type='nbd', id='bm', name='bm', bitmaps=[name],
+              **{'node-name': 'disk'})
+    try:
+        return dirty_map(nbd_uri(sock, 'bm'), name)
+    finally:
+        q.execute('block-export-del', id='bm')
+        q.wait_event('BLOCK_EXPORT_DELETED')
+
+
+WRITES = ['write -P 1 0 4k', 'write -P 2 3M 128k', 'write -P 3 5M 1', 'write -z 6M 64k',
+          'write -P 4 8388607 1']
+WRITTEN = [(0, 4096), (3 * MiB, 128 * 1024), (5 * MiB, 1), (6 * MiB, K64), (8 * MiB - 1, 1)]
+
+
+def test_qemu_bitmaps_load_in_fleeced(tmp_path):
+    img = str(tmp_path / 'disk.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+    run('qemu-img', 'bitmap', '--add', img, 'b0')
+    run('qemu-img', 'bitmap', '--add', '-g', '4096', '--disable', img, 'fine')
+    sock = str(tmp_path / 'nbd.sock')
+    # Bits set by QEMU itself: guest writes through qemu-storage-daemon.
+    d = start(QSD, tmp_path / 'qsd', img, sock)
+    try:
+        guest_writes(d.qmp, sock, WRITES)
+        qsd_map = exported_map(d.qmp, sock, 'b0')
+        d.qmp.execute('block-dirty-bitmap-enable', node='disk', name='b0')
+    finally:
+        assert d.stop() == 0
+    # And by qemu-img: merge b0 into the disabled 'fine'.
+    run('qemu-img', 'bitmap', '--merge', 'b0', img, 'fine')
+    assert clusters_of(qsd_map) == clusters_of(WRITTEN)
+
+    d = start(FLEECED, tmp_path / 'fl', img, sock)
+    try:
+        q = d.qmp
+        info = bitmaps_of(q, 'disk')
+        assert set(info) == {'b0', 'fine'}
+        assert info['b0']['persistent'] and info['b0']['recording']
+        assert info['fine']['persistent'] and not info['fine']['recording']
+        assert info['fine']['granularity'] == 4096 and info['b0']['granularity'] == K64
+        assert 'inconsistent' not in info['b0']
+        # While open, the image says the bitmaps are in use.
+        assert all('in-use' in b['flags'] for b in image_bitmaps(img))
+        assert exported_map(q, sock, 'b0') == qsd_map
+        # Merged from the 64 KiB b0: whole 64 KiB clusters at 4 KiB granularity.
+        assert exported_map(q, sock, 'fine') == qsd_map
+    finally:
+        assert d.stop() == 0
+    assert {b['name']: b['flags'] for b in image_bitmaps(img)} == {'b0': [], 'fine': []}
+    check_clean(img)
+
+
+def test_fleeced_bitmaps_load_in_qemu(tmp_path):
+    img = str(tmp_path / 'disk.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+    sock = str(tmp_path / 'nbd.sock')
+    fleeced = FLEECED
+    d = start(fleeced, tmp_path / 'fl', img, sock)
+    try:
+        q = d.qmp
+        q.execute('block-dirty-bitmap-add', node='disk', name='p', persistent=True)
+        q.execute('block-dirty-bitmap-add', node='disk', name='g4k', persistent=True,
+                  granularity=4096, disabled=True)
+        q.execute('block-dirty-bitmap-add', node='disk', name='gone', persistent=True)
+        q.execute('block-dirty-bitmap-add', node='disk', name='tmp')  # not persistent
+        guest_writes(q, sock, WRITES)
+        q.execute('block-dirty-bitmap-remove', node='disk', name='gone')
+        fleeced_map = exported_map(q, sock, 'p')
+        q.execute('block-dirty-bitmap-enable', node='disk', name='p')
+    finally:
+        assert d.stop() == 0
+    assert clusters_of(fleeced_map) == clusters_of(WRITTEN)
+    assert image_bitmaps(img) == [
+        {'flags': ['auto'], 'name': 'p', 'granularity': K64},
+        {'flags': [], 'name': 'g4k', 'granularity': 4096}]
+    check_clean(img)
+
+    d = start(QSD, tmp_path / 'qsd', img, sock)
+    try:
+        info = bitmaps_of(d.qmp, 'disk')
+        assert set(info) == {'p', 'g4k'}
+        assert exported_map(d.qmp, sock, 'p') == fleeced_map
+        assert exported_map(d.qmp, sock, 'g4k') == []
+        d.qmp.execute('block-dirty-bitmap-enable', node='disk', name='p')
+    finally:
+        assert d.stop() == 0
+
+    # A restart of fleeced: exactly the written regions at bitmap granularity.
+    d = start(fleeced, tmp_path / 'fl2', img, sock)
+    try:
+        m = exported_map(d.qmp, sock, 'p')
+        assert m == fleeced_map
+        assert clusters_of(m) == clusters_of(WRITTEN)
+        # Remove takes it out of the image.
+        d.qmp.execute('block-dirty-bitmap-remove', node='disk', name='p')
+    finally:
+        assert d.stop() == 0
+    assert image_bitmaps(img) == [{'flags': [], 'name': 'g4k', 'granularity': 4096}]
+    check_clean(img)
+
+
+def test_kill_9_makes_bitmaps_inconsistent_never_silently_used(tmp_path):
+    img = str(tmp_path / 'disk.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+    target = str(tmp_path / 'target.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', target, '8M')
+    sock = str(tmp_path / 'nbd.sock')
+    fleeced = FLEECED
+    rng = random.Random(7)
+    d = start(FLEECED, tmp_path / 'setup', img, sock)
+    try:
+        d.qmp.execute('block-dirty-bitmap-add', node='disk', name='b', persistent=True)
+    finally:
+        assert d.stop() == 0
+    assert image_bitmaps(img) == [{'flags': ['auto'], 'name': 'b', 'granularity': K64}]
+    for rnd in range(20):
+        d = start(fleeced, tmp_path / ('r%d' % rnd), img, sock)
+        try:
+            q = d.qmp
+            info = bitmaps_of(q, 'disk')
+            if rnd > 0:
+                # Stored before the crash? No: the image was in use, so it is inconsistent.
+                assert info['b']['inconsistent'] is True
+                assert not info['b']['recording']
+                q.execute('blockdev-add', driver='qcow2', **{'node-name': 'tgt'},
+                          file={'driver': 'file', 'filename': target})
+                with pytest.raises(QmpError) as e:
+                    q.execute('blockdev-backup', device='disk', target='tgt',
+                              sync='incremental', bitmap='b', **{'job-id': 'inc'})
+                assert 'full backup' in e.value.desc
+                q.execute('block-dirty-bitmap-remove', node='disk', name='b')
+                q.execute('block-dirty-bitmap-add', node='disk', name='b', persistent=True)
+                # A new chain works again.
+                guest_writes(q, sock, ['write -P 9 %d 4k' % (rng.randrange(2048) * 4096)])
+                q.execute('blockdev-backup', device='disk', target='tgt', sync='incremental',
+                          bitmap='b', **{'job-id': 'inc'})
+                ev = q.wait_event('BLOCK_JOB_COMPLETED')
+                assert 'error' not in ev['data'], ev
+                q.execute('blockdev-del', **{'node-name': 'tgt'})
+            else:
+                assert 'inconsistent' not in info['b'] and info['b']['recording']
+            cmds = ['write -P %d %d %d' % (rng.randrange(256), rng.randrange(8 * MiB - 65536),
+                                           rng.randrange(1, 65536)) for _ in range(8)]
+            guest_writes(q, sock, cmds)
+        finally:
+            d.proc.kill()
+            d.proc.wait()
+            d.log.close()
+        # Never a reference to a free cluster: at most leaks (exit code 3).
+        p = run('qemu-img', 'check', img, check=False)
+        assert p.returncode in (0, 3), p.stdout + p.stderr
+        # Removed and re-added in memory only: the image still has the old, in-use entry.
+        assert image_bitmaps(img) == [{'flags': ['in-use', 'auto'], 'name': 'b',
+                                       'granularity': K64}]
+    # After the crashes QEMU agrees: the bitmap is inconsistent.
+    run('qemu-img', 'check', '-r', 'leaks', img, check=False)
+    d = start(QSD, tmp_path / 'qsd', img, sock)
+    try:
+        assert bitmaps_of(d.qmp, 'disk')['b']['inconsistent'] is True
+    finally:
+        assert d.stop() == 0
