@@ -245,3 +245,100 @@ def test_kill_9_makes_bitmaps_inconsistent_never_silently_used(tmp_path):
         assert bitmaps_of(d.qmp, 'disk')['b']['inconsistent'] is True
     finally:
         assert d.stop() == 0
+
+
+# ---- fleece img bitmap against qemu-img bitmap -------------------------------------------
+
+def qemu_nbd_map(tmp_path, img, bitmap):
+    """A bitmap's dirty extents as qemu-nbd (QEMU's own loader) exports it."""
+    sock = str(tmp_path / 'qnbd.sock')
+    if os.path.exists(sock):
+        os.unlink(sock)
+    proc = subprocess.Popen(['qemu-nbd', '-r', '-f', 'qcow2', '-B', bitmap, '-k', sock, img],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from fleece_testlib import wait_for_socket
+        wait_for_socket(sock, None)
+        return dirty_map('nbd+unix:///?socket=' + sock, bitmap)
+    finally:
+        proc.wait(timeout=30)  # without -t it ends when the client disconnects
+
+
+STEPS = [
+    ['--add', 'b0'],
+    ['--add', '-g', '4096', '--disable', 'fine'],
+    ['--add', 'b0'],                       # duplicate
+    ['--add', '-g', '1000', 'odd'],        # bad granularity
+    ['--remove', 'nope'],                  # unknown bitmap
+    ['--clear', 'nope'],
+    ['--enable', 'nope'],
+    ['--merge', 'nope', 'b0'],
+    [],                                    # no operation
+    ['--merge', 'src', '-b', '{src}', '-F', 'qcow2', 'b0'],
+    ['--merge', 'src', '-b', '{src}', '-F', 'qcow2', 'fine'],
+    ['--disable', 'b0'],
+    ['--enable', 'fine'],
+    ['--add', 'tmp'],
+    ['--merge', 'b0', 'tmp'],
+    ['--clear', 'b0'],
+    ['--remove', 'tmp'],
+    # Operations run in command-line order.
+    ['--add', '--disable', 'x'],
+    ['--enable', '--disable', 'x'],
+    ['--disable', '--enable', 'x'],
+    ['--disable', '--add', 'y'],
+]
+
+
+def test_img_bitmap_matches_qemu_img(tmp_path):
+    base = str(tmp_path / 'base.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', base, '8M')
+    src = str(tmp_path / 'src.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', src, '8M')
+    run('qemu-img', 'bitmap', '--add', src, 'src')
+    sock = str(tmp_path / 'nbd.sock')
+    d = start(QSD, tmp_path / 'qsd', src, sock)
+    try:
+        guest_writes(d.qmp, sock, WRITES)
+    finally:
+        assert d.stop() == 0
+    a = str(tmp_path / 'qemu.qcow2')
+    b = str(tmp_path / 'fleece.qcow2')
+    shutil.copy(base, a)
+    shutil.copy(base, b)
+    for step in STEPS:
+        args = [x.replace('{src}', src) for x in step]
+        # FILE BITMAP come last for both tools; the bitmap name is the last word.
+        if args:
+            opts, name = args[:-1], args[-1]
+        else:
+            opts, name = [], 'b0'
+        pq = run('qemu-img', 'bitmap', *opts, a, name, check=False)
+        pf = run(FLEECE, 'img', 'bitmap', *opts, b, name, check=False)
+        assert pq.returncode == pf.returncode, (step, pq.stderr, pf.stderr)
+        if pq.returncode:
+            # Same reason (the text after "failed:" is QEMU's QMP message).
+            if 'failed: ' in pq.stderr:
+                assert pq.stderr.split('failed: ', 1)[1].strip() == \
+                    pf.stderr.split('failed: ', 1)[1].strip(), (step, pq.stderr, pf.stderr)
+        assert image_bitmaps(a) == image_bitmaps(b), step
+        check_clean(b)
+    assert [x['name'] for x in image_bitmaps(b)] == ['b0', 'fine', 'x']
+    for name in ('b0', 'fine', 'x'):
+        assert qemu_nbd_map(tmp_path, a, name) == qemu_nbd_map(tmp_path, b, name), name
+    # The merged bits themselves: b0 was cleared, fine holds src at 4 KiB granularity.
+    assert clusters_of(qemu_nbd_map(tmp_path, b, 'fine')) == clusters_of(WRITTEN)
+    # fleece img info lists them like qemu-img info.
+    fi = json.loads(run(FLEECE, 'img', 'info', '--output=json', b).stdout)
+    assert fi['format-specific']['data']['bitmaps'] == image_bitmaps(b)
+    qh = run('qemu-img', 'info', b).stdout
+    fh = run(FLEECE, 'img', 'info', b).stdout
+    section = lambda out: out[out.index('    bitmaps:'):out.index('    refcount bits')]
+    assert section(qh) == section(fh)
+    # Not a qcow2 image: persistent bitmaps are not supported (same exit code).
+    raw = str(tmp_path / 'disk.raw')
+    run('qemu-img', 'create', '-f', 'raw', raw, '1M')
+    pq = run('qemu-img', 'bitmap', '--add', '-f', 'raw', raw, 'b', check=False)
+    pf = run(FLEECE, 'img', 'bitmap', '--add', '-f', 'raw', raw, 'b', check=False)
+    assert pq.returncode == pf.returncode == 1
+    assert "Can't store persistent bitmaps to" in pf.stderr
