@@ -177,7 +177,7 @@ def test_fleeced_bitmaps_load_in_qemu(tmp_path):
         m = exported_map(d.qmp, sock, 'p')
         assert m == fleeced_map
         assert clusters_of(m) == clusters_of(WRITTEN)
-        # Remove takes it out of the image.
+        # Without a writer, a remove reaches the image at close.
         d.qmp.execute('block-dirty-bitmap-remove', node='disk', name='p')
     finally:
         assert d.stop() == 0
@@ -199,32 +199,13 @@ def test_kill_9_makes_bitmaps_inconsistent_never_silently_used(tmp_path):
     finally:
         assert d.stop() == 0
     assert image_bitmaps(img) == [{'flags': ['auto'], 'name': 'b', 'granularity': K64}]
+    # Each round: writes, kill -9, restart (inconsistent, refused), remove + add, clean stop.
     for rnd in range(20):
-        d = start(fleeced, tmp_path / ('r%d' % rnd), img, sock)
+        d = start(FLEECED, tmp_path / ('r%d' % rnd), img, sock)
         try:
             q = d.qmp
             info = bitmaps_of(q, 'disk')
-            if rnd > 0:
-                # Stored before the crash? No: the image was in use, so it is inconsistent.
-                assert info['b']['inconsistent'] is True
-                assert not info['b']['recording']
-                q.execute('blockdev-add', driver='qcow2', **{'node-name': 'tgt'},
-                          file={'driver': 'file', 'filename': target})
-                with pytest.raises(QmpError) as e:
-                    q.execute('blockdev-backup', device='disk', target='tgt',
-                              sync='incremental', bitmap='b', **{'job-id': 'inc'})
-                assert 'full backup' in e.value.desc
-                q.execute('block-dirty-bitmap-remove', node='disk', name='b')
-                q.execute('block-dirty-bitmap-add', node='disk', name='b', persistent=True)
-                # A new chain works again.
-                guest_writes(q, sock, ['write -P 9 %d 4k' % (rng.randrange(2048) * 4096)])
-                q.execute('blockdev-backup', device='disk', target='tgt', sync='incremental',
-                          bitmap='b', **{'job-id': 'inc'})
-                ev = q.wait_event('BLOCK_JOB_COMPLETED')
-                assert 'error' not in ev['data'], ev
-                q.execute('blockdev-del', **{'node-name': 'tgt'})
-            else:
-                assert 'inconsistent' not in info['b'] and info['b']['recording']
+            assert 'inconsistent' not in info['b'] and info['b']['recording']
             cmds = ['write -P %d %d %d' % (rng.randrange(256), rng.randrange(8 * MiB - 65536),
                                            rng.randrange(1, 65536)) for _ in range(8)]
             guest_writes(q, sock, cmds)
@@ -235,9 +216,47 @@ def test_kill_9_makes_bitmaps_inconsistent_never_silently_used(tmp_path):
         # Never a reference to a free cluster: at most leaks (exit code 3).
         p = run('qemu-img', 'check', img, check=False)
         assert p.returncode in (0, 3), p.stdout + p.stderr
-        # Removed and re-added in memory only: the image still has the old, in-use entry.
         assert image_bitmaps(img) == [{'flags': ['in-use', 'auto'], 'name': 'b',
                                        'granularity': K64}]
+        d = start(FLEECED, tmp_path / ('s%d' % rnd), img, sock)
+        try:
+            q = d.qmp
+            info = bitmaps_of(q, 'disk')
+            # The image was in use at the crash: the bitmap may miss writes.
+            assert info['b']['inconsistent'] is True
+            assert not info['b']['recording']
+            q.execute('blockdev-add', driver='qcow2', **{'node-name': 'tgt'},
+                      file={'driver': 'file', 'filename': target})
+            with pytest.raises(QmpError) as e:
+                q.execute('blockdev-backup', device='disk', target='tgt', sync='incremental',
+                          bitmap='b', **{'job-id': 'inc'})
+            assert 'full backup' in e.value.desc
+            # With a writer (the guest's export) a remove takes it out of the image at once.
+            q.execute('block-export-add', type='nbd', id='guest', name='guest', writable=True,
+                      **{'node-name': 'disk'})
+            q.execute('block-dirty-bitmap-remove', node='disk', name='b')
+            assert image_bitmaps(img) is None
+            q.execute('block-export-del', id='guest')
+            q.wait_event('BLOCK_EXPORT_DELETED')
+            q.execute('block-dirty-bitmap-add', node='disk', name='b', persistent=True)
+            # A new chain works again.
+            guest_writes(q, sock, ['write -P 9 %d 4k' % (rng.randrange(2048) * 4096)])
+            q.execute('blockdev-backup', device='disk', target='tgt', sync='incremental',
+                      bitmap='b', **{'job-id': 'inc'})
+            ev = q.wait_event('BLOCK_JOB_COMPLETED')
+            assert 'error' not in ev['data'], ev
+            assert bitmaps_of(q, 'disk')['b']['count'] == 0
+            q.execute('blockdev-del', **{'node-name': 'tgt'})
+        finally:
+            assert d.stop() == 0
+        check_clean(img)
+    d = start(FLEECED, tmp_path / 'last', img, sock)
+    try:
+        guest_writes(d.qmp, sock, ['write -P 1 0 4k'])
+    finally:
+        d.proc.kill()
+        d.proc.wait()
+        d.log.close()
     # After the crashes QEMU agrees: the bitmap is inconsistent.
     run('qemu-img', 'check', '-r', 'leaks', img, check=False)
     d = start(QSD, tmp_path / 'qsd', img, sock)
@@ -342,3 +361,106 @@ def test_img_bitmap_matches_qemu_img(tmp_path):
     pf = run(FLEECE, 'img', 'bitmap', '--add', '-f', 'raw', raw, 'b', check=False)
     assert pq.returncode == pf.returncode == 1
     assert "Can't store persistent bitmaps to" in pf.stderr
+
+
+# ---- other opens: blockdev-del, read-only, stale and corrupt extensions ------------------
+
+def test_blockdev_del_stores_and_read_only_open_never_touches_the_image(tmp_path):
+    img = str(tmp_path / 'disk.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+    sock = str(tmp_path / 'nbd.sock')
+    d = Daemon(tmp_path / 'fl', ['--nbd-server', 'addr.type=unix,addr.path=' + sock]) \
+        if os.makedirs(str(tmp_path / 'fl')) is None else None
+    try:
+        q = d.qmp
+        q.execute('blockdev-add', driver='qcow2', **{'node-name': 'disk'},
+                  file={'driver': 'file', 'filename': img})
+        q.execute('block-dirty-bitmap-add', node='disk', name='b', persistent=True)
+        guest_writes(q, sock, WRITES)
+        q.execute('blockdev-del', **{'node-name': 'disk'})
+        assert image_bitmaps(img) == [{'flags': ['auto'], 'name': 'b', 'granularity': K64}]
+        check_clean(img)
+        # Read-only: loaded read-only, the image stays byte for byte the same.
+        before = open(img, 'rb').read()
+        q.execute('blockdev-add', driver='qcow2', **{'node-name': 'disk'}, **{'read-only': True},
+                  file={'driver': 'file', 'filename': img, 'read-only': True})
+        info = bitmaps_of(q, 'disk')['b']
+        assert info['persistent'] and 'inconsistent' not in info
+        with pytest.raises(QmpError) as e:
+            q.execute('block-dirty-bitmap-clear', node='disk', name='b')
+        assert 'readonly' in e.value.desc
+        with pytest.raises(QmpError) as e:
+            q.execute('block-dirty-bitmap-add', node='disk', name='n', persistent=True)
+        assert "Can't store persistent bitmaps to disk" in e.value.desc
+        q.execute('block-export-add', type='nbd', id='bm', name='bm', bitmaps=['b'],
+                  **{'node-name': 'disk'})
+        assert clusters_of(dirty_map(nbd_uri(sock, 'bm'), 'b')) == clusters_of(WRITTEN)
+        q.execute('block-export-del', id='bm')
+        q.wait_event('BLOCK_EXPORT_DELETED')
+        q.execute('blockdev-del', **{'node-name': 'disk'})
+        assert open(img, 'rb').read() == before
+    finally:
+        assert d.stop() == 0
+
+
+def set_autoclear(path, value):
+    with open(path, 'r+b') as f:
+        f.seek(88)
+        f.write(value.to_bytes(8, 'big'))
+
+
+def test_extension_left_by_a_program_without_bitmap_support_is_dropped_like_qemu(tmp_path):
+    sock = str(tmp_path / 'nbd.sock')
+    results = {}
+    for tag, binary in (('qemu', QSD), ('fleece', FLEECED)):
+        img = str(tmp_path / (tag + '.qcow2'))
+        run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+        run('qemu-img', 'bitmap', '--add', img, 'b0')
+        set_autoclear(img, 0)  # as an old qemu-img would leave it after writing
+        assert image_bitmaps(img) is None  # qemu-img info ignores it already
+        d = start(binary, tmp_path / tag, img, sock)
+        try:
+            results[tag] = bitmaps_of(d.qmp, 'disk')
+        finally:
+            assert d.stop() == 0
+        assert image_bitmaps(img) is None
+        set_autoclear(img, 1)  # the extension itself is gone, not only ignored
+        assert image_bitmaps(img) is None
+        set_autoclear(img, 0)
+        # At most the old bitmap's clusters leak (repairable), never a corruption.
+        p = run('qemu-img', 'check', img, check=False)
+        assert p.returncode in (0, 3), p.stdout
+        results[tag + '-check'] = p.returncode
+    assert results['fleece'] == results['qemu'] == {}
+    assert results['fleece-check'] == results['qemu-check']
+
+
+def test_corrupt_bitmap_directory_is_refused_with_the_problem_named(tmp_path):
+    img = str(tmp_path / 'disk.qcow2')
+    run('qemu-img', 'create', '-f', 'qcow2', img, '8M')
+    run('qemu-img', 'bitmap', '--add', img, 'b0')
+    data = open(img, 'rb').read()
+    hl = int.from_bytes(data[100:104], 'big')
+    off = hl
+    while True:
+        t, ln = int.from_bytes(data[off:off + 4], 'big'), int.from_bytes(data[off + 4:off + 8], 'big')
+        assert t != 0
+        if t == 0x23852875:
+            dir_off = int.from_bytes(data[off + 24:off + 32], 'big')
+            break
+        off += 8 + ((ln + 7) & ~7)
+    with open(img, 'r+b') as f:
+        f.seek(dir_off + 16)
+        f.write(bytes([7]))  # type 7: unknown
+    os.makedirs(str(tmp_path / 'fl'))
+    d = Daemon(tmp_path / 'fl')
+    try:
+        with pytest.raises(QmpError) as e:
+            d.qmp.execute('blockdev-add', driver='qcow2', **{'node-name': 'disk'},
+                          file={'driver': 'file', 'filename': img})
+        assert "bitmap 0 'b0': unknown type 7" in e.value.desc, e.value.desc
+        assert d.qmp.execute('query-named-block-nodes') == []
+    finally:
+        assert d.stop() == 0
+    p = run(FLEECE, 'img', 'info', img, check=False)
+    assert p.returncode == 1

@@ -1,6 +1,7 @@
 // Loading and storing persistent dirty bitmaps of a qcow2 image (qcow2_bitmap_store.hpp).
 #include "nodes/qcow2/qcow2_bitmap_store.hpp"
 
+#include "io/event_loop.hpp"
 #include "nodes/qcow2/qcow2_node_impl.hpp"
 #include "util/log.hpp"
 
@@ -202,10 +203,42 @@ void Qcow2Node::install_bitmaps() {
     }
 }
 
-io::Task<std::error_code> Qcow2Node::store_bitmaps() {
+void Qcow2Node::persistent_bitmap_removed(const std::string& name) {
+    if (read_only_ || closing_) return;
+    bool on_disk = false;
+    for (const StoredBitmap& sb : bitmap_state_.bitmaps)
+        on_disk = on_disk || sb.entry.name == name;
+    if (!on_disk) return;
+    // Without a writer above us the file edge holds no write permission (fleece's model:
+    // a format node takes what its parents need); the bitmap then leaves at close.
+    if (!(file_->perm() & block::perm_write)) return;
+    // In the background (the QMP command is synchronous); drain and close wait for it.
+    background_work_started();
+    ++pending_bitmap_updates_;
+    io::EventLoop::current().spawn(drop_removed_bitmaps());
+}
+
+io::Task<void> Qcow2Node::wait_bitmap_updates() {
+    while (pending_bitmap_updates_ > 0)
+        co_await bitmap_updates_done_.wait();
+}
+
+io::Task<void> Qcow2Node::drop_removed_bitmaps() {
+    if (auto e = co_await store_bitmaps(false))
+        log::warn("qcow2 node '{}': removing a bitmap from the image failed ({}); it stays "
+                  "there in use and loads as inconsistent",
+                  name(), e.message());
+    --pending_bitmap_updates_;
+    bitmap_updates_done_.notify_all();
+    background_work_finished();
+}
+
+io::Task<std::error_code> Qcow2Node::store_bitmaps(bool write_data) {
     if (read_only_) co_return std::error_code{};
+    auto serial = co_await bitmap_mutex_.lock();
     // What the new directory holds, in order: bitmaps already on disk first (directory
-    // order), then new persistent ones, oldest first.
+    // order), then new persistent ones, oldest first. Without write_data (a removal while
+    // the node serves), only removed bitmaps leave; the others keep their entries.
     struct Plan {
         const DirtyBitmap* bitmap = nullptr; // null: keep the old entry as it is
         QBitmap entry;
@@ -233,7 +266,7 @@ io::Task<std::error_code> Qcow2Node::store_bitmaps() {
             continue;
         }
         seen[sb.entry.name] = true;
-        if (it->second->inconsistent()) {
+        if (it->second->inconsistent() || !write_data) {
             plans.push_back({nullptr, sb.entry, {}, sb.table, {}}); // stays in_use: inconsistent
             continue;
         }
@@ -241,11 +274,12 @@ io::Task<std::error_code> Qcow2Node::store_bitmaps() {
         plans.push_back({it->second, {}, {}, {}, {}});
     }
     const auto& list = dirty_bitmaps().list();
-    for (auto it = list.rbegin(); it != list.rend(); ++it)
+    for (auto it = list.rbegin(); it != list.rend() && write_data; ++it)
         if ((*it)->persistent() && !seen.count((*it)->name()))
             plans.push_back({it->get(), {}, {}, {}, {}});
 
     if (plans.empty() && !bitmap_state_.has_extension()) co_return std::error_code{};
+    if (!write_data && plans.size() == bitmap_state_.bitmaps.size()) co_return std::error_code{};
 
     // Allocate everything without suspending; refcounts change in memory only.
     for (Plan& p : plans) {
@@ -265,7 +299,8 @@ io::Task<std::error_code> Qcow2Node::store_bitmaps() {
             p.table[i] = *c << cb_;
             p.data_clusters.push_back(i);
         }
-        auto t = rc_->allocate(std::max<std::uint64_t>(1, (n * 8 + cs_ - 1) / cs_));
+        if (n == 0) continue; // an empty disk: no table
+        auto t = rc_->allocate((n * 8 + cs_ - 1) / cs_);
         if (!t) co_return block::errno_code(ENOSPC);
         p.entry.table_offset = *t << cb_;
     }
@@ -289,8 +324,9 @@ io::Task<std::error_code> Qcow2Node::store_bitmaps() {
             store_bitmap_cluster(p.words, i, cluster);
             if (auto e = co_await meta_write(p.table[i], cluster)) co_return e;
         }
+        if (p.table.empty()) continue;
         std::vector<std::byte> t = serialize_bitmap_table(p.table);
-        t.resize(std::max<std::uint64_t>(cs_, (t.size() + cs_ - 1) / cs_ * cs_), std::byte{0});
+        t.resize((t.size() + cs_ - 1) / cs_ * cs_, std::byte{0});
         if (auto e = co_await meta_write(p.entry.table_offset, t)) co_return e;
     }
     if (!dir.empty()) {
@@ -315,16 +351,29 @@ io::Task<std::error_code> Qcow2Node::store_bitmaps() {
         log::error("qcow2 node '{}': cannot store bitmaps: {}", name(), hdr.error().message);
         co_return block::errno_code(EINVAL);
     }
-    header_bytes_ = std::move(*hdr);
-    if (auto e = co_await meta_write(0, header_bytes_)) co_return e;
-    if (auto e = co_await meta_flush()) co_return e;
+    {
+        // A commit may be rewriting the header (refcount table move) meanwhile.
+        auto header_guard = co_await commit_mutex_.lock();
+        header_bytes_ = std::move(*hdr);
+        if (auto e = co_await meta_write(0, header_bytes_)) co_return e;
+        if (auto e = co_await meta_flush()) co_return e;
+    }
     // The old directory and replaced clusters are unreferenced on disk now: free them.
     if (bitmap_state_.has_extension())
         for (std::uint64_t c = 0; c < (bitmap_state_.dir_size + cs_ - 1) / cs_; ++c)
             to_free.push_back((bitmap_state_.dir_offset >> cb_) + c);
     for (std::uint64_t c : to_free)
         rc_->release(c);
-    bitmap_state_ = {};
+    BitmapState now;
+    now.dir_offset = dir_offset;
+    now.dir_size = dir.size();
+    for (Plan& p : plans) {
+        StoredBitmap sb;
+        sb.entry = std::move(p.entry);
+        sb.table = std::move(p.table);
+        now.bitmaps.push_back(std::move(sb));
+    }
+    bitmap_state_ = std::move(now);
     co_return co_await commit();
 }
 

@@ -55,7 +55,7 @@ io::Task<void> Qcow2Node::close() {
             log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
             co_return; // bitmaps stay in_use on disk: they load as inconsistent (safe)
         }
-    if (auto e = co_await store_bitmaps())
+    if (auto e = co_await store_bitmaps(true))
         log::error("qcow2 node '{}': storing persistent bitmaps failed: {}", name(), e.message());
 }
 

@@ -35,6 +35,8 @@ class Qcow2Node final : public block::Node {
     io::Task<void> close() override;
     void refresh_from_children() override {}
     bool supports_persistent_bitmaps() const override;
+    void persistent_bitmap_removed(const std::string& name) override;
+    io::Task<void> wait_bitmap_updates() override;
 
   protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -88,8 +90,10 @@ class Qcow2Node final : public block::Node {
     io::Task<std::error_code> commit();
     // Persistent bitmaps (qcow2_bitmap_store.cpp): the loaded ones become the node's
     // DirtyBitmaps; a clean close stores every persistent bitmap.
+    // Without write_data only drops removed bitmaps from the image (while serving).
     void install_bitmaps();
-    io::Task<std::error_code> store_bitmaps();
+    io::Task<std::error_code> store_bitmaps(bool write_data);
+    io::Task<void> drop_removed_bitmaps();
 
     Header h_;
     std::uint32_t cb_;
@@ -108,7 +112,10 @@ class Qcow2Node final : public block::Node {
     bool closing_ = false;
     block::Child* file_;
     block::Child* backing_ = nullptr;
-    BitmapState bitmap_state_; // the bitmaps directory on disk
+    BitmapState bitmap_state_;    // the bitmaps directory on disk
+    io::AsyncMutex bitmap_mutex_; // one directory rewrite at a time
+    unsigned pending_bitmap_updates_ = 0;
+    io::WaitQueue bitmap_updates_done_;
 };
 
 } // namespace fleece::nodes::qcow2
