@@ -143,6 +143,11 @@ class Node : public ChildParent {
     const DirtyBitmaps& dirty_bitmaps() const { return dirty_bitmaps_; }
     // Whether persistent bitmaps can be stored with this node's image (qcow2 can).
     virtual bool supports_persistent_bitmaps() const { return false; }
+    // A persistent bitmap of this node was removed: a node storing bitmaps in its image
+    // drops it there too (qcow2 does, in the background).
+    virtual void persistent_bitmap_removed(const std::string& name) { (void)name; }
+    // Waits until such image updates are done (block-dirty-bitmap-remove returns after).
+    virtual io::Task<void> wait_bitmap_updates() { co_return; }
 
     // Read tracking, for the seed's fleecing scheme: a fleecing image whose backing is this
     // node reads unallocated clusters straight from here, past the copy-before-write filter.

@@ -136,7 +136,12 @@ class RemoveAction final : public BitmapAction {
         bitmap_->set_busy(true);
         return {};
     }
-    void commit() override { node_->dirty_bitmaps().remove(bitmap_); }
+    void commit() override {
+        const bool persistent = bitmap_->persistent();
+        const std::string name = bitmap_->name();
+        node_->dirty_bitmaps().remove(bitmap_);
+        if (persistent) node_->persistent_bitmap_removed(name);
+    }
     void abort() override { bitmap_->set_busy(false); }
 
   private:
@@ -303,6 +308,10 @@ io::Task<Result<json>> bitmap_command(control::CommandContext& ctx, const json& 
     std::unique_ptr<BitmapAction> action = make_bitmap_action(graph_of(ctx), Type, args);
     if (Status st = action->prepare(); !st) co_return st.error();
     action->commit();
+    // A removed persistent bitmap leaves the node's image before the command returns.
+    if (std::string_view(Type) == "block-dirty-bitmap-remove")
+        if (block::Node* n = graph_of(ctx).find(args.at("node").get<std::string>()))
+            co_await n->wait_bitmap_updates();
     co_return json::object();
 }
 

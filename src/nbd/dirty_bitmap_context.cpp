@@ -54,8 +54,9 @@ claim_export_bitmaps(block::Node& node, const std::vector<std::string>& names, b
             return st.error();
         for (const block::DirtyBitmap* f : found)
             if (f == b) return make_error(fmt::format("Bitmap '{}' is listed twice", name));
-        // A read-only export promises a stable view; a recording bitmap would change under it.
-        if (!writable && b->enabled())
+        // A read-only export promises a stable view; a recording bitmap would change under it
+        // (one loaded from a read-only image cannot: its node takes no writes, as in QEMU).
+        if (!writable && b->enabled() && !b->readonly())
             return make_error(
                 fmt::format("Enabled bitmap '{}' incompatible with readonly export", name));
         found.push_back(b);

@@ -21,6 +21,7 @@ void add_map(CLI::App& img, Action* action);
 void add_compare(CLI::App& img, Action* action);
 void add_convert(CLI::App& img, Action* action);
 void add_resize(CLI::App& img, Action* action);
+void add_bitmap(CLI::App& img, Action* action);
 
 // `--output=human|json` (qemu-img's spelling).
 inline CLI::Option* add_output_option(CLI::App& cmd, std::string* output) {

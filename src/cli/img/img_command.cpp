@@ -20,6 +20,7 @@ void add_img_commands(CLI::App& app, Action* action) {
     add_compare(*img, action);
     add_convert(*img, action);
     add_resize(*img, action);
+    add_bitmap(*img, action);
 }
 
 } // namespace fleece::cli::img

@@ -87,8 +87,14 @@ void print_specific(const ordered_json& data, int indent) {
             std::size_t index = 0;
             for (const auto& item : value) {
                 std::cout << std::string(static_cast<std::size_t>(indent + 4), ' ') << "["
-                          << index++ << "]:\n";
-                print_specific(item, indent + 8);
+                          << index++ << "]:";
+                if (item.is_object()) {
+                    std::cout << "\n";
+                    print_specific(item, indent + 8);
+                } else {
+                    std::cout << " " << (item.is_string() ? item.get<std::string>() : item.dump())
+                              << "\n";
+                }
             }
         } else if (value.is_string()) {
             std::cout << " " << value.get<std::string>() << "\n";

@@ -39,10 +39,18 @@ Result<Qcow2Info> qcow2_info(const std::string& path) {
     d["compat"] = i.version >= 3 ? "1.1" : "0.10";
     if (i.version >= 3) d["compression-type"] = i.compression_type;
     if (i.version >= 3) d["lazy-refcounts"] = i.lazy_refcounts;
-    if (!i.bitmap_names.empty()) {
+    if (!i.bitmaps.empty()) {
         nlohmann::ordered_json bitmaps = nlohmann::ordered_json::array();
-        for (const auto& name : i.bitmap_names)
-            bitmaps.push_back({{"name", name}});
+        for (const auto& b : i.bitmaps) {
+            nlohmann::ordered_json flags = nlohmann::ordered_json::array();
+            if (b.in_use) flags.push_back("in-use");
+            if (b.auto_enabled) flags.push_back("auto");
+            nlohmann::ordered_json entry;
+            entry["flags"] = flags;
+            entry["name"] = b.name;
+            entry["granularity"] = b.granularity;
+            bitmaps.push_back(entry);
+        }
         d["bitmaps"] = bitmaps;
     }
     d["refcount-bits"] = i.refcount_bits;

@@ -20,7 +20,7 @@ Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block:
     : Node(std::move(name), "qcow2"), h_(std::move(cfg.header)), cb_(h_.cluster_bits),
       cs_(h_.cluster_size()), header_bytes_(std::move(cfg.header_bytes)), l1_(std::move(cfg.l1)),
       cache_(cfg.l2_cache_tables), rc_(std::move(cfg.refcounts)), discard_unmap_(cfg.discard_unmap),
-      open_file_size_(file.size()) {
+      open_file_size_(file.size()), bitmap_state_(std::move(cfg.bitmaps)) {
     read_only_ = cfg.read_only;
     set_size(h_.size);
     file_ = &add_child(file, block::ChildRole::file, "file");
@@ -38,6 +38,7 @@ Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block:
         std::max<std::uint32_t>(file.limits().preferred_alignment,
                                 static_cast<std::uint32_t>(std::min<std::uint64_t>(cs_, 65536)));
     limits_.cluster_size = static_cast<std::uint32_t>(cs_);
+    install_bitmaps();
 }
 
 std::error_code Qcow2Node::corrupt(const std::string& what) {
@@ -53,9 +54,11 @@ io::Task<void> Qcow2Node::close() {
     for (int i = 0; i < 2; ++i)
         if (auto e = co_await commit()) {
             log::error("qcow2 node '{}': metadata commit at close failed: {}", name(), e.message());
-            co_return;
+            co_return; // bitmaps stay in_use on disk: they load as inconsistent (safe)
         }
-    co_await trim_file();
+    if (auto e = co_await store_bitmaps(true))
+        log::error("qcow2 node '{}': storing persistent bitmaps failed: {}", name(), e.message());
+    co_await trim_file(); // after the store, which may take new clusters
 }
 
 io::Task<void> Qcow2Node::trim_file() {

@@ -6,6 +6,7 @@
 #include "block/node.hpp"
 #include "block/range_lock.hpp"
 #include "io/sync.hpp"
+#include "nodes/qcow2/qcow2_bitmap_store.hpp"
 #include "nodes/qcow2/qcow2_format.hpp"
 #include "nodes/qcow2/qcow2_l2_cache.hpp"
 #include "nodes/qcow2/qcow2_refcounts.hpp"
@@ -23,6 +24,7 @@ struct NodeConfig {
     std::size_t l2_cache_tables = 16;
     bool read_only = false;
     bool discard_unmap = false;
+    BitmapState bitmaps; // persistent bitmaps read at open (qcow2_bitmap_store.hpp)
 };
 
 class Qcow2Node final : public block::Node {
@@ -32,6 +34,9 @@ class Qcow2Node final : public block::Node {
     std::string filename() const override { return file_->node().filename(); }
     io::Task<void> close() override;
     void refresh_from_children() override {}
+    bool supports_persistent_bitmaps() const override;
+    void persistent_bitmap_removed(const std::string& name) override;
+    io::Task<void> wait_bitmap_updates() override;
 
   protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -96,6 +101,12 @@ class Qcow2Node final : public block::Node {
 
     // Persists every metadata change made so far in the crash-safe order (qcow2_commit.cpp).
     io::Task<std::error_code> commit();
+    // Persistent bitmaps (qcow2_bitmap_store.cpp): the loaded ones become the node's
+    // DirtyBitmaps; a clean close stores every persistent bitmap.
+    // Without write_data only drops removed bitmaps from the image (while serving).
+    void install_bitmaps();
+    io::Task<std::error_code> store_bitmaps(bool write_data);
+    io::Task<void> drop_removed_bitmaps();
 
     Header h_;
     std::uint32_t cb_;
@@ -119,6 +130,10 @@ class Qcow2Node final : public block::Node {
     bool grown_ahead_ = false;
     block::Child* file_;
     block::Child* backing_ = nullptr;
+    BitmapState bitmap_state_;    // the bitmaps directory on disk
+    io::AsyncMutex bitmap_mutex_; // one directory rewrite at a time
+    unsigned pending_bitmap_updates_ = 0;
+    io::WaitQueue bitmap_updates_done_;
 };
 
 } // namespace fleece::nodes::qcow2

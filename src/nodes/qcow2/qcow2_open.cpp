@@ -177,15 +177,10 @@ io::Task<Result<std::unique_ptr<block::Node>>> open_qcow2(OpenContext& ctx, std:
     cfg.l2_cache_tables = static_cast<std::size_t>(std::max<std::uint64_t>(2, cache_bytes / cs));
     cfg.read_only = read_only;
     cfg.discard_unmap = common.discard == "unmap";
-    // We do not maintain persistent bitmaps (or anything else behind autoclear bits), so a
-    // writer must clear those bits: QEMU then knows the bitmaps are stale. The bitmaps
-    // extension itself is kept untouched.
-    if (!read_only && h.autoclear_features != 0) {
-        h.autoclear_features = 0;
-        store_be64(first.data() + 88, 0);
-        if (auto e = co_await file.write(0, first, 0))
-            co_return open_error(fname, "updating the header: " + e.message());
-    }
+    // Persistent bitmaps: loaded, and marked in use before the node takes any write.
+    auto bitmaps = co_await open_bitmaps(file, h, first, read_only);
+    if (!bitmaps) co_return open_error(fname, bitmaps.error().message);
+    cfg.bitmaps = std::move(*bitmaps);
     cfg.header = std::move(h);
     cfg.header_bytes = std::move(first);
     cfg.l1 = std::move(l1);

@@ -199,7 +199,9 @@ Result<ImageInfo> read_image_info(const std::string& path) {
     info.lazy_refcounts = h.compatible_features & compat_lazy_refcounts;
     info.extended_l2 = h.extended_l2();
     info.compression_type = h.compression_type == compression_zstd ? "zstd" : "zlib";
-    if (const HeaderExtension* e = h.find_extension(ext_bitmaps)) {
+    const HeaderExtension* bitmaps_ext = h.find_extension(ext_bitmaps);
+    if (!(h.autoclear_features & autoclear_bitmaps)) bitmaps_ext = nullptr; // stale: ignored
+    if (const HeaderExtension* e = bitmaps_ext) {
         auto b = parse_bitmaps_extension(*e);
         if (!b) return b.error();
         if (b->directory_offset > img->file_size ||
@@ -210,8 +212,12 @@ Result<ImageInfo> read_image_info(const std::string& path) {
             return sys_error("Could not read", path);
         auto entries = parse_bitmap_directory(dir, b->nb_bitmaps);
         if (!entries) return entries.error();
-        for (auto& be : *entries)
+        for (auto& be : *entries) {
             info.bitmap_names.push_back(be.name);
+            const std::uint64_t g = be.granularity_bits < 64 ? 1ull << be.granularity_bits : 0;
+            info.bitmaps.push_back(
+                {be.name, g, (be.flags & 1) != 0, (be.flags & 2) != 0}); // in_use, auto
+        }
     }
     return info;
 }

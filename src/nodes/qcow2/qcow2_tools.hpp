@@ -45,6 +45,13 @@ struct ImageInfo {
     bool corrupt = false, dirty = false, lazy_refcounts = false, extended_l2 = false;
     std::string compression_type; // zlib | zstd
     std::vector<std::string> bitmap_names;
+    struct Bitmap {
+        std::string name;
+        std::uint64_t granularity = 0;
+        bool in_use = false, auto_enabled = false;
+    };
+    // Persistent bitmaps in directory order (none when the autoclear bit says they are stale).
+    std::vector<Bitmap> bitmaps;
 };
 
 Result<ImageInfo> read_image_info(const std::string& path);

@@ -1,0 +1,146 @@
+// The bitmaps extension codec: directory round trips, every refusal names its problem,
+// bitmap tables, and the bit layout of data clusters.
+#include "nodes/qcow2/qcow2_bitmaps.hpp"
+
+#include <gtest/gtest.h>
+
+namespace fleece::nodes::qcow2 {
+namespace {
+
+constexpr std::uint64_t disk = 1ull << 30; // 1 GiB: 16384 bits at 64 KiB, one data cluster
+const DirectoryLimits limits{16, disk, 1ull << 32};
+
+QBitmap entry(std::string name, std::uint8_t gbits = 16) {
+    QBitmap b;
+    b.name = std::move(name);
+    b.granularity_bits = gbits;
+    b.flags = bitmap_flag_auto;
+    b.table_size = static_cast<std::uint32_t>(bitmap_table_entries(disk, gbits, 16));
+    b.table_offset = 5 << 16;
+    return b;
+}
+
+std::string parse_error(const std::vector<QBitmap>& list, std::uint32_t nb = 0) {
+    auto dir = serialize_bitmap_dir(list);
+    auto r = parse_bitmap_dir(dir, nb ? nb : static_cast<std::uint32_t>(list.size()), limits);
+    return r ? "" : r.error().message;
+}
+
+TEST(Qcow2Bitmaps, DirectoryRoundTrip) {
+    QBitmap a = entry("b0");
+    QBitmap b = entry("a-much-longer-name", 9);
+    b.flags = bitmap_flag_in_use;
+    b.table_offset = 7 << 16;
+    QBitmap c = entry("x", 20);
+    c.flags |= bitmap_flag_extra_data_compatible;
+    c.extra_data = {std::byte{1}, std::byte{2}, std::byte{3}};
+    auto dir = serialize_bitmap_dir({a, b, c});
+    EXPECT_EQ(dir.size() % 8, 0u);
+    auto r = parse_bitmap_dir(dir, 3, limits);
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_EQ(r->size(), 3u);
+    EXPECT_EQ((*r)[0].name, "b0");
+    EXPECT_TRUE((*r)[0].auto_enabled());
+    EXPECT_FALSE((*r)[0].in_use());
+    EXPECT_EQ((*r)[1].name, "a-much-longer-name");
+    EXPECT_EQ((*r)[1].granularity(), 512u);
+    EXPECT_TRUE((*r)[1].in_use());
+    EXPECT_EQ((*r)[1].table_offset, 7u << 16);
+    EXPECT_EQ((*r)[1].table_size, 4u); // 2^21 bits at 512 B over 2^19 bits per cluster
+    EXPECT_EQ((*r)[2].extra_data.size(), 3u);
+    EXPECT_EQ(serialize_bitmap_dir(*r), dir);
+}
+
+TEST(Qcow2Bitmaps, CorruptDirectoriesAreRefusedWithTheProblemNamed) {
+    auto has = [](const std::string& msg, const char* what) {
+        return msg.find(what) != std::string::npos;
+    };
+    EXPECT_TRUE(has(parse_error({entry("b0")}, 2), "entry 1 is truncated"));
+    QBitmap t = entry("b0");
+    t.type = 2;
+    EXPECT_TRUE(has(parse_error({t}), "'b0': unknown type 2"));
+    EXPECT_TRUE(has(parse_error({entry("b0", 8)}), "granularity_bits 8 out of range"));
+    EXPECT_TRUE(has(parse_error({entry("b0", 32)}), "granularity_bits 32 out of range"));
+    QBitmap f = entry("b0");
+    f.flags |= 0x10;
+    EXPECT_TRUE(has(parse_error({f}), "reserved flags 0x10"));
+    EXPECT_TRUE(has(parse_error({entry("b0"), entry("b0")}), "'b0': duplicate name"));
+    QBitmap s = entry("b0");
+    s.table_size = 3;
+    EXPECT_TRUE(has(parse_error({s}), "bitmap table has 3 entries, the disk size needs 1"));
+    QBitmap u = entry("b0");
+    u.table_offset = 12345;
+    EXPECT_TRUE(has(parse_error({u}), "not aligned"));
+    QBitmap z = entry("b0");
+    z.table_offset = 0;
+    EXPECT_TRUE(has(parse_error({z}), "is 0"));
+    QBitmap p = entry("b0");
+    p.table_offset = 1ull << 40;
+    EXPECT_TRUE(has(parse_error({p}), "extends past the end of the file"));
+    EXPECT_TRUE(has(parse_error({entry("")}), "empty name"));
+    QBitmap x = entry("b0");
+    x.extra_data = {std::byte{1}};
+    EXPECT_TRUE(has(parse_error({x}), "unknown extra data"));
+    auto dir = serialize_bitmap_dir({entry("b0")});
+    dir.resize(dir.size() + 8);
+    auto r = parse_bitmap_dir(dir, 1, limits);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(has(r.error().message, "does not match"));
+    auto none = parse_bitmap_dir({}, 0, limits);
+    ASSERT_FALSE(none);
+    EXPECT_TRUE(has(none.error().message, "0 bitmaps"));
+}
+
+TEST(Qcow2Bitmaps, TableEntries) {
+    std::vector<std::uint64_t> t = {0, bitmap_table_all_ones, 9ull << 16};
+    auto raw = serialize_bitmap_table(t);
+    auto r = parse_bitmap_table(raw, 16, 1 << 20);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(*r, t);
+    EXPECT_FALSE(parse_bitmap_table(serialize_bitmap_table({(9ull << 16) | 2}), 16, 1 << 20));
+    EXPECT_FALSE(parse_bitmap_table(serialize_bitmap_table({(9ull << 16) | 1}), 16, 1 << 20));
+    EXPECT_FALSE(parse_bitmap_table(serialize_bitmap_table({9ull << 12}), 16, 1 << 20));
+    auto past = parse_bitmap_table(serialize_bitmap_table({16ull << 16}), 16, 1 << 20);
+    ASSERT_FALSE(past);
+    EXPECT_NE(past.error().message.find("past the end of the file"), std::string::npos);
+}
+
+TEST(Qcow2Bitmaps, DataClusterBitOrder) {
+    // 512-byte clusters hold 4096 bits; two clusters' worth of words.
+    std::vector<std::uint64_t> words(128, 0);
+    words[0] = 1ull | (1ull << 9); // bits 0 and 9
+    words[64] = 1ull << 63;        // bit 4096 + 63: second cluster
+    std::vector<std::byte> c(512);
+    store_bitmap_cluster(words, 0, c);
+    EXPECT_EQ(c[0], std::byte{1});
+    EXPECT_EQ(c[1], std::byte{2});
+    EXPECT_EQ(c[2], std::byte{0});
+    EXPECT_TRUE(bitmap_cluster_dirty(words, 1, 512));
+    EXPECT_FALSE(bitmap_cluster_dirty(std::vector<std::uint64_t>(128, 0), 1, 512));
+    std::vector<std::uint64_t> back(128, 0);
+    load_bitmap_cluster(back, 0, c);
+    store_bitmap_cluster(words, 1, c);
+    EXPECT_EQ(c[7], std::byte{0x80});
+    load_bitmap_cluster(back, 1, c);
+    EXPECT_EQ(back, words);
+    // A cluster past the end of the words stores zeroes and loads nothing.
+    store_bitmap_cluster(words, 2, c);
+    EXPECT_EQ(c[0], std::byte{0});
+}
+
+TEST(Qcow2Bitmaps, Sizes) {
+    EXPECT_EQ(bitmap_bit_count(1000, 9), 2u);
+    EXPECT_EQ(bitmap_table_entries(0, 16, 16), 0u);
+    EXPECT_EQ(bitmap_table_entries(1ull << 30, 16, 16), 1u);
+    EXPECT_EQ(bitmap_table_entries((1ull << 35) + 1, 16, 16), 2u);
+    auto ext = serialize_bitmaps_ext(3, 64, 1 << 16);
+    HeaderExtension h{ext_bitmaps, ext};
+    auto b = parse_bitmaps_extension(h);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->nb_bitmaps, 3u);
+    EXPECT_EQ(b->directory_size, 64u);
+    EXPECT_EQ(b->directory_offset, 1u << 16);
+}
+
+} // namespace
+} // namespace fleece::nodes::qcow2
