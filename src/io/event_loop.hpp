@@ -124,6 +124,7 @@ class EventLoop::Timer {
             bool await_ready() const noexcept { return deadline <= Clock::now(); }
             void await_suspend(std::coroutine_handle<> h) {
                 t->expired_ = false;
+                t->cancelled_ = false;
                 t->armed_ = true;
                 t->handle_ = t->loop_.add_timer(deadline, h, &t->expired_);
             }
@@ -139,8 +140,12 @@ class EventLoop::Timer {
     }
     auto wait_for(Clock::duration d) { return wait_until(Clock::now() + d); }
     bool armed() const { return armed_; }
+    // Idempotent: the waiter may be resumed later than cancel() returns, and a second
+    // cancel() in between must not touch the already erased entry.
     void cancel() {
-        if (armed_ && !expired_) loop_.cancel_timer(handle_);
+        if (!armed_ || expired_ || cancelled_) return;
+        cancelled_ = true;
+        loop_.cancel_timer(handle_);
     }
 
   private:
@@ -148,6 +153,7 @@ class EventLoop::Timer {
     TimerHandle handle_{};
     bool expired_ = false;
     bool armed_ = false;
+    bool cancelled_ = false;
 };
 
 // co_await sleep_for(loop, 10ms);

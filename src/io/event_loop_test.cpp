@@ -106,6 +106,26 @@ TEST_P(EventLoopTest, CancelledTimerWakesEarly) {
     EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
 }
 
+Task<bool> cancelled_twice() {
+    EventLoop::Timer timer(EventLoop::current());
+    // Both cancels run before the waiter resumes: the second one must be a no-op (it
+    // used to erase the timer entry again).
+    auto canceller = [](EventLoop::Timer* t) -> Task<void> {
+        co_await sleep_for(std::chrono::milliseconds(5));
+        t->cancel();
+        t->cancel();
+    };
+    EventLoop::current().spawn(canceller(&timer));
+    const bool expired = co_await timer.wait_for(std::chrono::seconds(30));
+    timer.cancel(); // after the wake-up as well
+    co_return expired;
+}
+
+TEST_P(EventLoopTest, CancellingTwiceIsHarmless) {
+    EventLoop loop(GetParam());
+    EXPECT_FALSE(loop.run_until_complete(cancelled_twice()));
+}
+
 Task<void> gather_writer(int fd, std::vector<std::byte>* head, std::vector<std::byte>* body) {
     const std::span<const std::byte> parts[3] = {*head, {}, *body};
     EXPECT_EQ(co_await write_all_gather(fd, parts), 0);
