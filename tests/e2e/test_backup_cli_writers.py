@@ -2,7 +2,8 @@
 writing during the backup): the CLI moves both onto the copy-before-write filter in one
 `transaction` of blockdev-replace actions, which the daemon applies as one graph change.
 Also the QMP side of that: one replace alone conflicts, the transaction does not, and a
-failing transaction changes nothing."""
+failing transaction changes nothing. And the copy-before-write statistics (x-cbw-stats in
+query-named-block-nodes, cbw-* fields in the JSON lines)."""
 
 import os
 import shutil
@@ -55,6 +56,7 @@ def test_backup_of_a_node_with_two_writing_exports(guest, tmp_path):
     assert rc == 0, (lines, err)
     summary = events(lines, 'summary')[-1]
     assert summary['ok'] and summary['graph-restored'] and summary['bytes'] == SIZE
+    check_cbw_fields(lines, summary)
     with open(str(tmp_path / 'expected.raw'), 'rb') as f:
         expected = f.read()
     assert target.read_all(str(tmp_path / 'got.raw')) == expected, 'not the snapshot point'
@@ -63,6 +65,22 @@ def test_backup_of_a_node_with_two_writing_exports(guest, tmp_path):
     assert graph_state(q) == before
     no_leftovers(q, str(tmp_path))
     qemu_io(g2_uri, 'write -P 0x21 0 64k', 'read -P 0x21 0 64k')
+
+
+def check_cbw_fields(lines, summary):
+    """Progress lines and the summary carry the copy-before-write count and latency; the
+    guests rewrote the disk during the backup, so copies happened and took time."""
+    progress = events(lines, 'progress')
+    assert progress
+    for p in progress:
+        for key in ('cbw-count', 'cbw-errors', 'cbw-latency-avg-us', 'cbw-latency-max-us'):
+            assert key in p, p
+        assert p['cbw-latency-max-us'] >= p['cbw-latency-avg-us'] >= 0
+    counts = [p['cbw-count'] for p in progress]
+    assert counts == sorted(counts), counts  # a running total
+    assert summary['cbw-count'] >= counts[-1] > 0, (summary, counts)
+    assert summary['cbw-errors'] == 0
+    assert summary['cbw-latency-max-us'] >= summary['cbw-latency-avg-us'] > 0, summary
 
 
 def replace(export_id, node):
@@ -96,6 +114,12 @@ def test_transaction_moves_several_parents_atomically(guest, tmp_path):
     qemu_io(guest_uri, 'write -P 0x61 0 64k')
     qemu_io(g2_uri, 'write -P 0x62 1M 64k')
     assert os.stat(fleece).st_blocks * 512 >= 128 * 1024  # both writes were copied first
+    stats = [n['x-cbw-stats'] for n in q.execute('query-named-block-nodes') if n['node-name'] == 'cbw'][0]
+    assert stats['requests'] == 2 and stats['errors'] == 0 and not stats['snapshot-broken'], stats
+    assert stats['latency-max-ns'] > 0 and stats['latency-total-ns'] >= stats['latency-max-ns'], stats
+    qemu_io(guest_uri, 'write -P 0x63 0 64k')  # already copied: no wait counted
+    stats = [n['x-cbw-stats'] for n in q.execute('query-named-block-nodes') if n['node-name'] == 'cbw'][0]
+    assert stats['requests'] == 2, stats
     # And back, again together; the old single-parent form still works for one user.
     q.execute('transaction', actions=[replace('guest', 'disk'), replace('g2', 'disk')])
     q.execute('block-export-del', id='g2')
@@ -103,4 +127,4 @@ def test_transaction_moves_several_parents_atomically(guest, tmp_path):
     q.execute('blockdev-replace', **{'parent-type': 'export', 'id': 'guest', 'new-child': 'disk'})
     q.execute('blockdev-del', **{'node-name': 'cbw'})
     q.execute('blockdev-del', **{'node-name': 'fl'})
-    qemu_io(guest_uri, 'read -P 0x61 0 64k', 'read -P 0x62 1M 64k', read_only=True)
+    qemu_io(guest_uri, 'read -P 0x63 0 64k', 'read -P 0x62 1M 64k', read_only=True)
