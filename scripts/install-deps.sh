@@ -12,6 +12,7 @@ PACKAGES=(
     libnbd-dev libnbd-bin python3-libnbd python3-pytest
     qemu-utils qemu-system-common nbdkit fio
     clang-14 libclang-rt-14-dev clang-format-14 procps
+    tmux # scripts/record-progress.sh
 )
 
 # One dpkg-query call for all packages; unknown ones are simply absent from its output.

@@ -254,27 +254,51 @@ io::Task<Status> Graph::replace(Node& from, Node& to) {
 }
 
 io::Task<Status> Graph::replace_child(Child& edge, Node& to) {
-    Node& from = *edge.node_;
-    if (&from == &to) co_return Status{};
-    if (from.size() != to.size())
-        co_return make_error(
-            fmt::format("Node '{}' has size {} but node '{}' (used by {}) has size {}", to.name(),
-                        to.size(), from.name(), user_description(edge), from.size()));
-    DrainedSection drained_from = co_await drain(from);
-    DrainedSection drained_to = co_await drain(to);
-    if (edge.node_ != &from) co_return make_error("the edge changed while it was drained");
-    unlink(edge);
-    edge.node_ = &to;
-    link(edge);
+    std::vector<std::pair<Child*, Node*>> moves{{&edge, &to}};
+    co_return co_await replace_children(std::move(moves));
+}
+
+io::Task<Status> Graph::replace_children(std::vector<std::pair<Child*, Node*>> moves) {
+    std::vector<Node*> from;
+    std::set<Child*> edges;
+    for (const auto& [edge, to] : moves) {
+        if (!edges.insert(edge).second)
+            co_return make_error(
+                fmt::format("{} is named twice in one replacement", user_description(*edge)));
+        Node& f = *edge->node_;
+        if (&f != to && f.size() != to->size())
+            co_return make_error(
+                fmt::format("Node '{}' has size {} but node '{}' (used by {}) has size {}",
+                            to->name(), to->size(), f.name(), user_description(*edge), f.size()));
+        from.push_back(&f);
+    }
+    // Drain every node involved, so no request is in flight on an edge while it moves.
+    std::vector<DrainedSection> drained;
+    for (std::size_t i = 0; i < moves.size(); ++i) {
+        drained.push_back(co_await drain(*from[i]));
+        drained.push_back(co_await drain(*moves[i].second));
+    }
+    for (std::size_t i = 0; i < moves.size(); ++i)
+        if (moves[i].first->node_ != from[i])
+            co_return make_error("an edge changed while it was drained");
+    auto relink = [](Child& edge, Node& node) {
+        if (edge.node_ == &node) return;
+        unlink(edge);
+        edge.node_ = &node;
+        link(edge);
+    };
+    for (const auto& [edge, to] : moves)
+        relink(*edge, *to);
+    // One check for the final graph (a cycle shows up as a conflict here too).
     Status st = refresh_permissions();
     if (!st) {
-        unlink(edge);
-        edge.node_ = &from;
-        link(edge);
+        for (std::size_t i = moves.size(); i-- > 0;)
+            relink(*moves[i].first, *from[i]);
         (void)refresh_permissions();
         co_return st;
     }
-    if (Node* parent = edge.parent_->as_node()) parent->refresh_from_children();
+    for (const auto& [edge, to] : moves)
+        if (Node* parent = edge->parent_->as_node()) parent->refresh_from_children();
     co_return st;
 }
 

@@ -67,6 +67,11 @@ class Graph {
     // node, drained around both nodes so no request is in flight or fails while it moves.
     // The permissions of the whole graph are rechecked; on a conflict nothing changes.
     io::Task<Status> replace_child(Child& edge, Node& to);
+    // Several edges at once, atomically: every edge moves, or (on a size mismatch, a loop
+    // or a permission conflict) none does. Permissions are checked only for the final
+    // graph, so two writers of one node can move together onto a filter that forbids
+    // writes bypassing it. Each (edge, node) pair is one move; an edge may appear once.
+    io::Task<Status> replace_children(std::vector<std::pair<Child*, Node*>> moves);
 
     // Quiesce `node` and all its ancestors, then wait until none has a request in flight.
     io::Task<DrainedSection> drain(Node& node);

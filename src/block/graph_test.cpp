@@ -291,6 +291,54 @@ TEST(Graph, ReplaceChildRollsBackOnConflictSizeOrLoop) {
     g.detach(std::move(*edge));
 }
 
+// Like copy-before-write: once it has a parent it writes its file and lets nobody else
+// write there (a write bypassing it would escape it).
+class BypassGuard final : public FilterNode {
+  public:
+    BypassGuard(std::string name, Node& below) : FilterNode(std::move(name), "guard") {
+        set_file(add_child(below, ChildRole::file, "file"));
+    }
+    PermPair child_perms(const Child&, PermSet parent_perm, PermSet) const override {
+        if (parent_perm == 0) return {0, perm_all};
+        return {perm_consistent_read | perm_write, perm_consistent_read | perm_write_unchanged};
+    }
+};
+
+TEST(Graph, ReplaceChildrenMovesTwoWritersTogetherOrNotAtAll) {
+    io::EventLoop loop;
+    Graph g;
+    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+    Node* guard = *g.add(std::make_unique<BypassGuard>("guard", *disk));
+    User a("a"), b("b");
+    auto ea = g.attach(a, *disk, perm_write | perm_consistent_read, perm_all);
+    auto eb = g.attach(b, *disk, perm_write | perm_consistent_read, perm_all);
+    ASSERT_TRUE(ea.ok() && eb.ok());
+    // One alone conflicts with the other writer still on the disk; nothing moves.
+    Status st = loop.run_until_complete(g.replace_child(**ea, *guard));
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.error().message.find("'write'"), std::string::npos) << st.error().message;
+    EXPECT_EQ(&(*ea)->node(), disk);
+    // An edge named twice is refused before anything moves.
+    std::vector<std::pair<Child*, Node*>> twice{{ea->get(), guard}, {ea->get(), guard}};
+    st = loop.run_until_complete(g.replace_children(twice));
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(&(*ea)->node(), disk);
+    // Together: both on the guard, then both back.
+    std::vector<std::pair<Child*, Node*>> on{{ea->get(), guard}, {eb->get(), guard}};
+    st = loop.run_until_complete(g.replace_children(on));
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(&(*ea)->node(), guard);
+    EXPECT_EQ(&(*eb)->node(), guard);
+    EXPECT_EQ(disk->parents().size(), 1u); // the guard's file edge only
+    std::vector<std::pair<Child*, Node*>> back{{ea->get(), disk}, {eb->get(), disk}};
+    st = loop.run_until_complete(g.replace_children(back));
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(&(*ea)->node(), disk);
+    EXPECT_EQ(&(*eb)->node(), disk);
+    g.detach(std::move(*ea));
+    g.detach(std::move(*eb));
+}
+
 } // namespace
 } // namespace fleece::block
 

@@ -34,6 +34,7 @@ std::vector<control::ArgSpec> backup_schema() {
             {"on-source-error", ArgType::str, false},
             {"on-target-error", ArgType::str, false},
             {"on-cbw-error", ArgType::str, false},
+            {"x-cbw-timeout", ArgType::integer, false},
             {"auto-finalize", ArgType::boolean, false},
             {"auto-dismiss", ArgType::boolean, false},
             {"filter-node-name", ArgType::str, false},
@@ -95,6 +96,13 @@ Result<jobs::BackupOptions> parse_backup_options(const json& args) {
                                           v));
         o.cbw_break_guest_write = v == "break-guest-write";
     }
+    // fleeced's own (QEMU's blockdev-backup has no timeout for its filter): the
+    // copy-before-write node's cbw-timeout, in seconds, for the filter the job inserts.
+    auto cbw_timeout = non_negative(args, "x-cbw-timeout", 0);
+    if (!cbw_timeout) return cbw_timeout.error();
+    if (*cbw_timeout > 1'000'000'000ull)
+        return make_error("Parameter 'x-cbw-timeout' is too large");
+    o.cbw_timeout_s = *cbw_timeout;
     if (args.contains("x-perf")) {
         const json& perf = args["x-perf"];
         for (const auto& [key, value] : perf.items()) {
@@ -127,6 +135,7 @@ Result<jobs::BackupFilter> make_backup_filter(const jobs::BackupFilterRequest& r
     cfg.on_error = req.break_guest_write ? nodes::OnCbwError::break_guest_write
                                          : nodes::OnCbwError::break_snapshot;
     cfg.min_cluster_size = req.min_cluster_size;
+    cfg.timeout = std::chrono::seconds(req.timeout_s);
     auto node = std::make_unique<nodes::CbwNode>(req.name, *req.source, *req.target, cfg);
     nodes::CbwNode* raw = node.get();
     jobs::BackupFilter f;
@@ -163,6 +172,7 @@ class BackupAction final : public TransactionAction {
 
     void commit(TransactionContext* ctx) override {
         if (ctx->group) job_->set_txn(ctx->group);
+        job_->mark_started_drained(); // run_transaction drains the graph around commit
         Status st = ctx->services->jobs->start(std::move(job_));
         FLEECE_ASSERT(st.ok()); // the id was checked in prepare, with the graph drained
     }

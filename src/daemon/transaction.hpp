@@ -47,6 +47,10 @@ class TransactionAction {
     virtual void commit(TransactionContext* ctx) = 0;
     // A later action failed: undo prepare(). Called in reverse order.
     virtual io::Task<void> abort(TransactionContext* ctx) = 0;
+    // Actions that only make sense together (blockdev-replace of several users of one node)
+    // may take a later action of the transaction into this one; the later one is then
+    // dropped and prepared as part of this one, at this one's position.
+    virtual bool absorb(TransactionAction& /*later*/) { return false; }
 };
 
 // Builds an action from its "data" object (checked against `schema` first).

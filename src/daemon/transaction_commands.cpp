@@ -44,7 +44,10 @@ Result<std::vector<std::unique_ptr<TransactionAction>>> build_actions(const json
         if (Status st = control::validate_args(spec, data); !st) return st.error();
         auto action = t->factory(data);
         if (!action) return action.error();
-        out.push_back(std::move(*action));
+        bool absorbed = false;
+        for (auto& earlier : out)
+            if ((absorbed = earlier->absorb(**action))) break;
+        if (!absorbed) out.push_back(std::move(*action));
     }
     return out;
 }

@@ -134,6 +134,14 @@ Result<sockaddr_un> unix_address(const std::string& path) {
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     return addr;
 }
+// Whether something accepts connections on the unix socket at `addr` (a connect that does
+// not fail with ECONNREFUSED: a full backlog, EAGAIN, also means a live listener).
+bool unix_socket_is_live(const sockaddr_un& addr) {
+    FileDescriptor probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!probe) return false;
+    const int r = ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    return r == 0 || errno == EAGAIN || errno == EINPROGRESS;
+}
 } // namespace
 
 Result<FileDescriptor> listen_unix(const std::string& path, unsigned mode) {
@@ -142,7 +150,14 @@ Result<FileDescriptor> listen_unix(const std::string& path, unsigned mode) {
     FileDescriptor fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) return make_error(fmt::format("socket: {}", std::strerror(errno)));
     struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+        // A socket file left by a process killed with SIGKILL has nobody listening: remove it.
+        // One that accepts connections belongs to a live process and is left alone.
+        if (unix_socket_is_live(*addr))
+            return make_error(fmt::format(
+                "Failed to bind socket to {}: another process is listening on it", path));
+        ::unlink(path.c_str());
+    }
     // Create the socket owner-only from the start; widen afterwards if asked.
     const mode_t old_mask = ::umask(0077);
     const int r = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un));

@@ -22,6 +22,7 @@ struct BackupFilterRequest {
     block::Node* target = nullptr;
     bool break_guest_write = false; // else a failed copy breaks the snapshot, not the write
     std::uint64_t min_cluster_size = 0;
+    std::uint64_t timeout_s = 0; // per copy-before-write copy, 0 = none (cbw-timeout)
 };
 
 struct BackupFilter {

@@ -146,6 +146,7 @@ Status BackupJob::prepare_filter(block::Node& source, block::Node& target,
     req.target = &target;
     req.break_guest_write = options_.cbw_break_guest_write;
     req.min_cluster_size = options_.min_cluster_size;
+    req.timeout_s = options_.cbw_timeout_s;
     auto filter = make_filter(req);
     if (!filter) return filter.error();
     // Parentless, the filter takes nothing on the source yet; it enters the I/O path in

@@ -41,6 +41,7 @@ struct BackupOptions {
     ErrorAction on_source_error = ErrorAction::report;
     ErrorAction on_target_error = ErrorAction::report;
     bool cbw_break_guest_write = false; // on-cbw-error (default break-snapshot)
+    std::uint64_t cbw_timeout_s = 0;    // x-cbw-timeout of the job's own filter (0 = none)
     bool compress = false;
     bool discard_source = false;
     unsigned max_workers = 64;

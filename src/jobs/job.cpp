@@ -149,6 +149,12 @@ json Job::completion_data() {
 }
 
 io::Task<void> Job::lifecycle() {
+    if (started_drained_ && !cancel_requested_) {
+        // The drain that held the job at its start has ended by now (the body starts on
+        // the loop turn after the transaction): report it as QEMU does.
+        set_status(JobStatus::paused);
+        set_status(JobStatus::running);
+    }
     std::error_code result = co_await run();
     if (cancel_requested_ && !result) result = std::make_error_code(std::errc::operation_canceled);
     if (txn_) {

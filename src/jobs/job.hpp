@@ -73,6 +73,10 @@ class Job {
     Status dismiss();
     Status check_verb(JobVerb verb) const;
 
+    // The job is started inside a drained section (a transaction), as blockdev-backup always
+    // is: like QEMU 7.2 it then reports the drain as a paused/running pair right after
+    // running (research/qemu-fleecing.md §4.2). Before start().
+    void mark_started_drained() { started_drained_ = true; }
     // Joins a grouped transaction (before start()).
     void set_txn(std::shared_ptr<JobTxn> txn);
 
@@ -132,6 +136,7 @@ class Job {
     io::WaitQueue kicked_;
     std::shared_ptr<JobTxn> txn_;
     const char* io_status_ = "ok";
+    bool started_drained_ = false;
 };
 
 } // namespace fleece::jobs

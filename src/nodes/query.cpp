@@ -1,5 +1,7 @@
 #include "nodes/query.hpp"
 
+#include "nodes/copy_before_write/cbw_node.hpp"
+
 #include <map>
 
 namespace fleece::nodes {
@@ -32,6 +34,16 @@ json dirty_bitmaps_info(const block::Node& n) {
     return out;
 }
 
+// fleeced's own addition (QEMU has no such field): what copy-before-write cost the guest.
+json cbw_stats(const CbwNode& cbw) {
+    const CbwStats& s = cbw.stats();
+    return json{{"requests", s.requests},
+                {"errors", s.errors},
+                {"latency-total-ns", s.total_ns},
+                {"latency-max-ns", s.max_ns},
+                {"snapshot-broken", static_cast<bool>(cbw.snapshot_error())}};
+}
+
 json node_info(const block::Node& n) {
     json image = {{"virtual-size", n.size()}, {"filename", n.filename()}, {"format", n.driver()}};
     json info = json{
@@ -53,6 +65,7 @@ json node_info(const block::Node& n) {
          {{"writeback", true}, {"direct", n.cache_direct()}, {"no-flush", n.cache_no_flush()}}},
         {"image", image}};
     if (!n.dirty_bitmaps().empty()) info["dirty-bitmaps"] = dirty_bitmaps_info(n);
+    if (const auto* cbw = dynamic_cast<const CbwNode*>(&n)) info["x-cbw-stats"] = cbw_stats(*cbw);
     return info;
 }
 } // namespace

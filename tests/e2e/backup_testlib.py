@@ -148,6 +148,15 @@ def until_status(status):
     return lambda ev: ev['event'] == 'JOB_STATUS_CHANGE' and ev['data']['status'] == status
 
 
+def wait_started(qmp, job_id):
+    """Consumes a blockdev-backup job's start events: created, running, then the
+    paused/running pair of the drain it was started in (§4.2, as QEMU 7.2 reports it)."""
+    evs = job_events(qmp, job_id, until_status('running'))
+    evs += job_events(qmp, job_id, until_status('running'))
+    assert names(evs) == ['created', 'running', 'paused', 'running'], names(evs)
+    return evs
+
+
 def without_drain_pauses(seq):
     """Drains may add paused/running pairs (§7: assert order, not counts)."""
     out = []

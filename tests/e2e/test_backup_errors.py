@@ -7,7 +7,8 @@ import os
 import pytest
 
 from backup_testlib import (MiB, Nbdkit, copy_file, export_children, job_events, names,
-                            node_names, qemu_img_compare, random_fill, until_status)
+                            node_names, qemu_img_compare, random_fill, until_status,
+                            wait_started)
 from fleece_testlib import Daemon, make_raw, qemu_io
 
 SIZE = 64 * MiB
@@ -96,7 +97,7 @@ def test_ignore_retries_until_the_backup_is_complete(env):
     errors = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_ERROR']
     assert errors and all(e == {'device': 'bk', 'operation': 'write', 'action': 'ignore'} for e in errors)
     seq = [s for s in names(evs) if s != 'BLOCK_JOB_ERROR']
-    assert seq == ['created', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'], seq
+    assert seq == ['created', 'running', 'paused', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'], seq
     done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
     assert 'error' not in done and done['offset'] == done['len'] == SIZE
     os.unlink(trigger)
@@ -109,6 +110,7 @@ def test_stop_pauses_and_resume_finishes(env):
     q, device, uri, trigger, srv, at_start = make_env(env, 'fleecing', '100%')
     q.execute('blockdev-backup', device=device, target='target', sync='full', speed=8 * MiB,
               **{'job-id': 'bk', 'on-target-error': 'stop'})
+    wait_started(q, 'bk')
     wait_progress(q, 'bk', 4 * MiB)
     open(trigger, 'w').close()
     evs = job_events(q, 'bk', until_status('paused'))

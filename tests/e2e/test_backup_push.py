@@ -7,7 +7,8 @@ disk taken at the backup's start."""
 import pytest
 
 from backup_testlib import (MiB, FioGuest, Nbdkit, copy_file, export_children, job_events,
-                            names, node_names, qemu_img_compare, random_fill, until_status)
+                            names, node_names, qemu_img_compare, random_fill, until_status,
+                            wait_started)
 from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
 from fleecing_layout import SIZE, PATTERNS, OVERWRITES, ZEROES, reads, writes
 
@@ -96,7 +97,7 @@ def test_manual_finalize_and_dismiss_event_order(env):
     q.execute('blockdev-backup', device='disk', target='target', sync='full',
               **{'job-id': 'bk', 'auto-finalize': False, 'auto-dismiss': False})
     evs = job_events(q, 'bk', lambda e: e['event'] == 'BLOCK_JOB_PENDING')
-    assert names(evs) == ['created', 'running', 'waiting', 'pending', 'BLOCK_JOB_PENDING']
+    assert names(evs) == ['created', 'running', 'paused', 'running', 'waiting', 'pending', 'BLOCK_JOB_PENDING']
     assert q.execute('query-jobs')[0]['status'] == 'pending'
     q.execute('job-finalize', id='bk')
     evs = job_events(q, 'bk', until_status('concluded'))
@@ -146,7 +147,8 @@ def test_backup_under_fio_equals_disk_at_snapshot_point(env, scheme, kind):
     completed = [e for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED']
     assert completed and 'error' not in completed[0]['data'], evs
     assert completed[0]['data']['offset'] == completed[0]['data']['len'] == SIZE
-    assert names(evs) == ['created', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null']
+    assert names(evs) == ['created', 'running', 'paused', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED',
+                          'concluded', 'null']
     # The job's filter is gone and the graph is exactly as before the job.
     assert export_children(q) == [export_node]
     assert node_names(q) == nodes_before_job
@@ -197,7 +199,7 @@ def test_pause_resume_speed_cancel_with_job_filter(env):
     filters = [n for n in node_names(q) if n not in before]
     assert len(filters) == 1 and filters[0].startswith('#block')  # automatic name
     assert export_children(q) == filters
-    job_events(q, 'bk', until_status('running'))
+    wait_started(q, 'bk')
     q.execute('job-pause', id='bk')
     job_events(q, 'bk', until_status('paused'))
     info = q.execute('query-block-jobs')[0]

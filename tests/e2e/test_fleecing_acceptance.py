@@ -1,14 +1,21 @@
-"""Fleecing acceptance scenarios (research/qemu-fleecing.md §5.4, §5.5) against fleeced with
-qemu-io over NBD: snapshot discards freeing fleecing space, and the copy-before-write error
-and timeout policies with the fault-injection node and a slow nbdkit target."""
+"""Fleecing acceptance scenarios (research/qemu-fleecing.md §5.2, §5.4, §5.5) against fleeced
+with qemu-io over NBD, for both fleecing schemes:
+- snapshot-access: copy-before-write (CBW) into a raw fleecing file, snapshot-access on top,
+  the snapshot-access node exported;
+- backing (the seed's): a qcow2 fleecing image whose backing is the active disk, exported
+  directly, and the CBW target is that image.
+§5.2 image fleecing (patterns, overwrites, zero reads, cleanup, confirmed writes) and §5.5
+(discards freeing fleecing space) run for both; §5.4 (CBW error and timeout policies, with
+the fault-injection node and a slow nbdkit target) for snapshot-access, where the policy is
+visible as snapshot read errors."""
 
 import os
 import subprocess
 
 import pytest
 
-from fleece_testlib import Daemon, make_raw, qemu_io
-from fleecing_layout import MiB, SIZE, PATTERNS, OVERWRITES, ZEROES
+from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
+from fleecing_layout import MiB, SIZE, PATTERNS, OVERWRITES, ZEROES, REMAINDER, reads, writes
 
 KiB = 1024
 
@@ -25,6 +32,101 @@ def start_nbd(q, tmp):
 
 def uri(sock, name):
     return 'nbd+unix:///%s?socket=%s' % (name, sock)
+
+
+# ---- both schemes: the graph ---------------------------------------------------------------
+
+SCHEMES = ['snapshot-access', 'backing']
+
+
+class Fleecing:
+    """A running daemon with the disk 'source' (patterns written), the guest export 'guest' on
+    the CBW node, and the snapshot export 'snap' (the snapshot-access node, or the qcow2
+    fleecing image itself in the backing scheme)."""
+
+    def __init__(self, tmp_path, scheme, snap_writable=False, source_discard='ignore'):
+        self.scheme = scheme
+        self.source = str(tmp_path / 'source.raw')
+        make_raw(self.source, SIZE)
+        qemu_io(self.source, *writes(PATTERNS))
+        if scheme == 'snapshot-access':
+            self.temp = str(tmp_path / 'fleece.raw')
+            make_raw(self.temp, SIZE)
+        else:
+            self.temp = str(tmp_path / 'fleece.qcow2')
+            subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', self.source, '-F', 'raw',
+                            self.temp, str(SIZE)], check=True)
+        self.d = Daemon(tmp_path)
+        q = self.q = self.d.qmp
+        q.execute('blockdev-add', driver='file', filename=self.source, discard=source_discard,
+                  **{'node-name': 'source'})
+        if scheme == 'snapshot-access':
+            q.execute('blockdev-add', driver='file', filename=self.temp, discard='unmap', **{'node-name': 'temp'})
+        else:
+            q.execute('blockdev-add', driver='qcow2', backing='source', discard='unmap', **{'node-name': 'temp'},
+                      file={'driver': 'file', 'filename': self.temp, 'discard': 'unmap'})
+        q.execute('blockdev-add', driver='copy-before-write', file='source', target='temp', **{'node-name': 'fl-cbw'})
+        if scheme == 'snapshot-access':
+            q.execute('blockdev-add', driver='snapshot-access', file='fl-cbw', discard='unmap',
+                      **{'node-name': 'fl-access'})
+            self.snap_node = 'fl-access'
+        else:
+            self.snap_node = 'temp'
+        self.sock = start_nbd(q, tmp_path)
+        q.execute('block-export-add', type='nbd', id='guest', name='guest', writable=True, **{'node-name': 'fl-cbw'})
+        q.execute('block-export-add', type='nbd', id='snap', name='snap', writable=snap_writable,
+                  **{'node-name': self.snap_node})
+        self.guest = uri(self.sock, 'guest')
+        self.snap = uri(self.sock, 'snap')
+
+    def teardown(self):
+        """§5.2 step 7: stop NBD, take the fleecing nodes out, close the disk."""
+        q = self.q
+        q.execute('nbd-server-stop')
+        if self.scheme == 'snapshot-access':
+            q.execute('blockdev-del', **{'node-name': 'fl-access'})
+        q.execute('blockdev-del', **{'node-name': 'fl-cbw'})
+        q.execute('blockdev-del', **{'node-name': 'temp'})
+        q.execute('blockdev-del', **{'node-name': 'source'})
+        assert self.d.stop() == 0
+
+
+@pytest.fixture(params=SCHEMES)
+def scheme(request, tmp_path):
+    f = Fleecing(tmp_path, request.param)
+    yield f
+    if f.d.proc.poll() is None:
+        f.d.stop()
+
+
+# ---- §5.2: image fleecing, pulled over NBD -----------------------------------------------------
+
+
+def test_image_fleecing_pull(scheme):
+    f = scheme
+    # Step 4: sanity, patterns and zeroes in the snapshot.
+    qemu_io(f.snap, *reads(PATTERNS + ZEROES), read_only=True)
+    # Step 5: the guest overwrites, through the CBW node.
+    qemu_io(f.guest, *writes(OVERWRITES))
+    # Step 6: the snapshot is unchanged, the guest sees its writes.
+    qemu_io(f.snap, *reads(PATTERNS + ZEROES), read_only=True)
+    qemu_io(f.guest, *reads(OVERWRITES + REMAINDER), read_only=True)
+    # Step 7 and 8: clean up, then the writes are in the disk file itself.
+    f.teardown()
+    qemu_io(f.source, *reads(OVERWRITES + REMAINDER), read_only=True)
+    if f.scheme == 'backing':
+        # The copies are in the fleecing image, which is still a valid qcow2 over the disk.
+        subprocess.run(['qemu-img', 'check', '-q', f.temp], check=True)
+        qemu_io(f.temp, *reads(PATTERNS[:1]), read_only=True, fmt='qcow2')
+
+
+def test_zero_reads_and_overwrites_of_zero_areas(scheme):
+    f = scheme
+    # Write-zeroes and discard by the guest also copy first; a pattern written into a zero
+    # area copies zeroes (stored as zeroes or left unallocated), which the snapshot reads.
+    qemu_io(f.guest, 'write -z 1M 64k', 'discard 32M 64k', 'write -P 0x44 40M 64k')
+    qemu_io(f.snap, 'read -P 0xd5 1M 64k', 'read -P 0xdc 32M 64k', 'read -P 0 40M 64k', read_only=True)
+    qemu_io(f.guest, 'read -P 0 1M 64k', 'read -P 0x44 40M 64k', read_only=True)
 
 
 # ---- §5.5: discards through the snapshot ---------------------------------------------------
@@ -86,12 +188,44 @@ def test_snapshot_discard_frees_fleecing_space_and_stops_cbw(fleece):
     qemu_io(guest, 'read -P 0x77 0 64k', 'read -P 0xab 64k 0', 'read -P 0x1d 0x2008000 64k')
 
 
-def test_zero_reads_and_overwrites_of_zero_areas(fleece):
-    d, temp, sock = fleece
-    guest, snap = uri(sock, 'guest'), uri(sock, 'snap')
-    qemu_io(guest, 'write -z 1M 64k', 'discard 32M 64k', 'write -P 0x44 40M 64k')
-    qemu_io(snap, 'read -P 0xd5 1M 64k', 'read -P 0xdc 32M 64k', 'read -P 0 40M 64k', read_only=True)
-    qemu_io(guest, 'read -P 0 1M 64k', 'read -P 0x44 40M 64k', read_only=True)
+def test_backing_scheme_discard_equivalent(tmp_path):
+    """§5.5's discards come from the snapshot reader through a writable snapshot-access export.
+    In the backing scheme the snapshot is the fleecing image itself, which the CBW filter
+    writes and keeps from every other writer, so that step does not apply: a writable export
+    of it (and a push backup with discard-source from it) is refused with a clear message.
+    What does apply is discard from the guest side: a guest discard is copied before it lands,
+    the snapshot keeps the old data, and the copies are all the image holds."""
+    f = Fleecing(tmp_path, 'backing', source_discard='unmap')
+    try:
+        with pytest.raises(QmpError) as e:
+            f.q.execute('block-export-add', type='nbd', id='snapw', name='snapw', writable=True,
+                        **{'node-name': 'temp'})
+        assert "'write'" in e.value.desc and 'fl-cbw' in e.value.desc and 'temp' in e.value.desc
+        target = str(tmp_path / 'target.raw')
+        make_raw(target, SIZE)
+        f.q.execute('blockdev-add', driver='file', filename=target, **{'node-name': 'target'})
+        with pytest.raises(QmpError) as e:
+            f.q.execute('blockdev-backup', device='temp', target='target', sync='full',
+                        **{'job-id': 'bk', 'discard-source': True})
+        assert "'write'" in e.value.desc and 'fl-cbw' in e.value.desc, e.value.desc
+        assert f.q.execute('query-jobs') == []
+        f.q.execute('blockdev-del', **{'node-name': 'target'})
+
+        before = usage(f.temp)
+        qemu_io(f.guest, 'discard 0 64k', 'discard 32M 128k', 'write -z 0x3ff0000 64k')
+        qemu_io(f.guest, 'read -P 0 0 64k', 'read -P 0 32M 128k', 'read -P 0 0x3ff0000 64k', read_only=True)
+        qemu_io(f.snap, *reads(PATTERNS + ZEROES), read_only=True)
+        # Copied: cluster 0, 32M and 32M+64k, 0x3ff0000 (the zero cluster may be a hole).
+        grown = usage(f.temp) - before
+        assert 3 * 64 * KiB <= grown <= 4 * 64 * KiB + 64 * KiB, grown  # + one L2/refcount block
+        f.teardown()
+        # The guest's discards reached the disk; the image is a clean qcow2 with the copies.
+        qemu_io(f.source, 'read -P 0 0 64k', 'read -P 0xd5 1M 64k', read_only=True)
+        subprocess.run(['qemu-img', 'check', '-q', f.temp], check=True)
+        qemu_io(f.temp, 'read -P 0x5d 0 64k', 'read -P 0xdc 32M 64k', read_only=True, fmt='qcow2')
+    finally:
+        if f.d.proc.poll() is None:
+            f.d.stop()
 
 
 # ---- §5.4: CBW errors and timeouts -----------------------------------------------------------

@@ -24,6 +24,7 @@
 #include <optional>
 #include <set>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <thread>
 #include <unistd.h>
 
@@ -138,13 +139,15 @@ json finish_job(QmpClient& qmp, const std::string& id, bool cancel, Clock::durat
     }
 }
 
-// The writer edges of a filter must come back last: while the filter still has a parent it
-// forbids writes that bypass it.
-std::vector<ParentEdge> restore_order(std::vector<ParentEdge> edges) {
-    std::stable_sort(edges.begin(), edges.end(), [](const ParentEdge& a, const ParentEdge& b) {
-        return !a.writes && b.writes;
-    });
-    return edges;
+// Points every edge of `edges` at `node` in one `transaction`: the daemon moves them together
+// and checks permissions only for the result, so a node with several writers can go under
+// (and come back from) a filter that forbids writes bypassing it.
+void replace_all(QmpClient& qmp, const std::vector<ParentEdge>& edges, const std::string& node) {
+    if (edges.empty()) return;
+    json actions = json::array();
+    for (const ParentEdge& p : edges)
+        actions.push_back(json{{"type", "blockdev-replace"}, {"data", p.replace_args(node)}});
+    qmp.execute("transaction", json{{"actions", actions}});
 }
 
 // The node behind the `file` edge of node `parent` (the disk under a copy-before-write).
@@ -186,8 +189,7 @@ bool remove_run(QmpClient& qmp, ProgressReporter& out, const std::string& prefix
         ok &= attempt(out, "restoring the users of " + cbw, [&] {
             const std::string disk = file_child_of(qmp, cbw);
             if (disk.empty()) throw std::runtime_error("no file child");
-            for (const ParentEdge& p : restore_order(find_parents(qmp, cbw)))
-                qmp.execute("blockdev-replace", p.replace_args(disk));
+            replace_all(qmp, find_parents(qmp, cbw), disk);
         });
         ok &= attempt(out, "removing node " + cbw, [&] {
             qmp.execute("blockdev-del", json{{"node-name", cbw}});
@@ -257,6 +259,8 @@ class BackupRun {
   private:
     void setup();
     json monitor(); // the job's query-jobs entry at its end
+    void read_cbw_stats(ProgressSample& s);
+    std::string snapshot_broken_reason() const;
     std::string choose_fleecing_file(const NodeInfo& disk);
     void create_fleecing_file(std::uint64_t size);
 
@@ -315,17 +319,6 @@ void BackupRun::setup() {
     remove_stale_runs(qmp_, out_, o_.node);
     graph_before_ = graph_fingerprint(qmp_);
     const std::vector<ParentEdge> parents = find_parents(qmp_, o_.node);
-    // The filter forbids writes that bypass it as soon as it has one parent, so a second
-    // writer could only move together with the first (no transactional blockdev-replace yet).
-    std::string writers;
-    for (const ParentEdge& p : parents)
-        if (p.writes) writers += (writers.empty() ? "" : ", ") + p.describe();
-    if (std::count_if(parents.begin(), parents.end(),
-                      [](const ParentEdge& p) { return p.writes; }) > 1)
-        throw std::runtime_error(
-            "node '" + o_.node + "' has several writers (" + writers +
-            "): fleece backup can move only one writer onto the filter; "
-            "leave one writer (e.g. put the others on a format node above it)");
 
     // The target first: a target that cannot be reached fails before the guest is touched.
     target_created_ = create_target_image(target_, disk_.size);
@@ -372,13 +365,12 @@ void BackupRun::setup() {
     qmp_.execute("blockdev-add", cbw);
     check_interrupt();
 
-    // The snapshot point: the first writer moving onto the filter (the filter without
-    // parents claims nothing, so the writer is unaffected until its edge moves).
+    // The snapshot point: every user moves onto the filter at once, in one transaction
+    // (the filter forbids writes that bypass it, so writers cannot move one by one).
     json users = json::array();
-    for (const ParentEdge& p : parents) {
-        qmp_.execute("blockdev-replace", p.replace_args(prefix_ + "-cbw"));
+    for (const ParentEdge& p : parents)
         users.push_back(p.describe());
-    }
+    replace_all(qmp_, parents, prefix_ + "-cbw");
     out_.step(
         "snapshot",
         "snapshot taken: copy-before-write inserted under " +
@@ -396,6 +388,38 @@ void BackupRun::setup() {
     qmp_.execute("blockdev-backup", backup);
     out_.step("started", "backup job " + prefix_ + " started: " + o_.node + " -> " + target_.text,
               json{{"job", prefix_}, {"len", disk_.size}, {"target", target_.text}});
+}
+
+// Why the snapshot broke, as far as this side can tell: a full fleecing file system is named
+// with its free space, else the other cause (copies slower than --cbw-timeout).
+std::string BackupRun::snapshot_broken_reason() const {
+    const std::string dir = dir_of(fleecing_file_);
+    struct statvfs fs {};
+    if (!fleecing_file_.empty() && ::statvfs(dir.c_str(), &fs) == 0) {
+        const double free_bytes =
+            static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize);
+        if (free_bytes < 1024.0 * 1024.0)
+            return " (the snapshot was broken by a failed copy-before-write: the fleecing storage "
+                   "is full, " +
+                   human_bytes(free_bytes) + " free in " + dir + " (fleecing image " +
+                   human_bytes(static_cast<double>(allocated_bytes(fleecing_file_))) +
+                   "); put the fleecing image on larger storage with --fleecing DIR; the guest "
+                   "was not affected)";
+    }
+    return " (the snapshot was broken by a failed copy-before-write: the fleecing storage is "
+           "full or slower than --cbw-timeout; the guest was not affected)";
+}
+
+// The filter's copy-before-write figures (x-cbw-stats of query-named-block-nodes).
+void BackupRun::read_cbw_stats(ProgressSample& s) {
+    for (const json& n : qmp_.execute("query-named-block-nodes")) {
+        if (n.value("node-name", "") != prefix_ + "-cbw" || !n.contains("x-cbw-stats")) continue;
+        const json& c = n["x-cbw-stats"];
+        s.cbw_count = c.value("requests", std::uint64_t{0});
+        s.cbw_errors = c.value("errors", std::uint64_t{0});
+        s.cbw_total_ns = c.value("latency-total-ns", std::uint64_t{0});
+        s.cbw_max_ns = c.value("latency-max-ns", std::uint64_t{0});
+    }
 }
 
 json BackupRun::monitor() {
@@ -416,6 +440,7 @@ json BackupRun::monitor() {
             s.done = mine.value("current-progress", std::uint64_t{0});
             s.total = mine.value("total-progress", std::uint64_t{0});
             s.fleecing_bytes = allocated_bytes(fleecing_file_);
+            read_cbw_stats(s);
             out_.progress(s);
         }
         if (concluded) return mine;
@@ -445,9 +470,7 @@ int BackupRun::run() {
         if (result.contains("error")) {
             failure = result["error"].get<std::string>();
             if (failure.find("ermission denied") != std::string::npos)
-                failure += " (the snapshot was broken by a failed copy-before-write: the "
-                           "fleecing storage is full or slower than --cbw-timeout; the guest "
-                           "was not affected)";
+                failure += snapshot_broken_reason();
         } else if (done != total) {
             failure = "the job ended at " + std::to_string(done) + " of " + std::to_string(total) +
                       " bytes";
@@ -494,15 +517,20 @@ int BackupRun::run() {
                  {"seconds", secs},
                  {"peak-fleecing-bytes", out_.peak_fleecing_bytes()},
                  {"graph-restored", clean}};
+    details.update(out_.cbw_json());
     if (ok && clean) {
         const double bytes = static_cast<double>(result.value("total-progress", std::uint64_t{0}));
-        char line[256];
+        char line[512];
         std::snprintf(line, sizeof line,
                       "backup complete: %s of node '%s' -> %s in %.1f s (%s/s), peak fleecing "
-                      "usage %s; graph restored",
+                      "usage %s, %llu guest requests waited for copy-before-write (avg %.0f us, "
+                      "max %.0f us); graph restored",
                       human_bytes(bytes).c_str(), o_.node.c_str(), target_.text.c_str(), secs,
                       human_bytes(secs > 0 ? bytes / secs : 0).c_str(),
-                      human_bytes(static_cast<double>(out_.peak_fleecing_bytes())).c_str());
+                      human_bytes(static_cast<double>(out_.peak_fleecing_bytes())).c_str(),
+                      static_cast<unsigned long long>(details["cbw-count"].get<std::uint64_t>()),
+                      details["cbw-latency-avg-us"].get<double>(),
+                      details["cbw-latency-max-us"].get<double>());
         out_.summary(true, line, details);
         return 0;
     }

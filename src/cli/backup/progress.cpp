@@ -32,7 +32,40 @@ std::string human_duration(double s) {
         std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
     return buf;
 }
+double avg_us(const ProgressSample& s) {
+    return s.cbw_count
+               ? static_cast<double>(s.cbw_total_ns) / 1e3 / static_cast<double>(s.cbw_count)
+               : 0;
+}
+
+// "1.2 ms", "850 us", "3.1 s"
+std::string human_latency(double us) {
+    char buf[32];
+    if (us >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.1f s", us / 1e6);
+    else if (us >= 1e3)
+        std::snprintf(buf, sizeof buf, "%.1f ms", us / 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f us", us);
+    return buf;
+}
+
+std::string cbw_text(const ProgressSample& s) {
+    std::string t = "CBW " + std::to_string(s.cbw_count);
+    if (s.cbw_count)
+        t += " (avg " + human_latency(avg_us(s)) + ", max " +
+             human_latency(static_cast<double>(s.cbw_max_ns) / 1e3) + ")";
+    if (s.cbw_errors) t += " " + std::to_string(s.cbw_errors) + " failed";
+    return t;
+}
 } // namespace
+
+json ProgressReporter::cbw_json() const {
+    return json{{"cbw-count", last_.cbw_count},
+                {"cbw-errors", last_.cbw_errors},
+                {"cbw-latency-avg-us", avg_us(last_)},
+                {"cbw-latency-max-us", static_cast<double>(last_.cbw_max_ns) / 1e3}};
+}
 
 ProgressReporter::ProgressReporter(bool json_lines)
     : json_(json_lines), tty_(!json_lines && ::isatty(STDOUT_FILENO)), start_(Clock::now()),
@@ -88,6 +121,7 @@ double ProgressReporter::rate_bps(Clock::time_point now, std::uint64_t done) {
 void ProgressReporter::progress(const ProgressSample& s) {
     const auto now = Clock::now();
     peak_fleecing_ = std::max(peak_fleecing_, s.fleecing_bytes);
+    last_ = s;
     const double rate = rate_bps(now, s.done);
     const double eta =
         rate > 0 ? static_cast<double>(s.total - std::min(s.total, s.done)) / rate : -1;
@@ -99,31 +133,32 @@ void ProgressReporter::progress(const ProgressSample& s) {
         j["rate"] = static_cast<std::uint64_t>(rate);
         j["eta"] = eta;
         j["fleecing-bytes"] = s.fleecing_bytes;
+        j.update(cbw_json());
         emit_json(std::move(j));
         return;
     }
     const double frac = s.total ? static_cast<double>(s.done) / static_cast<double>(s.total) : 0;
-    char line[256];
+    char line[512];
     if (tty_) {
         std::string bar(30, ' ');
         for (int i = 0; i < static_cast<int>(frac * 30); ++i)
             bar[static_cast<std::size_t>(i)] = '#';
-        std::snprintf(line, sizeof line,
-                      "\r[%s] %5.1f%%  %s / %s  %s/s  ETA %s  fleecing %s \033[K", bar.c_str(),
-                      frac * 100, human_bytes(static_cast<double>(s.done)).c_str(),
-                      human_bytes(static_cast<double>(s.total)).c_str(), human_bytes(rate).c_str(),
-                      human_duration(eta).c_str(),
-                      human_bytes(static_cast<double>(s.fleecing_bytes)).c_str());
+        std::snprintf(
+            line, sizeof line, "\r[%s] %5.1f%%  %s / %s  %s/s  ETA %s  fleecing %s  %s \033[K",
+            bar.c_str(), frac * 100, human_bytes(static_cast<double>(s.done)).c_str(),
+            human_bytes(static_cast<double>(s.total)).c_str(), human_bytes(rate).c_str(),
+            human_duration(eta).c_str(), human_bytes(static_cast<double>(s.fleecing_bytes)).c_str(),
+            cbw_text(s).c_str());
         std::cout << line << std::flush;
         bar_drawn_ = true;
         return;
     }
     if (now - last_plain_ < std::chrono::seconds(2)) return;
     last_plain_ = now;
-    std::snprintf(line, sizeof line, "progress %5.1f%%  %s / %s  %s/s  fleecing %s", frac * 100,
+    std::snprintf(line, sizeof line, "progress %5.1f%%  %s / %s  %s/s  fleecing %s  %s", frac * 100,
                   human_bytes(static_cast<double>(s.done)).c_str(),
                   human_bytes(static_cast<double>(s.total)).c_str(), human_bytes(rate).c_str(),
-                  human_bytes(static_cast<double>(s.fleecing_bytes)).c_str());
+                  human_bytes(static_cast<double>(s.fleecing_bytes)).c_str(), cbw_text(s).c_str());
     std::cout << line << std::endl;
 }
 

@@ -13,6 +13,9 @@ namespace fleece::cli {
 struct ProgressSample {
     std::uint64_t done = 0, total = 0;
     std::uint64_t fleecing_bytes = 0; // allocated size of the fleecing image
+    // Guest requests that waited for a copy-before-write, and their wait (x-cbw-stats).
+    std::uint64_t cbw_count = 0, cbw_errors = 0;
+    std::uint64_t cbw_total_ns = 0, cbw_max_ns = 0;
 };
 
 class ProgressReporter {
@@ -30,6 +33,8 @@ class ProgressReporter {
 
     double elapsed_s() const;
     std::uint64_t peak_fleecing_bytes() const { return peak_fleecing_; }
+    // The last sample's copy-before-write figures, for the summary.
+    nlohmann::json cbw_json() const;
 
   private:
     void emit_json(nlohmann::json j);
@@ -41,6 +46,7 @@ class ProgressReporter {
     std::chrono::steady_clock::time_point start_, last_plain_;
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> window_;
     std::uint64_t peak_fleecing_ = 0;
+    ProgressSample last_;
 };
 
 std::string human_bytes(double bytes);

@@ -3,6 +3,7 @@
 #include "block/graph.hpp"
 #include "util/align.hpp"
 
+#include <algorithm>
 #include <fmt/format.h>
 
 namespace fleece::nodes {
@@ -76,7 +77,20 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     opts.ignore_ratelimit = true;
     opts.timeout = cfg_.timeout;
     opts.owner = this; // a timed-out copy keeps us busy for drain until it ends
+    // Only requests that find something still to copy count (the rest pass at once).
+    const bool copies = bcs_->copy_bitmap().find_next_set(start / c) < div_round_up(end, c);
+    const auto began = std::chrono::steady_clock::now();
     std::error_code ec = co_await bcs_->copy(start, end - start, opts);
+    if (copies) {
+        const auto waited =
+            static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - began)
+                                           .count());
+        ++stats_.requests;
+        if (ec) ++stats_.errors;
+        stats_.total_ns += waited;
+        stats_.max_ns = std::max(stats_.max_ns, waited);
+    }
     if (ec) {
         if (cfg_.on_error == OnCbwError::break_guest_write) co_return ec;
         if (!snapshot_error_) snapshot_error_ = ec;

@@ -26,6 +26,16 @@ struct CbwConfig {
     const block::DirtyBitmap* bitmap = nullptr;
 };
 
+// What the guest paid for fleecing: guest requests (write, write-zeroes, discard) that had
+// to wait for old data to be copied first, and how long they waited (x-cbw-stats in
+// query-named-block-nodes, docs/nodes/copy-before-write.md).
+struct CbwStats {
+    std::uint64_t requests = 0; // requests that found data still to copy in their range
+    std::uint64_t errors = 0;   // of those, copies that failed or timed out
+    std::uint64_t total_ns = 0; // their summed wait
+    std::uint64_t max_ns = 0;   // the longest single wait
+};
+
 class CbwNode final : public block::FilterNode, public block::SnapshotSource {
   public:
     CbwNode(std::string name, block::Node& file, block::Node& target, CbwConfig cfg);
@@ -43,6 +53,7 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
 
     block::BlockCopy& block_copy() { return *bcs_; }
     std::error_code snapshot_error() const { return snapshot_error_; }
+    const CbwStats& stats() const { return stats_; }
 
   protected:
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
@@ -69,6 +80,7 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     // not drop target data under a read).
     block::RangeLockTable frozen_;
     std::error_code snapshot_error_; // latched first error with break-snapshot
+    CbwStats stats_;
 };
 
 // Driver "copy-before-write".

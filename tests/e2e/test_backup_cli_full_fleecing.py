@@ -1,0 +1,55 @@
+"""`fleece backup` when the fleecing image runs out of space mid-backup.
+
+Made real, not simulated: the fleecing file lives on a 2 MiB tmpfs mounted for the test
+(the tests run as root here; a failing mount fails the test), while the guest rewrites the
+whole 8 MiB disk during the backup, so copy-before-write hits a real ENOSPC from the kernel.
+Expected (default --on-cbw-error break-snapshot): the guest's writes all succeed, the CLI
+exits 1 naming the full fleecing storage, and nothing is left behind (no filter, job,
+bitmap or fleecing file), the graph as before."""
+
+import subprocess
+
+import pytest
+
+from test_backup_cli import (SIZE, Cli, GuestWriter, Target, events, graph_state, guest,  # noqa: F401
+                             no_leftovers, set_job_speed)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / 'small'
+    mnt.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs', str(mnt)], check=True)
+    yield mnt
+    subprocess.run(['umount', str(mnt)], check=True)
+
+
+def test_full_fleecing_storage_fails_the_backup_not_the_guest(guest, tmp_path, small_fs):
+    d, disk, guest_uri, targets = guest
+    q = d.qmp
+    target = Target(tmp_path)
+    targets.append(target)
+    before = graph_state(q)
+    writer = GuestWriter(guest_uri)
+    writer.start()
+    writer.resume()
+    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1',
+              '--fleecing', str(small_fs))
+    cli.wait_for('started')
+    # 4 KiB writes all over the disk: 128 clusters of 64 KiB to copy, room for about 32.
+    writer.wait_for_writes(3000)
+    set_job_speed(q, 0)  # the job now reads the broken snapshot and fails
+    rc, lines, err = cli.finish()
+    writer.wait_for_writes(200)  # the guest goes on, through the restored graph
+    writer.stop.set()
+    writer.join(30)
+    assert not writer.errors, writer.errors  # break-snapshot: no guest write failed
+    assert rc == 1, (rc, lines, err)
+    summary = events(lines, 'summary')[-1]
+    assert not summary['ok'] and summary['graph-restored'], summary
+    assert 'fleecing storage is full' in summary['error'] and str(small_fs) in summary['error'], summary
+    assert summary['cbw-errors'] >= 1, summary
+    assert graph_state(q) == before
+    no_leftovers(q, str(tmp_path), str(small_fs))
+    assert not [n for n in q.execute('query-named-block-nodes') if n.get('dirty-bitmaps')]
+    assert list(small_fs.iterdir()) == []
