@@ -3,11 +3,13 @@
 //   {"parent-type": "driver", "parent": P, "child": C,       "new-child": N}
 // The move is drained (requests in flight finish first, new ones wait and then go to N),
 // and transactional (on a permission conflict, a loop or a size mismatch nothing changes).
+// It is also a `transaction` action (fleeced only), undone by moving the edge back.
 
 #include "daemon/replace_command.hpp"
 
 #include "block/graph.hpp"
 #include "daemon/services.hpp"
+#include "daemon/transaction.hpp"
 #include "nbd/server.hpp"
 
 #include <fmt/format.h>
@@ -57,8 +59,12 @@ Result<block::Child*> node_edge(block::Graph& graph, const json& args) {
     return c;
 }
 
-io::Task<Result<json>> blockdev_replace_command(control::CommandContext& ctx, const json& args) {
-    Services& s = services_of(ctx);
+struct ResolvedReplace {
+    block::Child* edge = nullptr;
+    block::Node* to = nullptr;
+};
+
+Result<ResolvedReplace> resolve(Services& s, const json& args) {
     const std::string type = args.at("parent-type").get<std::string>();
     Result<block::Child*> edge = make_error("unset");
     if (type == "export") {
@@ -66,33 +72,73 @@ io::Task<Result<json>> blockdev_replace_command(control::CommandContext& ctx, co
     } else if (type == "driver") {
         edge = node_edge(*s.graph, args);
     } else if (type == "qdev") {
-        co_return make_error("parent-type 'qdev' is not available: fleeced has no devices");
+        return make_error("parent-type 'qdev' is not available: fleeced has no devices");
     } else {
-        co_return make_error(
-            fmt::format("Parameter 'parent-type' does not accept value '{}'", type));
+        return make_error(fmt::format("Parameter 'parent-type' does not accept value '{}'", type));
     }
-    if (!edge) co_return edge.error();
+    if (!edge) return edge.error();
     const std::string new_name = args.at("new-child").get<std::string>();
     block::Node* to = s.graph->find(new_name);
-    if (!to) co_return Error{"DeviceNotFound", fmt::format("Cannot find node-name='{}'", new_name)};
-    Status st = co_await s.graph->replace_child(**edge, *to);
+    if (!to) return Error{"DeviceNotFound", fmt::format("Cannot find node-name='{}'", new_name)};
+    return ResolvedReplace{*edge, to};
+}
+
+io::Task<Result<json>> blockdev_replace_command(control::CommandContext& ctx, const json& args) {
+    auto r = resolve(services_of(ctx), args);
+    if (!r) co_return r.error();
+    Status st = co_await services_of(ctx).graph->replace_child(*r->edge, *r->to);
     if (!st) co_return st.error();
     co_return json::object();
+}
+
+// As a transaction action (a fleeced extension): the filter insertion and dirty bitmap
+// changes happen at one instant, so `fleece backup` resets its change-tracking bitmap
+// exactly at the snapshot point (no guest write falls between the two).
+class ReplaceAction final : public TransactionAction {
+  public:
+    explicit ReplaceAction(json data) : data_(std::move(data)) {}
+    io::Task<Status> prepare(TransactionContext* ctx) override {
+        auto r = resolve(*ctx->services, data_);
+        if (!r) co_return r.error();
+        edge_ = r->edge;
+        from_ = &edge_->node();
+        Status st = co_await ctx->services->graph->replace_child(*edge_, *r->to);
+        if (st) moved_ = true;
+        co_return st;
+    }
+    void commit(TransactionContext*) override {}
+    io::Task<void> abort(TransactionContext* ctx) override {
+        if (moved_) (void)co_await ctx->services->graph->replace_child(*edge_, *from_);
+    }
+
+  private:
+    json data_;
+    block::Child* edge_ = nullptr;
+    block::Node* from_ = nullptr;
+    bool moved_ = false;
+};
+
+const std::vector<control::ArgSpec>& replace_args() {
+    using control::ArgType;
+    static const std::vector<control::ArgSpec> a = {{"parent-type", ArgType::str, true},
+                                                    {"new-child", ArgType::str, true},
+                                                    {"id", ArgType::str, false},
+                                                    {"parent", ArgType::str, false},
+                                                    {"child", ArgType::str, false}};
+    return a;
 }
 
 } // namespace
 
 void register_replace_command(control::CommandRegistry& registry) {
-    using control::ArgType;
     registry.add({"blockdev-replace",
                   "Points an export or a node's child at another node, live (filter insertion)",
-                  {{"parent-type", ArgType::str, true},
-                   {"new-child", ArgType::str, true},
-                   {"id", ArgType::str, false},
-                   {"parent", ArgType::str, false},
-                   {"child", ArgType::str, false}},
-                  false,
-                  blockdev_replace_command});
+                  replace_args(), false, blockdev_replace_command});
+    register_transaction_action(
+        {"blockdev-replace", replace_args(), false,
+         [](const json& data) -> Result<std::unique_ptr<TransactionAction>> {
+             return std::unique_ptr<TransactionAction>(std::make_unique<ReplaceAction>(data));
+         }});
 }
 
 } // namespace fleece::daemon
