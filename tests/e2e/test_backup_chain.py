@@ -675,3 +675,40 @@ def test_restore_refuses_broken_chains(tmp_path):
     qemu_img('create', '-f', 'qcow2', '-b', 'a.qcow2', '-F', 'qcow2', path('b.qcow2'))
     qemu_img('rebase', '-u', '-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', path('a.qcow2'))
     refused(path('b.qcow2'), needles=['loop'])
+
+
+# ---- 5. blockdev-replace as a transaction action (what the snapshot point relies on) ------
+
+def test_blockdev_replace_in_a_transaction_is_undone_when_a_later_action_fails(tmp_path):
+    size = 4 * MiB
+    host = Host(tmp_path, size, sidecar=False)
+    make_raw(host.disk, size)
+    q = host.start()
+    try:
+        make_raw(str(tmp_path / 'temp.raw'), size)
+        q.execute('blockdev-add', driver='file', filename=str(tmp_path / 'temp.raw'), **{'node-name': 'temp'})
+        q.execute('blockdev-add', driver='copy-before-write', file='disk', target='temp',
+                  **{'node-name': 'cbw'})
+        replace = {'type': 'blockdev-replace',
+                   'data': {'parent-type': 'export', 'id': 'guest', 'new-child': 'cbw'}}
+        bad = {'type': 'block-dirty-bitmap-clear', 'data': {'node': 'disk', 'name': 'nope'}}
+        reply = q.command('transaction', actions=[replace, bad])
+        assert 'not found' in reply['error']['desc'], reply
+        assert [e['node-name'] for e in q.execute('query-block-exports')] == ['disk']
+        # Bad arguments are named before anything happens.
+        reply = q.command('transaction', actions=[
+            {'type': 'blockdev-replace', 'data': {'parent-type': 'export', 'id': 'zz', 'new-child': 'cbw'}}])
+        assert "Export 'zz' is not found" in reply['error']['desc'], reply
+        # A good one: the bitmap starts recording exactly when the filter is in.
+        q.execute('transaction', actions=[
+            {'type': 'block-dirty-bitmap-add', 'data': {'node': 'disk', 'name': 'b'}}, replace])
+        assert [e['node-name'] for e in q.execute('query-block-exports')] == ['cbw']
+        h = nbd.NBD()
+        h.connect_uri(host.uri)
+        h.pwrite(b'\x07' * 4096, 0)
+        h.shutdown()
+        assert host.bitmap('b')['count'] == K64
+        q.execute('blockdev-replace', **{'parent-type': 'export', 'id': 'guest', 'new-child': 'disk'})
+        q.execute('blockdev-del', **{'node-name': 'cbw'})
+    finally:
+        host.stop()
