@@ -712,3 +712,48 @@ def test_blockdev_replace_in_a_transaction_is_undone_when_a_later_action_fails(t
         q.execute('blockdev-del', **{'node-name': 'cbw'})
     finally:
         host.stop()
+
+
+# ---- 6. an incremental to an NBD server exporting an overlay the user made ----------------
+
+def test_incremental_to_an_nbd_export_of_a_user_made_overlay(tmp_path):
+    size = 8 * MiB
+    host = Host(tmp_path, size)
+    with open(host.disk, 'wb') as f:
+        f.write(random.Random(4).randbytes(size))
+    host.start()
+    full, inc = str(tmp_path / 'full.raw'), str(tmp_path / 'inc.qcow2')
+    server = None
+    try:
+        b = Backup(host, '--target', full, '--bitmap', 'b')
+        assert b.finish() == 0, (b.seen, b.stderr)
+        h = nbd.NBD()
+        h.connect_uri(host.uri)
+        writes = [(1 * MiB + 100, 5000), (5 * MiB, 65536), (7 * MiB + 4096, 512)]
+        for off, length in writes:
+            h.pwrite(os.urandom(length), off)
+        h.flush()
+        h.shutdown()
+        qemu_img('create', '-f', 'qcow2', '-b', 'full.raw', '-F', 'raw', inc)
+        sock = str(tmp_path / 'inc.sock')
+        server = subprocess.Popen(['qemu-nbd', '-f', 'qcow2', '-k', sock, '--persistent', inc],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            assert server.poll() is None and time.monotonic() < deadline, 'qemu-nbd did not start'
+            time.sleep(0.05)
+        b = Backup(host, '--target', 'nbd+unix:///?socket=' + sock, '--sync', 'incremental',
+                   '--bitmap', 'b')
+        assert b.finish() == 0, (b.seen, b.stderr)
+        assert b.summary['dirty-bytes'] == len(clusters(writes)) * K64
+        p = subprocess.run([FLEECE, 'backup', '--qmp', host.d.qmp_path, '--node', 'disk', '--target',
+                            'nbd+unix:///?socket=' + sock, '--sync', 'incremental', '--bitmap', 'b',
+                            '--base', full], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and 'export a qcow2 overlay' in p.stderr, p.stderr
+    finally:
+        if server:
+            server.terminate()
+            server.wait(20)
+        host.stop()
+    assert overlay_clusters(inc) == clusters(writes)
+    assert_restores_to(inc, host.disk, str(tmp_path / 'out.raw'))
