@@ -600,6 +600,18 @@ def test_incremental_refusals_and_a_failed_backup_keeps_every_change(tmp_path):
         assert b.summary['dirty-bytes'] == 3 * K64
         assert host.leftovers() == []
         h.shutdown()
+        # Only the newest backup can be the base: an increment on an older one would miss
+        # the changes in between (both carry the chain point the bitmap was reset at).
+        with open(inc + '.fleece-chain') as f:
+            assert json.load(f)['bitmap'] == 'b'
+        p = run('--target', str(tmp_path / 'inc2.qcow2'), '--sync', 'incremental', '--bitmap', 'b',
+                '--base', full)
+        assert p.returncode == 1 and 'not the newest backup' in p.stderr, p.stderr
+        q.execute('block-dirty-bitmap-add', node='disk', name='other')
+        p = run('--target', str(tmp_path / 'inc2.qcow2'), '--sync', 'incremental', '--bitmap', 'other',
+                '--base', inc)
+        assert p.returncode == 1 and "chain of bitmap 'b', not 'other'" in p.stderr, p.stderr
+        assert not os.path.exists(str(tmp_path / 'inc2.qcow2'))
     finally:
         host.stop()
     out = str(tmp_path / 'out.raw')

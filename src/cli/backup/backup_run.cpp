@@ -270,6 +270,8 @@ class BackupRun {
     std::string choose_fleecing_file(const NodeInfo& disk);
     void create_fleecing_file(std::uint64_t size);
     void take_snapshot(const std::vector<ParentEdge>& parents);
+    void check_base_is_newest();
+    void write_chain_record(const std::string& chain_point);
     bool incremental() const { return o_.sync == "incremental"; }
 
     QmpClient& qmp_;
@@ -330,6 +332,7 @@ void BackupRun::setup() {
         tracking_ = std::make_unique<ChangeTracking>(qmp_, out_, o_.node, o_.bitmap, prefix_,
                                                      incremental());
         tracking_->check(); // an untrustworthy bitmap stops an incremental here
+        if (incremental() && !o_.base.empty()) check_base_is_newest();
     }
     if (!target_.backing_file.empty() && target_.backing_size != disk_.size)
         throw std::runtime_error("--base " + o_.base + " is " +
@@ -455,6 +458,55 @@ void BackupRun::take_snapshot(const std::vector<ParentEdge>& parents) {
         json{{"node", o_.node}, {"users", users}});
 }
 
+std::string chain_record_path(const std::string& backup) {
+    return backup + ".fleece-chain";
+}
+
+// --base must be the backup the bitmap was last reset by; an older one would miss the
+// changes between the two. Both carry the chain point id of that backup.
+void BackupRun::check_base_is_newest() {
+    std::ifstream in(chain_record_path(o_.base));
+    if (!in) {
+        out_.warning("--base " + o_.base + " has no " + chain_record_path(o_.base) +
+                     ": cannot check that it is the newest backup of bitmap '" + o_.bitmap +
+                     "' (an older one would miss changes)");
+        return;
+    }
+    json record = json::parse(in, nullptr, false);
+    if (record.is_discarded() || !record.is_object())
+        throw std::runtime_error(chain_record_path(o_.base) + " is not a fleece chain record");
+    const std::string bitmap = record.value("bitmap", ""), point = record.value("chain-point", "");
+    if (bitmap != o_.bitmap)
+        throw std::runtime_error("--base " + o_.base + " belongs to the chain of bitmap '" +
+                                 bitmap + "', not '" + o_.bitmap + "'");
+    const std::string current = tracking_->chain_point();
+    if (current.empty()) {
+        out_.warning("node '" + o_.node + "' has no chain point for bitmap '" + o_.bitmap +
+                     "': cannot check that --base " + o_.base + " is the newest backup");
+        return;
+    }
+    if (current != point)
+        throw std::runtime_error(
+            "--base " + o_.base + " is not the newest backup of the chain of bitmap '" + o_.bitmap +
+            "': a later backup reset the bitmap, so an increment on top of " + o_.base +
+            " would miss changes. Give the newest backup as --base (or take a full "
+            "backup)");
+}
+
+void BackupRun::write_chain_record(const std::string& chain_point) {
+    if (!target_created_ || chain_point.empty()) return; // NBD or device: nowhere to put it
+    const std::string path = chain_record_path(target_.path);
+    std::ofstream f(path, std::ios::trunc);
+    const json record{{"node", o_.node},
+                      {"bitmap", o_.bitmap},
+                      {"chain-point", chain_point},
+                      {"sync", o_.sync},
+                      {"base", o_.base}};
+    f << record.dump() << "\n";
+    f.close();
+    if (!f) out_.warning("could not write " + path + " (the next --base check will warn)");
+}
+
 json BackupRun::monitor() {
     bool cancel_sent = false;
     while (true) {
@@ -521,7 +573,7 @@ int BackupRun::run() {
     if (tracking_) {
         if (ok) {
             // The target holds the point in time: the chain moves on.
-            attempt(out_, "dropping the frozen dirty bitmap", [&] { tracking_->commit(); });
+            attempt(out_, "moving the chain on", [&] { write_chain_record(tracking_->commit()); });
         } else {
             attempt(out_, "restoring dirty bitmap " + o_.bitmap, [&] { tracking_->rollback(); });
         }

@@ -1,5 +1,7 @@
 #include "cli/backup/change_tracking.hpp"
 
+#include <cstdio>
+#include <random>
 #include <stdexcept>
 
 namespace fleece::cli {
@@ -158,11 +160,36 @@ std::string ChangeTracking::add_job_bitmap(const std::string& snap_node) {
     return job_bitmap;
 }
 
-void ChangeTracking::commit() {
-    if (!taken_ || done_) return;
-    const std::string leftover = action_ == Action::freeze ? frozen_name() : new_marker();
-    qmp_.execute("block-dirty-bitmap-remove", json{{"node", node_}, {"name", leftover}});
+std::string ChangeTracking::chain_point() {
+    const std::string prefix = marker_prefix();
+    for (const BitmapInfo& b : bitmaps_of(qmp_, node_)) {
+        if (b.name.rfind(prefix, 0) != 0) continue;
+        const std::string id = b.name.substr(prefix.size());
+        if (!id.empty() && id.find_first_not_of("0123456789abcdef") == std::string::npos) return id;
+    }
+    return "";
+}
+
+std::string ChangeTracking::commit() {
+    if (!taken_ || done_) return "";
     done_ = true;
+    std::random_device rd;
+    char id[17];
+    std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
+    // One transaction: the chain point moves and the frozen copy (or the "new" marker) goes.
+    json actions = json::array();
+    const std::string leftover = action_ == Action::freeze ? frozen_name() : new_marker();
+    actions.push_back(
+        action("block-dirty-bitmap-remove", json{{"node", node_}, {"name", leftover}}));
+    if (const std::string old = chain_point(); !old.empty())
+        actions.push_back(action("block-dirty-bitmap-remove",
+                                 json{{"node", node_}, {"name", marker_prefix() + old}}));
+    actions.push_back(action("block-dirty-bitmap-add", json{{"node", node_},
+                                                            {"name", marker_prefix() + id},
+                                                            {"persistent", persistent_},
+                                                            {"disabled", true}}));
+    qmp_.execute("transaction", json{{"actions", actions}});
+    return id;
 }
 
 void ChangeTracking::rollback() {

@@ -12,6 +12,11 @@
 // backup loses no change). A new NAME is marked with "<run prefix>-new-NAME" until the
 // backup succeeds; a failed first backup removes NAME again, so no chain can start from a
 // backup that does not exist.
+//
+// Each successful backup also records a chain point id on the node (an empty marker
+// bitmap) and in a small file next to a local target ("<target>.fleece-chain"), so an
+// incremental can check that --base is the backup NAME was last reset by: an older base
+// would miss the changes in between.
 
 #include "cli/backup/progress.hpp"
 #include "cli/backup/qmp_client.hpp"
@@ -57,8 +62,14 @@ class ChangeTracking {
     // (the job's bitmap must live on its device). Returns its name.
     std::string add_job_bitmap(const std::string& snap_node);
 
-    // The backup completed (the target holds the point in time): the chain moves on.
-    void commit();
+    // The backup completed (the target holds the point in time): the chain moves on. A new
+    // chain point id is recorded on the node (see chain_point()); returns it.
+    std::string commit();
+
+    // Which backup NAME was last reset by: the id of the chain point that commit() stored
+    // as an empty marker bitmap "fleece-chain-NAME-<id>" on the node (persistent like NAME).
+    // "" when there is none (a chain started by other tools, or a lost bitmap).
+    std::string chain_point();
     // Anything else: NAME gets its changes back (or goes away if this run created it).
     // Safe to call when nothing was done.
     void rollback();
@@ -82,6 +93,7 @@ class ChangeTracking {
     std::uint64_t dirty_bytes_ = 0;
 
     std::string frozen_name() const { return prefix_ + "-frozen-" + name_; }
+    std::string marker_prefix() const { return "fleece-chain-" + name_ + "-"; }
     std::string new_marker() const { return prefix_ + "-new-" + name_; }
 };
 
