@@ -39,6 +39,9 @@ class LoggingWriter(threading.Thread):
         self.uri, self.size, self.rng = uri, size, random.Random(seed)
         self.keep_data = keep_data  # log the data too (for replay), small random writes only
         self.log = []
+        # Writes stop (the writer idles) when the log reaches the budget: the number of
+        # writes between two snapshot points stays bounded however slow the machine is.
+        self.budget = None
         self.errors = []
         self.stop_flag = threading.Event()
         self.running = threading.Event()
@@ -52,6 +55,10 @@ class LoggingWriter(threading.Thread):
                 if not self.running.is_set():
                     self.idle.set()
                     self.running.wait(0.05)
+                    continue
+                if self.budget is not None and len(self.log) >= self.budget:
+                    self.idle.set()
+                    time.sleep(0.005)
                     continue
                 self.idle.clear()
                 if self.keep_data:
@@ -92,8 +99,22 @@ class LoggingWriter(threading.Thread):
     def resume(self):
         self.running.set()
 
+    def allow(self, count):
+        """Lets the writer do `count` more writes (from now); returns the log length then."""
+        self.budget = len(self.log) + count
+        return self.budget
+
+    def wait_until(self, length, timeout=120):
+        deadline = time.monotonic() + timeout
+        while len(self.log) < length:
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, 'guest writer stalled'
+            time.sleep(0.01)
+
     def wait_for_writes(self, count, timeout=120):
         goal = len(self.log) + count
+        if self.budget is not None:
+            self.budget = max(self.budget, goal)
         deadline = time.monotonic() + timeout
         while len(self.log) < goal:
             assert not self.errors, self.errors
@@ -227,9 +248,10 @@ def backup_while_writing(host, writer, expected_copy, *args, writes_during=40):
     mark = len(writer.log)
     b = Backup(host, '--speed', '1', *args)  # speed 1 holds the job until the guest wrote
     b.wait_for('snapshot')
+    goal = writer.allow(writes_during)
     writer.resume()
     b.wait_for('started')
-    writer.wait_for_writes(writes_during)
+    writer.wait_until(goal)
     set_job_speed(host.d.qmp, 0)
     rc = b.finish()
     assert rc == 0, (b.seen, b.stderr)
@@ -392,11 +414,16 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
         for name, args in (('full.raw', ['--bitmap', 'b']),
                            ('inc1.qcow2', ['--sync', 'incremental', '--bitmap', 'b', '--base', 'full.raw']),
                            ('inc2.qcow2', ['--sync', 'incremental', '--bitmap', 'b', '--base', 'inc1.qcow2'])):
+            # At most ~300 writes up to this snapshot and ~40 after it: a window between
+            # two snapshot points stays below the 1024 clusters of the walk, however slow
+            # the machine (the writer idles at its budget, it never pauses around a point).
+            writer.allow(300)
             writer.wait_for_writes(30)
             args = [str(tmp_path / a) if a.endswith(('.raw', '.qcow2')) else a for a in args]
             lo = len(writer.log)
             b = Backup(host, '--target', str(tmp_path / name), '--speed', '1', *args)
             b.wait_for('snapshot')
+            writer.budget = max(writer.budget, len(writer.log) + 40)
             # The write in flight at the snapshot completed before it (drained), maybe not
             # yet logged: one more write makes sure it is.
             writer.wait_for_writes(2)
@@ -423,7 +450,7 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
     for (name, _, _, summary), k_prev, k in zip(points[1:], ks, ks[1:]):
         want = clusters(writer.log[k_prev:k])
         # The walk did not wrap around within the window (else every cluster is in it and
-        # the check could not see a misplaced write).
+        # the check could not see a misplaced write); the budgets make sure of it.
         assert len(want) < size // K64, len(want)
         assert overlay_clusters(str(tmp_path / name)) == want, name
         assert summary['dirty-bytes'] == len(want) * K64, (name, summary)
