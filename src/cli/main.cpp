@@ -1,9 +1,10 @@
 // fleece: the command-line tool. This file only dispatches; each subcommand family lives
-// in its own folder (qmp/, img/, backup/).
+// in its own folder (qmp/, img/, backup/, restore/).
 
 #include "cli/backup/backup_command.hpp"
 #include "cli/img/img_command.hpp"
 #include "cli/qmp/qmp_command.hpp"
+#include "cli/restore/restore_command.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstring>
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     fleece::cli::add_qmp_command(app, &action);
     fleece::cli::img::add_img_commands(app, &action);
     fleece::cli::add_backup_command(app, &action);
+    fleece::cli::add_restore_command(app, &action);
     std::vector<char*> args = with_negative_size_fixed(argc, argv);
     try {
         app.parse(static_cast<int>(args.size()), args.data());

@@ -342,8 +342,8 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(guest, tmp_path):
         (['--node', 'disk', '--target', 'ftp://x/y'], 'unknown URI scheme'),
         (['--node', 'disk', '--target', 'nbd+unix:///x'], 'socket='),
         (['--node', 'disk', '--target', existing], 'already exists'),
-        (['--node', 'disk', '--target', str(tmp_path / 'b.raw'), '--sync', 'incremental', '--bitmap', 'b'],
-         'bitmaps'),
+        (['--node', 'disk', '--target', str(tmp_path / 'b.qcow2'), '--sync', 'incremental', '--bitmap', 'b'],
+         '--base'),
         (['--node', 'disk', '--target', 'nbd+unix:///x?socket=' + str(tmp_path / 'none.sock')],
          'cannot open the target'),
     ]

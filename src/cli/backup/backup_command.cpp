@@ -11,7 +11,16 @@ void add_backup_command(CLI::App& app, std::function<int()>* action) {
         "point-in-time view to TARGET, then restores the graph and deletes what it added.\n"
         "Exit status: 0 only when the target holds the complete point-in-time copy and the\n"
         "graph was restored; 1 on failure; 128+N when stopped by signal N (Ctrl-C cancels\n"
-        "the job and cleans up). See docs/user-guide.md.");
+        "the job and cleans up).\n\n"
+        "Incremental chains:\n"
+        "  fleece backup ... --target full.raw --bitmap daily\n"
+        "  fleece backup ... --target inc1.qcow2 --sync incremental --bitmap daily --base "
+        "full.raw\n"
+        "  fleece backup ... --target inc2.qcow2 --sync incremental --bitmap daily --base "
+        "inc1.qcow2\n"
+        "  fleece restore inc2.qcow2 disk-at-inc2.raw\n"
+        "An inconsistent bitmap (fleeced crashed) makes an incremental fail with exit 1 and\n"
+        "the advice to take a full backup. See docs/user-guide.md.");
     auto opts = std::make_shared<BackupOptions>();
     BackupOptions& o = *opts;
     sub->add_option("--qmp", o.qmp_socket, "QMP unix socket of fleeced")->required();
@@ -28,8 +37,18 @@ void add_backup_command(CLI::App& app, std::function<int()>* action) {
                     "Directory (or exact file) for the fleecing image; default: next to the "
                     "disk's file, else $TMPDIR or /var/tmp");
     sub->add_option("--fleecing-format", o.fleecing_format, "raw|qcow2 (default raw, sparse)");
-    sub->add_option("--sync", o.sync, "full|incremental (incremental needs --bitmap)");
-    sub->add_option("--bitmap", o.bitmap, "Dirty bitmap for --sync incremental");
+    sub->add_option("--sync", o.sync,
+                    "full (default) or incremental: only what changed since the previous "
+                    "backup of the chain (needs --bitmap)");
+    sub->add_option("--bitmap", o.bitmap,
+                    "Dirty bitmap NAME on NODE that tracks changes between backups. With "
+                    "--sync full it is created (or reset) at the snapshot point, persistent "
+                    "where the node can store it; --sync incremental backs up its clusters "
+                    "and resets it. A failed backup keeps every change in it.");
+    sub->add_option("--base", o.base,
+                    "For --sync incremental to a local file: the previous backup of the chain "
+                    "(full or incremental); TARGET is created as a qcow2 overlay backed by it. "
+                    "For an NBD target, export such an overlay yourself.");
     sub->add_option("--speed", o.speed, "Rate limit of the backup job in bytes/s (0 = none)");
     sub->add_option("--on-cbw-error", o.on_cbw_error,
                     "break-snapshot (default: a failed copy fails the backup, never the "

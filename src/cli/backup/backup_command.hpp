@@ -12,7 +12,7 @@ namespace fleece::cli {
 struct BackupOptions {
     std::string qmp_socket, node, target, target_format, tls_creds;
     std::string fleecing_path, fleecing_format = "raw";
-    std::string sync = "full", bitmap;
+    std::string sync = "full", bitmap, base;
     std::uint64_t speed = 0;
     std::string on_cbw_error = "break-snapshot";
     std::uint64_t cbw_timeout_s = 45;

@@ -9,6 +9,7 @@
 
 #include "cli/backup/backup_command.hpp"
 #include "cli/backup/block_graph.hpp"
+#include "cli/backup/change_tracking.hpp"
 #include "cli/backup/progress.hpp"
 #include "cli/backup/qmp_client.hpp"
 #include "cli/backup/target_spec.hpp"
@@ -21,6 +22,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <sys/stat.h>
@@ -171,6 +173,11 @@ std::string file_child_of(QmpClient& qmp, const std::string& parent) {
 bool remove_run(QmpClient& qmp, ProgressReporter& out, const std::string& prefix) {
     bool ok = true;
     ok &= attempt(out, "stopping job " + prefix, [&] { finish_job(qmp, prefix, true, 60s); });
+    // A run that did not succeed gives its change-tracking bitmap its changes back.
+    ok &= attempt(out, "restoring dirty bitmaps of " + prefix, [&] {
+        if (!ChangeTracking::undo_leftovers(qmp, out, prefix))
+            throw std::runtime_error("see the warnings above");
+    });
     std::set<std::string> present;
     std::map<std::string, std::string> filenames;
     for (const NodeInfo& n : list_nodes(qmp)) {
@@ -215,6 +222,9 @@ void remove_stale_runs(QmpClient& qmp, ProgressReporter& out, const std::string&
         if (auto pid = owner_pid(n.name)) pids.insert(*pid);
     for (const json& j : qmp.execute("query-jobs"))
         if (auto pid = owner_pid(j.value("id", ""))) pids.insert(*pid);
+    for (const json& n : qmp.execute("query-named-block-nodes", json{{"flat", true}}))
+        for (const json& b : n.value("dirty-bitmaps", json::array()))
+            if (auto pid = owner_pid(b.value("name", ""))) pids.insert(*pid);
     for (long pid : pids) {
         const std::string prefix = kMarker + std::to_string(pid);
         if (fleece_process_alive(pid))
@@ -263,6 +273,10 @@ class BackupRun {
     std::string snapshot_broken_reason() const;
     std::string choose_fleecing_file(const NodeInfo& disk);
     void create_fleecing_file(std::uint64_t size);
+    void take_snapshot(const std::vector<ParentEdge>& parents);
+    void check_base_is_newest();
+    void write_chain_record(const std::string& chain_point);
+    bool incremental() const { return o_.sync == "incremental"; }
 
     QmpClient& qmp_;
     ProgressReporter& out_;
@@ -274,6 +288,7 @@ class BackupRun {
     bool target_created_ = false;
     bool fleecing_created_ = false; // only a file this run created is ever deleted
     json graph_before_;
+    std::unique_ptr<ChangeTracking> tracking_; // with --bitmap
 };
 
 std::string BackupRun::choose_fleecing_file(const NodeInfo& disk) {
@@ -317,6 +332,17 @@ void BackupRun::setup() {
                                  (all.empty() ? "none" : all) + ")");
     if (disk_.size == 0) throw std::runtime_error("node '" + o_.node + "' has size 0");
     remove_stale_runs(qmp_, out_, o_.node);
+    if (!o_.bitmap.empty()) {
+        tracking_ = std::make_unique<ChangeTracking>(qmp_, out_, o_.node, o_.bitmap, prefix_,
+                                                     incremental());
+        tracking_->check(); // an untrustworthy bitmap stops an incremental here
+        if (incremental() && !o_.base.empty()) check_base_is_newest();
+    }
+    if (!target_.backing_file.empty() && target_.backing_size != disk_.size)
+        throw std::runtime_error("--base " + o_.base + " is " +
+                                 std::to_string(target_.backing_size) + " bytes but node '" +
+                                 o_.node + "' is " + std::to_string(disk_.size) +
+                                 " bytes: it is not a backup of this disk");
     graph_before_ = graph_fingerprint(qmp_);
     const std::vector<ParentEdge> parents = find_parents(qmp_, o_.node);
 
@@ -365,17 +391,7 @@ void BackupRun::setup() {
     qmp_.execute("blockdev-add", cbw);
     check_interrupt();
 
-    // The snapshot point: every user moves onto the filter at once, in one transaction
-    // (the filter forbids writes that bypass it, so writers cannot move one by one).
-    json users = json::array();
-    for (const ParentEdge& p : parents)
-        users.push_back(p.describe());
-    replace_all(qmp_, parents, prefix_ + "-cbw");
-    out_.step(
-        "snapshot",
-        "snapshot taken: copy-before-write inserted under " +
-            (parents.empty() ? std::string("node '" + o_.node + "' (no users)") : users.dump()),
-        json{{"node", o_.node}, {"users", users}});
+    take_snapshot(parents);
 
     qmp_.execute("blockdev-add", json{{"driver", "snapshot-access"},
                                       {"node-name", prefix_ + "-snap"},
@@ -384,6 +400,12 @@ void BackupRun::setup() {
     json backup{{"job-id", prefix_},    {"device", prefix_ + "-snap"}, {"target", target_node},
                 {"sync", "full"},       {"discard-source", true},      {"auto-finalize", true},
                 {"auto-dismiss", false}};
+    if (incremental()) {
+        // Only the clusters changed since the previous backup; the job's bitmap must live
+        // on its device, so the frozen copy is merged into one there.
+        backup["sync"] = "incremental";
+        backup["bitmap"] = tracking_->add_job_bitmap(prefix_ + "-snap");
+    }
     if (o_.speed) backup["speed"] = o_.speed;
     qmp_.execute("blockdev-backup", backup);
     out_.step("started", "backup job " + prefix_ + " started: " + o_.node + " -> " + target_.text,
@@ -420,6 +442,100 @@ void BackupRun::read_cbw_stats(ProgressSample& s) {
         s.cbw_total_ns = c.value("latency-total-ns", std::uint64_t{0});
         s.cbw_max_ns = c.value("latency-max-ns", std::uint64_t{0});
     }
+}
+
+// The snapshot point: the writer moving onto the filter (the filter without parents claims
+// nothing, so the writer is unaffected until its edge moves). With --bitmap the moves and
+// the bitmap reset are one `transaction`: no guest write can land between them.
+void BackupRun::take_snapshot(const std::vector<ParentEdge>& parents) {
+    json users = json::array();
+    for (const ParentEdge& p : parents)
+        users.push_back(p.describe());
+    if (!tracking_) {
+        // Every user at once: the filter forbids writes that bypass it, so writers cannot
+        // move one by one.
+        replace_all(qmp_, parents, prefix_ + "-cbw");
+    } else {
+        bool persistent = true; // where the node can keep it (qcow2, or a raw disk's sidecar)
+        tracking_->before_snapshot();
+        while (true) {
+            json actions = tracking_->snapshot_actions(persistent);
+            for (const ParentEdge& p : parents) {
+                json replace = p.replace_args(prefix_ + "-cbw");
+                actions.push_back(json{{"type", "blockdev-replace"}, {"data", replace}});
+            }
+            try {
+                qmp_.execute("transaction", json{{"actions", actions}});
+                break;
+            } catch (const QmpError& e) {
+                const std::string why = e.what();
+                if (!persistent || why.find("persistent") == std::string::npos) throw;
+                // Nothing changed (the transaction is all or nothing): go on without.
+                out_.warning("node '" + o_.node + "' cannot store persistent dirty bitmaps (" +
+                             why + "); bitmap '" + o_.bitmap +
+                             "' lives in fleeced's memory only. For chains that survive a "
+                             "restart use a qcow2 disk, or attach a sidecar to a raw disk: "
+                             "fleece qmp x-block-dirty-bitmap-sidecar '{\"node\":\"" +
+                             o_.node + "\",\"path\":\"DISK.fleece-bitmaps\"}'");
+                persistent = false;
+            }
+        }
+        tracking_->snapshot_taken(persistent);
+    }
+    out_.step(
+        "snapshot",
+        "snapshot taken: copy-before-write inserted under " +
+            (parents.empty() ? std::string("node '" + o_.node + "' (no users)") : users.dump()),
+        json{{"node", o_.node}, {"users", users}});
+}
+
+std::string chain_record_path(const std::string& backup) {
+    return backup + ".fleece-chain";
+}
+
+// --base must be the backup the bitmap was last reset by; an older one would miss the
+// changes between the two. Both carry the chain point id of that backup.
+void BackupRun::check_base_is_newest() {
+    std::ifstream in(chain_record_path(o_.base));
+    if (!in) {
+        out_.warning("--base " + o_.base + " has no " + chain_record_path(o_.base) +
+                     ": cannot check that it is the newest backup of bitmap '" + o_.bitmap +
+                     "' (an older one would miss changes)");
+        return;
+    }
+    json record = json::parse(in, nullptr, false);
+    if (record.is_discarded() || !record.is_object())
+        throw std::runtime_error(chain_record_path(o_.base) + " is not a fleece chain record");
+    const std::string bitmap = record.value("bitmap", ""), point = record.value("chain-point", "");
+    if (bitmap != o_.bitmap)
+        throw std::runtime_error("--base " + o_.base + " belongs to the chain of bitmap '" +
+                                 bitmap + "', not '" + o_.bitmap + "'");
+    const std::string current = tracking_->chain_point();
+    if (current.empty()) {
+        out_.warning("node '" + o_.node + "' has no chain point for bitmap '" + o_.bitmap +
+                     "': cannot check that --base " + o_.base + " is the newest backup");
+        return;
+    }
+    if (current != point)
+        throw std::runtime_error(
+            "--base " + o_.base + " is not the newest backup of the chain of bitmap '" + o_.bitmap +
+            "': a later backup reset the bitmap, so an increment on top of " + o_.base +
+            " would miss changes. Give the newest backup as --base (or take a full "
+            "backup)");
+}
+
+void BackupRun::write_chain_record(const std::string& chain_point) {
+    if (!target_created_ || chain_point.empty()) return; // NBD or device: nowhere to put it
+    const std::string path = chain_record_path(target_.path);
+    std::ofstream f(path, std::ios::trunc);
+    const json record{{"node", o_.node},
+                      {"bitmap", o_.bitmap},
+                      {"chain-point", chain_point},
+                      {"sync", o_.sync},
+                      {"base", o_.base}};
+    f << record.dump() << "\n";
+    f.close();
+    if (!f) out_.warning("could not write " + path + " (the next --base check will warn)");
 }
 
 json BackupRun::monitor() {
@@ -484,6 +600,14 @@ int BackupRun::run() {
         failure = e.what();
     }
     if (g_signal) failure = "interrupted by signal " + std::to_string(g_signal);
+    if (tracking_) {
+        if (ok) {
+            // The target holds the point in time: the chain moves on.
+            attempt(out_, "moving the chain on", [&] { write_chain_record(tracking_->commit()); });
+        } else {
+            attempt(out_, "restoring dirty bitmap " + o_.bitmap, [&] { tracking_->rollback(); });
+        }
+    }
 
     if (!graph_before_.is_null())
         out_.step("cleanup", "cleaning up: restoring the graph and removing the fleecing image");
@@ -511,27 +635,34 @@ int BackupRun::run() {
     }
 
     const double secs = out_.elapsed_s();
-    json details{{"node", o_.node},
-                 {"target", target_.text},
-                 {"bytes", result.value("total-progress", std::uint64_t{0})},
-                 {"seconds", secs},
-                 {"peak-fleecing-bytes", out_.peak_fleecing_bytes()},
-                 {"graph-restored", clean}};
+    json details{
+        {"node", o_.node},        {"sync", o_.sync},
+        {"target", target_.text}, {"bytes", result.value("total-progress", std::uint64_t{0})},
+        {"seconds", secs},        {"peak-fleecing-bytes", out_.peak_fleecing_bytes()},
+        {"graph-restored", clean}};
     details.update(out_.cbw_json());
+    if (!o_.base.empty()) details["base"] = o_.base;
+    if (tracking_) details.update(tracking_->describe());
     if (ok && clean) {
         const double bytes = static_cast<double>(result.value("total-progress", std::uint64_t{0}));
         char line[512];
         std::snprintf(line, sizeof line,
-                      "backup complete: %s of node '%s' -> %s in %.1f s (%s/s), peak fleecing "
+                      "%s backup complete: %s of node '%s' -> %s in %.1f s (%s/s), peak fleecing "
                       "usage %s, %llu guest requests waited for copy-before-write (avg %.0f us, "
                       "max %.0f us); graph restored",
-                      human_bytes(bytes).c_str(), o_.node.c_str(), target_.text.c_str(), secs,
-                      human_bytes(secs > 0 ? bytes / secs : 0).c_str(),
+                      o_.sync.c_str(), human_bytes(bytes).c_str(), o_.node.c_str(),
+                      target_.text.c_str(), secs, human_bytes(secs > 0 ? bytes / secs : 0).c_str(),
                       human_bytes(static_cast<double>(out_.peak_fleecing_bytes())).c_str(),
                       static_cast<unsigned long long>(details["cbw-count"].get<std::uint64_t>()),
                       details["cbw-latency-avg-us"].get<double>(),
                       details["cbw-latency-max-us"].get<double>());
-        out_.summary(true, line, details);
+        std::string text = line;
+        if (!o_.base.empty()) text += "; overlay of " + o_.base;
+        if (tracking_)
+            text +=
+                std::string("; dirty bitmap '") + o_.bitmap + "' tracks changes from this point" +
+                (details.value("bitmap-persistent", false) ? " (persistent)" : " (in memory only)");
+        out_.summary(true, text, details);
         return 0;
     }
     if (ok) failure = "the backup completed but the cleanup was incomplete (see warnings)";
@@ -546,17 +677,32 @@ int BackupRun::run() {
 int run_backup(const BackupOptions& o) {
     ProgressReporter out(o.json);
     try {
-        if (o.sync == "incremental" || !o.bitmap.empty())
-            throw std::runtime_error(
-                "--sync incremental / --bitmap need dirty bitmaps, which fleeced does not "
-                "support yet; run a full backup (--sync full)");
-        if (o.sync != "full")
+        if (o.sync != "full" && o.sync != "incremental")
             throw std::runtime_error("--sync must be full or incremental, not '" + o.sync + "'");
+        if (o.sync == "incremental" && o.bitmap.empty())
+            throw std::runtime_error("--sync incremental needs --bitmap NAME (the bitmap the "
+                                     "previous backup of the chain was taken with)");
+        if (!o.base.empty() && o.sync != "incremental")
+            throw std::runtime_error("--base belongs to --sync incremental");
         if (o.fleecing_format != "raw" && o.fleecing_format != "qcow2")
             throw std::runtime_error("--fleecing-format must be raw or qcow2");
         if (o.on_cbw_error != "break-snapshot" && o.on_cbw_error != "break-guest-write")
             throw std::runtime_error("--on-cbw-error must be break-snapshot or break-guest-write");
-        TargetSpec target = parse_target(o.target, o.target_format, o.tls_creds);
+        // An incremental to a local file is a qcow2 overlay of the previous backup.
+        std::string target_format = o.target_format;
+        if (o.sync == "incremental" && o.target.find("://") == std::string::npos &&
+            target_format.empty())
+            target_format = "qcow2";
+        TargetSpec target = parse_target(o.target, target_format, o.tls_creds);
+        if (o.sync == "incremental" && target.kind == TargetSpec::Kind::file) {
+            if (o.base.empty())
+                throw std::runtime_error(
+                    "an incremental to a local file needs --base PREV, the previous backup of "
+                    "the chain (the target becomes a qcow2 overlay of it)");
+            make_overlay_target(target, o.base);
+        } else if (!o.base.empty()) {
+            make_overlay_target(target, o.base); // explains why --base does not apply
+        }
         install_signal_handlers();
         QmpClient qmp(o.qmp_socket);
         BackupRun run(qmp, out, o, std::move(target));

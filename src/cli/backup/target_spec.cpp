@@ -3,6 +3,8 @@
 #include "nodes/qcow2/qcow2_tools.hpp"
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <stdexcept>
@@ -127,11 +129,57 @@ TargetSpec parse_target(const std::string& text, const std::string& format,
     return t;
 }
 
+void make_overlay_target(TargetSpec& t, const std::string& base) {
+    if (t.kind != TargetSpec::Kind::file)
+        throw std::runtime_error("--base applies to a local file target; for an NBD target, "
+                                 "export a qcow2 overlay of the previous backup yourself");
+    if (t.exists)
+        throw std::runtime_error("an incremental target must be a new file, not a device");
+    if (t.format != "qcow2")
+        throw std::runtime_error("an incremental target is a qcow2 overlay of --base, not " +
+                                 t.format + ": name it .qcow2 or use --target-format qcow2");
+    struct stat st {};
+    if (::stat(base.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+        throw std::runtime_error(
+            "--base " + base + ": " +
+            (errno == ENOENT ? std::string("no such file") : std::string("not a regular file")) +
+            " (give the previous backup of this chain)");
+    char magic[4] = {};
+    const int fd = ::open(base.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        throw std::runtime_error("--base " + base + ": cannot open: " + std::strerror(errno));
+    const bool qcow2 = ::pread(fd, magic, 4, 0) == 4 && std::memcmp(magic, "QFI\xfb", 4) == 0;
+    ::close(fd);
+    t.backing_format = qcow2 ? "qcow2" : "raw";
+    t.backing_size = static_cast<std::uint64_t>(st.st_size);
+    if (qcow2) {
+        auto info = nodes::qcow2::read_image_info(base);
+        if (!info) throw std::runtime_error("--base " + base + ": " + info.error().message);
+        t.backing_size = info->virtual_size;
+    }
+    char* real_base = ::realpath(base.c_str(), nullptr);
+    const std::string abs_base = real_base ? real_base : base;
+    std::free(real_base);
+    // The target does not exist yet: resolve its directory.
+    const auto slash = t.path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : t.path.substr(0, slash + 1);
+    char* real_dir = ::realpath(dir.c_str(), nullptr);
+    const std::string abs_dir = real_dir ? real_dir : dir;
+    std::free(real_dir);
+    const auto base_slash = abs_base.rfind('/');
+    if (abs_base.substr(0, base_slash) == abs_dir)
+        t.backing_file = abs_base.substr(base_slash + 1);
+    else
+        t.backing_file = abs_base;
+}
+
 bool create_target_image(const TargetSpec& t, std::uint64_t size) {
     if (t.kind != TargetSpec::Kind::file || t.exists) return false;
     if (t.format == "qcow2") {
         nodes::qcow2::CreateOptions o;
         o.size = size;
+        o.backing_file = t.backing_file;
+        o.backing_format = t.backing_format;
         Status st = nodes::qcow2::create_image(t.path, o);
         if (!st) throw std::runtime_error("cannot create " + t.path + ": " + st.error().message);
         return true;

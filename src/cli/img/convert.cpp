@@ -5,6 +5,8 @@
 // data that are all zero, are skipped when the target starts out zero (a new image) and
 // written as zeroes (which may unmap) otherwise.
 
+#include "cli/img/convert.hpp"
+
 #include "cli/img/common.hpp"
 #include "cli/img/create_image.hpp"
 #include "cli/img/create_options.hpp"
@@ -203,6 +205,17 @@ io::Task<int> run_convert(ConvertArgs a, Session* s) {
 }
 
 } // namespace
+
+int convert_image(const ConvertRequest& request) {
+    ConvertArgs a;
+    a.source = request.source;
+    a.source_format = request.source_format;
+    a.target = request.target;
+    a.target_format = request.target_format;
+    a.progress = request.progress;
+    Session s;
+    return run_and_close(s, run_convert(a, &s));
+}
 
 void add_convert(CLI::App& img, Action* action) {
     auto a = std::make_shared<ConvertArgs>();
