@@ -26,6 +26,13 @@ void Connection::shut_down() {
 // timer as soon as it is over, whichever way.
 io::Task<void> Connection::handshake_watchdog(std::shared_ptr<Connection> self,
                                               std::uint32_t seconds, io::Gate::Holder hold) {
+    // The handshake can end before this coroutine first runs (a client whose bytes are
+    // already there is served without suspending); its cancel() then found no armed timer,
+    // and waiting would keep the closed connection (and its socket) alive for `seconds`.
+    if (self->handshake_over_) {
+        hold.leave();
+        co_return;
+    }
     const bool expired = co_await self->handshake_timer_.wait_for(std::chrono::seconds(seconds));
     // The timer may fire in the same loop turn the handshake ends: check it is still on.
     if (expired && !self->handshake_over_) {

@@ -98,3 +98,34 @@ def test_handshake_max_seconds_over_qmp(tmp_path):
         assert r.returncode == 0 and r.stdout.strip() == str(1 << 20), r.stderr
     finally:
         assert d.stop() == 0
+
+
+def test_failed_handshake_closes_before_the_limit(tmp_path):
+    """A client whose bad handshake bytes are already queued when the server starts on it
+    fails without the server suspending: the watchdog must not then hold the finished
+    connection (and its socket) open until handshake-max-seconds. Regression: each such
+    client stayed connected for the whole limit."""
+    disk = tmp_path / 'disk.raw'
+    make_raw(disk, 1 << 20)
+    sock = str(tmp_path / 'nbd.sock')
+    d = Daemon(tmp_path, ['--blockdev', 'driver=file,node-name=f0,filename=%s' % disk,
+                          '--nbd-server',
+                          'addr.type=unix,addr.path=%s,handshake-max-seconds=300' % sock,
+                          '--export', 'type=nbd,id=e0,node-name=f0,name=disk'])
+    try:
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sock)
+            s.sendall(b'\xff\xff\xff\xff')  # unknown client flags, sent before reading
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(GENEROUS)  # far below the 300 s limit
+            got = b''
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            assert got.startswith(b'NBDMAGICIHAVEOPT')
+            s.close()
+    finally:
+        assert d.stop() == 0
