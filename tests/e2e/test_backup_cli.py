@@ -186,6 +186,32 @@ def set_job_speed(q, speed):
     q.execute('block-job-set-speed', device=jobs[0], speed=speed)
 
 
+def start_slow_backup_under_writes(guest, tmp_path, *extra):
+    """A held-back (--speed 1) backup of 'disk' to a fresh nbdkit target, started while
+    the guest writes. Returns the target, the graph before, the writer and the CLI."""
+    d, disk, guest_uri, targets = guest
+    target = Target(tmp_path)
+    targets.append(target)
+    before = graph_state(d.qmp)
+    writer = GuestWriter(guest_uri)
+    writer.start()
+    writer.resume()
+    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1', *extra)
+    cli.wait_for('started')
+    return target, before, writer, cli
+
+
+def assert_guest_unharmed_and_graph_restored(q, writer, before, *dirs):
+    """The guest goes on writing without an error, and the graph is as before the backup
+    with nothing of it left behind in `dirs`."""
+    writer.wait_for_writes(200)
+    writer.stop.set()
+    writer.join(30)
+    assert not writer.errors, writer.errors
+    assert graph_state(q) == before
+    no_leftovers(q, *dirs)
+
+
 def test_backup_pushes_the_point_in_time_while_the_guest_writes(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
@@ -235,52 +261,28 @@ def test_backup_pushes_the_point_in_time_while_the_guest_writes(guest, tmp_path)
 def test_ctrl_c_cancels_restores_the_graph_and_the_guest_keeps_running(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
-    before = graph_state(q)
-    writer = GuestWriter(guest_uri)
-    writer.start()
-    writer.resume()
-    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1')
-    cli.wait_for('started')
+    target, before, writer, cli = start_slow_backup_under_writes(guest, tmp_path)
     writer.wait_for_writes(200)
     cli.proc.send_signal(signal.SIGINT)
     rc, lines, err = cli.finish(timeout=60)
     assert rc == 128 + signal.SIGINT, (rc, lines, err)
     summary = events(lines, 'summary')[-1]
     assert not summary['ok'] and 'interrupted' in summary['error'] and summary['graph-restored']
-    writer.wait_for_writes(200)
-    writer.stop.set()
-    writer.join(30)
-    assert not writer.errors, writer.errors
-    assert graph_state(q) == before
-    no_leftovers(q, str(tmp_path))
+    assert_guest_unharmed_and_graph_restored(q, writer, before, str(tmp_path))
     qemu_io(guest_uri, 'write -P 0x33 1M 64k', 'read -P 0x33 1M 64k')
 
 
 def test_a_dead_target_fails_the_backup_cleanly_and_not_the_guest(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
-    before = graph_state(q)
-    writer = GuestWriter(guest_uri)
-    writer.start()
-    writer.resume()
-    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1')
-    cli.wait_for('started')
+    target, before, writer, cli = start_slow_backup_under_writes(guest, tmp_path)
     target.kill()
     set_job_speed(q, 0)
     rc, lines, err = cli.finish()
     assert rc == 1, (rc, lines, err)
     summary = events(lines, 'summary')[-1]
     assert not summary['ok'] and summary['error'] and summary['graph-restored'], summary
-    writer.wait_for_writes(200)
-    writer.stop.set()
-    writer.join(30)
-    assert not writer.errors, writer.errors
-    assert graph_state(q) == before
-    no_leftovers(q, str(tmp_path))
+    assert_guest_unharmed_and_graph_restored(q, writer, before, str(tmp_path))
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(guest, tmp_path):

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from test_backup_cli import (SIZE, Cli, GuestWriter, Target, events, graph_state, guest,  # noqa: F401
-                             no_leftovers, set_job_speed)
+from test_backup_cli import (assert_guest_unharmed_and_graph_restored, events, guest,  # noqa: F401
+                             set_job_speed, start_slow_backup_under_writes)
 
 
 @pytest.fixture
@@ -27,29 +27,18 @@ def small_fs(tmp_path):
 def test_full_fleecing_storage_fails_the_backup_not_the_guest(guest, tmp_path, small_fs):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
-    before = graph_state(q)
-    writer = GuestWriter(guest_uri)
-    writer.start()
-    writer.resume()
-    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1',
-              '--fleecing', str(small_fs))
-    cli.wait_for('started')
+    target, before, writer, cli = start_slow_backup_under_writes(guest, tmp_path,
+                                                                 '--fleecing', str(small_fs))
     # 4 KiB writes all over the disk: 128 clusters of 64 KiB to copy, room for about 32.
     writer.wait_for_writes(3000)
     set_job_speed(q, 0)  # the job now reads the broken snapshot and fails
     rc, lines, err = cli.finish()
-    writer.wait_for_writes(200)  # the guest goes on, through the restored graph
-    writer.stop.set()
-    writer.join(30)
-    assert not writer.errors, writer.errors  # break-snapshot: no guest write failed
+    # break-snapshot: no guest write failed, and it goes on through the restored graph
+    assert_guest_unharmed_and_graph_restored(q, writer, before, str(tmp_path), str(small_fs))
     assert rc == 1, (rc, lines, err)
     summary = events(lines, 'summary')[-1]
     assert not summary['ok'] and summary['graph-restored'], summary
     assert 'fleecing storage is full' in summary['error'] and str(small_fs) in summary['error'], summary
     assert summary['cbw-errors'] >= 1, summary
-    assert graph_state(q) == before
-    no_leftovers(q, str(tmp_path), str(small_fs))
     assert not [n for n in q.execute('query-named-block-nodes') if n.get('dirty-bitmaps')]
     assert list(small_fs.iterdir()) == []
