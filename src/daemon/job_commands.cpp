@@ -56,18 +56,9 @@ Result<jobs::BackupOptions> parse_backup_options(const json& args) {
     o.device = args.at("device").get<std::string>();
     o.target = args.at("target").get<std::string>();
     const std::string sync = args.at("sync").get<std::string>();
-    if (sync == "full")
-        o.sync = jobs::SyncMode::full;
-    else if (sync == "top")
-        o.sync = jobs::SyncMode::top;
-    else if (sync == "none")
-        o.sync = jobs::SyncMode::none;
-    else if (sync == "bitmap")
-        o.sync = jobs::SyncMode::bitmap;
-    else if (sync == "incremental")
-        o.sync = jobs::SyncMode::incremental;
-    else
-        return make_error(fmt::format("Parameter 'sync' does not accept value '{}'", sync));
+    const std::optional<jobs::SyncMode> mode = jobs::parse_sync_mode(sync);
+    if (!mode) return make_error(fmt::format("Parameter 'sync' does not accept value '{}'", sync));
+    o.sync = *mode;
     o.bitmap = args.value("bitmap", std::string());
     o.bitmap_mode = args.value("bitmap-mode", std::string());
     o.job.id = args.value("job-id", o.device);

@@ -39,13 +39,7 @@ struct Fixture {
         o.job.id = "bk";
         o.device = "src";
         o.target = "tgt";
-        const std::pair<const char*, SyncMode> modes[] = {{"full", SyncMode::full},
-                                                          {"top", SyncMode::top},
-                                                          {"none", SyncMode::none},
-                                                          {"bitmap", SyncMode::bitmap},
-                                                          {"incremental", SyncMode::incremental}};
-        for (const auto& [n, m] : modes)
-            if (sync == n) o.sync = m;
+        o.sync = parse_sync_mode(sync).value();
         o.bitmap = std::move(bitmap);
         o.bitmap_mode = std::move(mode);
         return o;

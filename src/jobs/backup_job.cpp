@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <fmt/format.h>
+#include <utility>
 
 namespace fleece::jobs {
 
@@ -13,22 +14,6 @@ bool has_writers(const block::Node& node) {
     for (const block::Child* p : node.parents())
         if (p->perm() & block::perm_write) return true;
     return false;
-}
-
-const char* sync_mode_name(SyncMode mode) {
-    switch (mode) {
-    case SyncMode::full:
-        return "full";
-    case SyncMode::top:
-        return "top";
-    case SyncMode::none:
-        return "none";
-    case SyncMode::bitmap:
-        return "bitmap";
-    case SyncMode::incremental:
-        return "incremental";
-    }
-    return "full";
 }
 
 } // namespace
@@ -322,6 +307,27 @@ io::Task<void> BackupJob::clean_graph() {
         sync_progress(); // the engine goes with the filter; keep the final figures
         co_await remove_filter();
     }
+}
+
+namespace {
+constexpr std::pair<std::string_view, SyncMode> sync_modes[] = {
+    {"full", SyncMode::full},
+    {"top", SyncMode::top},
+    {"none", SyncMode::none},
+    {"bitmap", SyncMode::bitmap},
+    {"incremental", SyncMode::incremental}};
+} // namespace
+
+std::optional<SyncMode> parse_sync_mode(std::string_view name) {
+    for (const auto& [n, m] : sync_modes)
+        if (n == name) return m;
+    return std::nullopt;
+}
+
+const char* sync_mode_name(SyncMode mode) {
+    for (const auto& [n, m] : sync_modes)
+        if (m == mode) return n.data();
+    return "full";
 }
 
 } // namespace fleece::jobs

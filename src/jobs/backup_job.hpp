@@ -23,12 +23,18 @@
 #include "jobs/job.hpp"
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace fleece::jobs {
 
 // incremental is bitmap with bitmap-mode on-success (normalised in create()).
 enum class SyncMode { full, top, none, bitmap, incremental };
+
+// QMP's names of the sync modes ("full", "top", ...); nullopt for any other name.
+std::optional<SyncMode> parse_sync_mode(std::string_view name);
+const char* sync_mode_name(SyncMode mode);
 
 struct BackupOptions {
     JobOptions job;
