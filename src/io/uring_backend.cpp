@@ -17,6 +17,15 @@ namespace {
 
 constexpr unsigned ring_entries = 512;
 
+// How many prepared SQEs may wait for the loop's next io_uring_enter. Holding every SQE
+// until the loop blocks batches well on paper, but on a device that completes in bursts
+// (virtio-blk, whose host serves a kick's whole batch before interrupting) it turns into a
+// convoy: the loop wakes to ~25 of 32 completions, resubmits them all at once, and the
+// device idles while they travel. Measured with bench/file_io_bench at 4 KiB qd32: one
+// enter per ~25 requests gave 0.7-0.8 of fio's IOPS; flushing every 4 SQEs gives fio's
+// figure at about fio's CPU per request (fio itself enters once per request).
+constexpr unsigned max_unsubmitted = 4;
+
 class UringBackend final : public Backend {
   public:
     explicit UringBackend(EventLoop& loop) : loop_(loop) {}
@@ -69,6 +78,7 @@ class UringBackend final : public Backend {
         }
         io_uring_sqe_set_data(sqe, op);
         ++in_flight_;
+        if (io_uring_sq_ready(&ring_) >= max_unsubmitted) io_uring_submit(&ring_);
     }
 
     void wait(std::int64_t timeout_ns) override {
