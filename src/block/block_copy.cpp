@@ -149,8 +149,11 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
     std::error_code ec;
     bool is_read = false;
     {
-        io::AsyncSemaphore::Units mem = co_await memory_.acquire(std::min(len, max_memory));
-        ec = co_await copy_piece(off, len, &is_read);
+        // Whole clusters at least: a compressed cluster must reach the target in one write.
+        const std::uint64_t buffer_size =
+            std::min({len, std::max(max_buffer, cluster_), max_memory});
+        io::Buffer buf = co_await buffers_.get(buffer_size);
+        ec = co_await copy_piece(off, len, buf.span(), &is_read);
     }
     if (!ec && discard_source_) {
         // The chunk is on the target: release it on the source (fleecing space). Advisory,
@@ -178,8 +181,7 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
 // Copies one claimed chunk, piece by piece along the source's block status, so zero areas
 // become write-zeroes on the target instead of data.
 io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint64_t length,
-                                                bool* error_is_read) {
-    std::vector<std::byte> buf;
+                                                std::span<std::byte> buf, bool* error_is_read) {
     *error_is_read = false;
     const std::uint64_t end = offset + length;
     while (offset < end) {
@@ -187,16 +189,16 @@ io::Task<std::error_code> BlockCopy::copy_piece(std::uint64_t offset, std::uint6
         std::uint64_t n = end - offset;
         bool zero = false;
         if (!st.error && st.length > 0) {
-            n = st.length;
+            n = std::min(st.length, n);
             zero = (st.flags & status_zero) != 0;
         }
+        if (!zero) n = std::min<std::uint64_t>(n, buf.size());
         const ReqFlags flags = target_write_flags();
         if (zero) {
             if (auto ec = co_await target_.write_zeroes(offset, n, flags & ~req_write_compressed))
                 co_return ec;
         } else {
-            buf.resize(n);
-            if (auto ec = co_await source_.read(offset, std::span(buf.data(), n))) {
+            if (auto ec = co_await source_.read(offset, buf.first(n))) {
                 *error_is_read = true;
                 co_return ec;
             }

@@ -10,6 +10,7 @@
 
 #include "block/node.hpp"
 #include "block/range_lock.hpp"
+#include "io/buffer_pool.hpp"
 #include "io/event_loop.hpp"
 #include "io/sync.hpp"
 #include "util/bitmap.hpp"
@@ -36,6 +37,8 @@ class BlockCopy {
     static constexpr std::uint64_t default_cluster = 64 * 1024;
     static constexpr std::uint64_t default_chunk = 1024 * 1024;
     static constexpr std::uint64_t max_memory = 128ull * 1024 * 1024;
+    // A chunk is copied through one buffer of at most this size, piece by piece.
+    static constexpr std::uint64_t max_buffer = 1024 * 1024;
 
     // cluster = max(64 KiB, target cluster size, min_cluster_size).
     static std::uint64_t cluster_size_for(const Node& target, std::uint64_t min_cluster_size);
@@ -91,7 +94,7 @@ class BlockCopy {
                                 io::Gate::Holder hold);
     io::Task<void> worker(std::shared_ptr<Call> call, RangeLockTable::Guard claim);
     io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length,
-                                         bool* error_is_read);
+                                         std::span<std::byte> buf, bool* error_is_read);
     io::Task<void> rate_limit(std::uint64_t bytes);
 
     Child& source_;
@@ -105,7 +108,12 @@ class BlockCopy {
     RangeLockTable in_flight_;
     std::uint64_t in_flight_bytes_ = 0;
     std::uint64_t done_bytes_ = 0;
-    io::AsyncSemaphore memory_{max_memory};
+    // Copy buffers: page-aligned, so O_DIRECT takes them without a bounce copy (and ext4
+    // can write a fresh extent of the target without taking the inode lock exclusively,
+    // which it needs for any O_DIRECT write whose memory is not block-aligned), and
+    // recycled, so 1 MiB chunks do not mmap/munmap and fault in pages every time. The
+    // pool's budget bounds the memory of all copies in flight.
+    io::BufferPool buffers_{max_memory};
     io::Gate gate_;
     // Rate limiting (token bucket over 100 ms slices) and background cancellation.
     std::uint64_t speed_ = 0;

@@ -93,10 +93,10 @@ io::Task<std::error_code> Child::discard(std::uint64_t offset, std::uint64_t len
     co_return co_await node_->discard(offset, length);
 }
 
-io::Task<std::error_code> Child::truncate(std::uint64_t size) {
+io::Task<std::error_code> Child::truncate(std::uint64_t size, Prealloc prealloc) {
     co_await wait_while_quiesced();
     if (!(perm_ & perm_resize)) co_return errno_code(EPERM);
-    co_return co_await node_->truncate(size);
+    co_return co_await node_->truncate(size, prealloc);
 }
 
 io::Task<std::error_code> Child::flush() {
@@ -256,13 +256,13 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     co_return ec;
 }
 
-io::Task<std::error_code> Node::truncate(std::uint64_t size) {
+io::Task<std::error_code> Node::truncate(std::uint64_t size, Prealloc prealloc) {
     if (auto e = check_writable()) co_return e;
     InFlight guard(this);
-    co_return co_await do_truncate(size);
+    co_return co_await do_truncate(size, prealloc);
 }
 
-io::Task<std::error_code> Node::do_truncate(std::uint64_t) {
+io::Task<std::error_code> Node::do_truncate(std::uint64_t, Prealloc) {
     co_return errno_code(ENOTSUP);
 }
 

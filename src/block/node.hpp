@@ -29,6 +29,12 @@ class Node;
 class Graph;
 class DrainedSection;
 
+// How the new space of a growing truncate is backed (two of QEMU's PreallocMode values).
+// falloc reserves it on the host: later O_DIRECT writes into it are then overwrites, which
+// Linux filesystems serve inline instead of punting them to a worker thread behind the
+// inode lock, as they must for writes into holes.
+enum class Prealloc { off, falloc };
+
 enum class ChildRole { file, backing, target, data, root };
 const char* role_name(ChildRole role);
 
@@ -71,7 +77,7 @@ class Child {
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
     // Changes the child's size (a format driver growing its image file); needs perm_resize.
-    io::Task<std::error_code> truncate(std::uint64_t size);
+    io::Task<std::error_code> truncate(std::uint64_t size, Prealloc prealloc = Prealloc::off);
 
   private:
     friend class Graph;
@@ -122,7 +128,7 @@ class Node : public ChildParent {
     io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
     io::Task<std::error_code> flush();
     io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
-    io::Task<std::error_code> truncate(std::uint64_t size);
+    io::Task<std::error_code> truncate(std::uint64_t size, Prealloc prealloc = Prealloc::off);
 
     // What query-named-block-nodes shows as "file": a path for protocol nodes, the
     // file child's filename for filters and formats.
@@ -189,7 +195,8 @@ class Node : public ChildParent {
     // Default: everything is data.
     virtual io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length);
     // Default: the size cannot change (ENOTSUP).
-    virtual io::Task<std::error_code> do_truncate(std::uint64_t size);
+    // A driver that cannot preallocate may ignore `prealloc` (it is an optimisation).
+    virtual io::Task<std::error_code> do_truncate(std::uint64_t size, Prealloc prealloc);
 
     // Construction helpers for drivers. Children are created detached; the Graph attaches
     // them when the node is added (and refuses the node if permissions conflict).

@@ -60,7 +60,9 @@ Task<std::string> file_round_trip(std::string path) {
 
 TEST_P(EventLoopTest, FileReadWriteFsync) {
     EventLoop loop(GetParam());
-    const std::string path = ::testing::TempDir() + "/fleece_loop_file";
+    // One file per process: ctest runs the backend instances of this test in parallel.
+    const std::string path =
+        ::testing::TempDir() + "/fleece_loop_file." + std::to_string(::getpid());
     EXPECT_EQ(loop.run_until_complete(file_round_trip(path)), "hello, fleece");
     ::unlink(path.c_str());
 }

@@ -203,9 +203,19 @@ class FileNode final : public block::Node {
 
     // Format drivers (qcow2) grow their image file through this. Synchronous on purpose:
     // the new size is visible before any other request runs.
-    io::Task<std::error_code> do_truncate(std::uint64_t size) override {
+    io::Task<std::error_code> do_truncate(std::uint64_t size, block::Prealloc prealloc) override {
         if (is_block_device_) co_return errno_code(size <= this->size() ? 0 : ENOSPC);
         forget_data_region();
+        if (prealloc == block::Prealloc::falloc && size > this->size() && falloc_supported_) {
+            // Mode 0 allocates (as unwritten extents, which read as zeroes) and extends.
+            const auto from = static_cast<off_t>(this->size());
+            if (::fallocate(fd_, 0, from, static_cast<off_t>(size) - from) == 0) {
+                set_size(size);
+                co_return std::error_code{};
+            }
+            if (errno != EOPNOTSUPP && errno != ENOSYS) co_return errno_code(errno);
+            falloc_supported_ = false; // e.g. a filesystem without fallocate: grow sparse
+        }
         if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) co_return errno_code(errno);
         set_size(size);
         co_return std::error_code{};
@@ -289,6 +299,7 @@ class FileNode final : public block::Node {
     bool unmap_;
     bool punch_supported_ = true;
     bool zero_range_supported_ = true;
+    bool falloc_supported_ = true;
 };
 
 io::Task<Result<std::unique_ptr<block::Node>>>

@@ -77,6 +77,27 @@ TEST(FileNode, DiscardPunchesHoleOnlyWithUnmap) {
     EXPECT_LE(st_blocks(path), mid - (MiB / 2) / 512);
 }
 
+TEST(FileNode, GrowingTruncateReservesSpaceOnlyWhenAskedTo) {
+    ScratchDir dir;
+    const std::string path = dir.file("grow.img", MiB);
+    Harness h;
+    auto n = h.add(json{{"driver", "file"}, {"node-name", "f0"}, {"filename", path}});
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    ASSERT_TRUE(h.attach(**n, rw | block::perm_resize).ok());
+    const auto sparse_blocks = st_blocks(path);
+    // Prealloc::off: a sparse extension.
+    ASSERT_FALSE(h.loop.run_until_complete(h.root->truncate(2 * MiB)));
+    EXPECT_EQ((*n)->size(), 2 * MiB);
+    EXPECT_EQ(st_blocks(path), sparse_blocks);
+    // Prealloc::falloc: the new MiB is reserved on the host, and still reads as zeroes.
+    ASSERT_FALSE(h.loop.run_until_complete(h.root->truncate(3 * MiB, block::Prealloc::falloc)));
+    EXPECT_EQ((*n)->size(), 3 * MiB);
+    EXPECT_GE(st_blocks(path), sparse_blocks + MiB / 512);
+    std::vector<std::byte> back(MiB, std::byte{1});
+    ASSERT_FALSE(h.read(2 * MiB, back));
+    EXPECT_EQ(back, std::vector<std::byte>(MiB));
+}
+
 TEST(FileNode, BlockStatusReportsHolesAndData) {
     ScratchDir dir;
     const std::string path = dir.file("sparse.img", 8 * MiB);

@@ -146,7 +146,7 @@ class CrashModelNode final : public block::Node {
         check();
         co_return std::error_code{};
     }
-    io::Task<std::error_code> do_truncate(std::uint64_t size) override {
+    io::Task<std::error_code> do_truncate(std::uint64_t size, block::Prealloc) override {
         latest_.resize(size);
         durable_.resize(size); // new space reads as zeroes either way
         set_size(size);

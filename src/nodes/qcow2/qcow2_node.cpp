@@ -77,18 +77,25 @@ io::Task<std::error_code> Qcow2Node::grow_file() {
         const std::uint64_t need = rc_->end_cluster() << cb_;
         const std::uint64_t size = file_->node().size();
         if (size >= need) co_return std::error_code{};
-        // Ahead in steps of 1/8 of the file (1 MiB to 64 MiB): ftruncate runs in the loop
+        // Ahead in steps of 1/8 of the file (1 MiB to 64 MiB): growing runs in the loop
         // thread and is a journaled inode update, so once per allocated cluster it was a
         // large part of an allocating write's cost. close() trims what stays unused.
+        // With O_DIRECT, preallocated (falloc), not sparse: an O_DIRECT write into a hole
+        // makes ext4 and XFS take the inode lock exclusively and io_uring punt the write to
+        // a worker thread, which serialised every allocating write (a fleecing image takes
+        // one per first-touched cluster); into reserved space it is an overwrite, served
+        // inline. Buffered writes do not suffer from holes, so the file stays sparse then.
+        const block::Prealloc prealloc =
+            file_->node().cache_direct() ? block::Prealloc::falloc : block::Prealloc::off;
         const std::uint64_t step = std::max<std::uint64_t>(
             cs_, std::bit_floor(std::clamp<std::uint64_t>(need / 8, 1u << 20, 64u << 20)));
         std::uint64_t target = align_up(need, step);
         std::error_code e;
         for (int attempt = 0; attempt < 2; ++attempt) {
             if (closing_)
-                e = co_await file_->node().truncate(target);
+                e = co_await file_->node().truncate(target, prealloc);
             else
-                e = co_await file_->truncate(target);
+                e = co_await file_->truncate(target, prealloc);
             if (!e || target == need) break;
             target = need; // e.g. a block device: no room to grow ahead
         }

@@ -50,6 +50,7 @@ io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<st
 io::Task<std::error_code> MemoryNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                                ReqFlags) {
     if (auto ec = co_await before_write(buf.size())) co_return ec;
+    if (reinterpret_cast<std::uintptr_t>(buf.data()) % 4096 != 0) ++unaligned_buffer_writes_;
     std::memcpy(data_.data() + offset, buf.data(), buf.size());
     co_return std::error_code{};
 }
@@ -73,7 +74,7 @@ io::Task<std::error_code> MemoryNode::do_flush() {
 }
 
 // Zero detection at 4 KiB granularity: the prefix that is uniformly zero or not.
-io::Task<std::error_code> MemoryNode::do_truncate(std::uint64_t size) {
+io::Task<std::error_code> MemoryNode::do_truncate(std::uint64_t size, block::Prealloc) {
     data_.resize(size);
     set_size(size);
     co_return std::error_code{};

@@ -30,6 +30,8 @@ class MemoryNode final : public block::Node {
     void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
     std::uint64_t writes() const { return writes_; }
     std::uint64_t bytes_written() const { return bytes_written_; } // data + zeroes
+    // Data writes whose buffer is not page aligned (O_DIRECT would need a bounce copy).
+    std::uint64_t unaligned_buffer_writes() const { return unaligned_buffer_writes_; }
 
   protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
@@ -40,7 +42,7 @@ class MemoryNode final : public block::Node {
                                               block::ReqFlags flags) override;
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override;
     io::Task<std::error_code> do_flush() override;
-    io::Task<std::error_code> do_truncate(std::uint64_t size) override;
+    io::Task<std::error_code> do_truncate(std::uint64_t size, block::Prealloc) override;
     io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
                                                  std::uint64_t length) override;
 
@@ -56,6 +58,7 @@ class MemoryNode final : public block::Node {
     std::chrono::nanoseconds write_latency_{0};
     std::uint64_t writes_ = 0;
     std::uint64_t bytes_written_ = 0;
+    std::uint64_t unaligned_buffer_writes_ = 0;
 };
 
 } // namespace fleece::nodes
