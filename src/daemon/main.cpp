@@ -7,6 +7,7 @@
 #include "control/qmp_server.hpp"
 #include "control/version.hpp"
 #include "daemon/bitmap_commands.hpp"
+#include "daemon/cbw_commands.hpp"
 #include "daemon/export_commands.hpp"
 #include "daemon/graph_commands.hpp"
 #include "daemon/job_commands.hpp"
@@ -103,6 +104,7 @@ int run(const Options& options) {
     register_export_commands(registry);
     register_job_commands(registry);
     register_bitmap_commands(registry);
+    register_cbw_commands(registry);
     register_object_commands(registry);
 
     control::CommandContext ctx;

@@ -58,6 +58,11 @@ class ChangeTracking {
     // Called once the snapshot transaction went through.
     void snapshot_taken(bool persistent);
 
+    // For an incremental: the frozen copy as a {node, name} reference. Its clusters are the
+    // increment; the snapshot transaction hands it to the copy-before-write filter
+    // (x-cbw-set-bitmap) so that the filter copies nothing else.
+    nlohmann::json frozen_bitmap() const { return {{"node", node_}, {"name", frozen_name()}}; }
+
     // For an incremental: a disabled bitmap on `snap_node` holding the frozen clusters
     // (the job's bitmap must live on its device). Returns its name.
     std::string add_job_bitmap(const std::string& snap_node);

@@ -1,5 +1,6 @@
 // copy-before-write with the `bitmap` option: only the bitmap's dirty clusters are copied
-// before writes and readable through the snapshot; clean clusters read as EACCES.
+// before writes and readable through the snapshot; clean clusters read as EACCES. The same
+// narrowing applied after open (set_bitmap, behind x-cbw-set-bitmap) and its undo.
 
 #include "nodes/copy_before_write/cbw_test_util.hpp"
 
@@ -61,6 +62,58 @@ TEST(CbwBitmap, OptionErrors) {
     } catch (const std::runtime_error& e) {
         EXPECT_NE(std::string(e.what()).find("inconsistent"), std::string::npos);
     }
+}
+
+// x-cbw-set-bitmap: a filter opened without `bitmap` narrowed later, before any use.
+TEST(CbwBitmap, SetBitmapBeforeUseNarrowsLikeTheOption) {
+    Fleece f(1 * M, nlohmann::json::object(), add_frozen_bitmap);
+    f.fill(0, 1 * M, 0x11);
+    EXPECT_EQ(f.cbw->block_copy().copy_bitmap().count(), 16u); // everything, as opened
+    CbwCopySets before;
+    ASSERT_TRUE(f.cbw->set_bitmap(*f.src->dirty_bitmaps().find("frozen"), &before));
+    EXPECT_EQ(before.copy.count(), 16u);
+    EXPECT_EQ(f.cbw->block_copy().copy_bitmap().count(), 2u);
+    EXPECT_FALSE(f.run(write_pattern(f.gc.get(), 0, 1 * M, 0x22)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
+    EXPECT_EQ(f.cbw->stats().requests, 1u);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 3 * 64 * k, 64 * k, 0x11)));
+    EXPECT_EQ(f.run(read_pattern(f.rc.get(), 0, 4 * k, 0x11)), block::errno_code(EACCES));
+    // Used now: a second narrowing is refused.
+    CbwCopySets again;
+    EXPECT_FALSE(f.cbw->set_bitmap(*f.src->dirty_bitmaps().find("frozen"), &again));
+}
+
+TEST(CbwBitmap, RestoreUndoesSetBitmap) {
+    Fleece f(1 * M, nlohmann::json::object(), add_frozen_bitmap);
+    f.fill(0, 1 * M, 0x11);
+    CbwCopySets before;
+    ASSERT_TRUE(f.cbw->set_bitmap(*f.src->dirty_bitmaps().find("frozen"), &before));
+    f.cbw->restore_copy_sets(std::move(before)); // the transaction was aborted
+    EXPECT_FALSE(f.run(write_pattern(f.gc.get(), 0, 1 * M, 0x22)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 1 * M, 0x11)));
+}
+
+TEST(CbwBitmap, SetBitmapRefusedOnceTheSnapshotWasRead) {
+    Fleece f(1 * M, nlohmann::json::object(), add_frozen_bitmap);
+    f.fill(0, 1 * M, 0x11);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * k, 0x11)));
+    CbwCopySets before;
+    EXPECT_FALSE(f.cbw->set_bitmap(*f.src->dirty_bitmaps().find("frozen"), &before));
+    EXPECT_EQ(f.cbw->block_copy().copy_bitmap().count(), 16u); // unchanged
+}
+
+TEST(CbwBitmap, FindCbwBitmapChecksTheReference) {
+    Fleece f(1 * M, nlohmann::json::object(), add_frozen_bitmap);
+    const nlohmann::json ref = {{"node", "source"}, {"name", "frozen"}};
+    EXPECT_TRUE(find_cbw_bitmap(f.g, ref, 1 * M));
+    auto wrong_size = find_cbw_bitmap(f.g, ref, 2 * M);
+    ASSERT_FALSE(wrong_size);
+    EXPECT_NE(wrong_size.error().message.find("does not match the source size"), std::string::npos);
+    auto missing = find_cbw_bitmap(f.g, {{"node", "source"}, {"name", "nope"}}, 1 * M);
+    ASSERT_FALSE(missing);
+    EXPECT_EQ(missing.error().message, "Dirty bitmap 'nope' not found");
+    EXPECT_FALSE(find_cbw_bitmap(f.g, {{"node", "source"}}, 1 * M));
 }
 
 } // namespace

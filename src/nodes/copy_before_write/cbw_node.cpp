@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <fmt/format.h>
+#include <string_view>
 
 namespace fleece::nodes {
 
@@ -19,12 +20,7 @@ CbwNode::CbwNode(std::string name, Node& file, Node& target, CbwConfig cfg)
     // Fleecing (target's backing is our file): copies do not change what the target reads.
     bcs_ = std::make_unique<BlockCopy>(this->file(), *target_, cluster, is_fleecing());
     if (cfg_.bitmap) {
-        // Clusters clean in the user's bitmap did not change since the last backup: neither
-        // copied nor readable. A coarser cluster rounds the dirty areas outwards.
-        DirtyBitmap clusters("", size(), cluster);
-        clusters.merge(*cfg_.bitmap);
-        bcs_->copy_bitmap() = clusters.copy_bits();
-        access_ = clusters.copy_bits();
+        start_from_bitmap(*cfg_.bitmap);
         cfg_.bitmap = nullptr;
     } else {
         access_ = Bitmap(bcs_->copy_bitmap().size());
@@ -36,6 +32,31 @@ CbwNode::CbwNode(std::string name, Node& file, Node& target, CbwConfig cfg)
 }
 
 CbwNode::~CbwNode() = default;
+
+void CbwNode::start_from_bitmap(const DirtyBitmap& bitmap) {
+    // Clusters clean in the user's bitmap did not change since the last backup: neither
+    // copied nor readable. A coarser cluster rounds the dirty areas outwards.
+    DirtyBitmap clusters("", size(), bcs_->cluster_size());
+    clusters.merge(bitmap);
+    bcs_->copy_bitmap() = clusters.copy_bits();
+    access_ = clusters.copy_bits();
+}
+
+bool CbwNode::set_bitmap(const DirtyBitmap& bitmap, CbwCopySets* before) {
+    // Once used, done_ and the copies in the target belong to the old sets. A backup job's
+    // own filter serves the job's copy set, which is the job's to choose.
+    if (touched_ || snapshot_error_) return false;
+    for (const Child* p : parents())
+        if (std::string_view(p->parent().parent_type()) == "block-job") return false;
+    *before = CbwCopySets{bcs_->copy_bitmap(), access_};
+    start_from_bitmap(bitmap);
+    return true;
+}
+
+void CbwNode::restore_copy_sets(CbwCopySets sets) {
+    bcs_->copy_bitmap() = std::move(sets.copy);
+    access_ = std::move(sets.access);
+}
 
 bool CbwNode::is_fleecing() const {
     const Child* backing = target_->node().child("backing");
@@ -68,6 +89,7 @@ io::Task<void> CbwNode::close() {
 }
 
 io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::uint64_t length) {
+    touched_ = true;
     if (snapshot_error_)
         co_return std::error_code{}; // the snapshot is gone: no more stalls for the guest
     const std::uint64_t c = bcs_->cluster_size();
@@ -145,6 +167,7 @@ std::uint64_t CbwNode::uniform_prefix(std::uint64_t offset, std::uint64_t end, b
 }
 
 io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span<std::byte> buf) {
+    touched_ = true;
     std::uint64_t pos = offset;
     const std::uint64_t end = offset + buf.size();
     while (pos < end) {
@@ -170,6 +193,7 @@ io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span
 }
 
 io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::uint64_t length) {
+    touched_ = true;
     BlockStatus st;
     const std::uint64_t end = std::min(offset + length, size());
     if (offset >= end) {
@@ -194,6 +218,7 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
 }
 
 io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::uint64_t length) {
+    touched_ = true;
     if (snapshot_error_) co_return errno_code(EACCES);
     const std::uint64_t c = bcs_->cluster_size();
     // Inward to whole clusters: a partial cluster may still be read, so it stays.
@@ -210,10 +235,9 @@ io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::u
     co_return co_await target_->discard(start, stop - start);
 }
 
-namespace {
-
 // BlockDirtyBitmap {node, name}, QEMU's messages.
-Result<const DirtyBitmap*> find_bitmap_option(const Graph& graph, const nlohmann::json& ref) {
+Result<const DirtyBitmap*> find_cbw_bitmap(const Graph& graph, const nlohmann::json& ref,
+                                           std::uint64_t source_size) {
     if (!ref.is_object())
         return make_error("Invalid parameter type for 'bitmap', expected: object");
     for (const char* key : {"node", "name"})
@@ -225,8 +249,14 @@ Result<const DirtyBitmap*> find_bitmap_option(const Graph& graph, const nlohmann
     if (!n) return make_error(fmt::format("Node '{}' not found", node));
     const DirtyBitmap* b = n->dirty_bitmaps().find(name);
     if (!b) return make_error(fmt::format("Dirty bitmap '{}' not found", name));
+    if (Status st = check_bitmap(*b, bitmap_check_inconsistent); !st) return st.error();
+    if (b->disk_size() != source_size)
+        return make_error(fmt::format("Bitmap '{}' size ({}) does not match the source size ({})",
+                                      b->name(), b->disk_size(), source_size));
     return b;
 }
+
+namespace {
 
 io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string node_name,
                                                  const CommonOptions&, OptionReader& opts) {
@@ -257,14 +287,8 @@ io::Task<Result<std::unique_ptr<Node>>> open_cbw(OpenContext& ctx, std::string n
         co_return make_error(fmt::format("Source and target image have different sizes ({} vs {})",
                                          (*file)->size(), (*target)->size()));
     if (bitmap_ref) {
-        auto bitmap = find_bitmap_option(ctx.graph, *bitmap_ref);
+        auto bitmap = find_cbw_bitmap(ctx.graph, *bitmap_ref, (*file)->size());
         if (!bitmap) co_return bitmap.error();
-        if (Status st = check_bitmap(**bitmap, bitmap_check_inconsistent); !st)
-            co_return st.error();
-        if ((*bitmap)->disk_size() != (*file)->size())
-            co_return make_error(
-                fmt::format("Bitmap '{}' size ({}) does not match the source size ({})",
-                            (*bitmap)->name(), (*bitmap)->disk_size(), (*file)->size()));
         cfg.bitmap = *bitmap;
     }
     co_return std::unique_ptr<Node>(std::make_unique<CbwNode>(node_name, **file, **target, cfg));

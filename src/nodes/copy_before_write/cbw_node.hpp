@@ -26,6 +26,11 @@ struct CbwConfig {
     const block::DirtyBitmap* bitmap = nullptr;
 };
 
+// The copy and readable cluster sets of a filter (saved to undo x-cbw-set-bitmap).
+struct CbwCopySets {
+    Bitmap copy, access;
+};
+
 // What the guest paid for fleecing: guest requests (write, write-zeroes, discard) that had
 // to wait for old data to be copied first, and how long they waited (x-cbw-stats in
 // query-named-block-nodes, docs/nodes/copy-before-write.md).
@@ -55,6 +60,14 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     std::error_code snapshot_error() const { return snapshot_error_; }
     const CbwStats& stats() const { return stats_; }
 
+    // x-cbw-set-bitmap: the snapshot covers only `bitmap`'s dirty clusters from now on, as
+    // if the filter had been opened with option `bitmap` at this instant. Refused (false)
+    // once a guest write or a snapshot read, block status or discard used the sets, and for
+    // a backup job's own filter (its sets are the job's). On success `*before` receives the
+    // previous sets, for restore_copy_sets() (an aborted transaction).
+    bool set_bitmap(const block::DirtyBitmap& bitmap, CbwCopySets* before);
+    void restore_copy_sets(CbwCopySets sets);
+
   protected:
     io::Task<std::error_code> do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                        block::ReqFlags flags) override;
@@ -69,6 +82,7 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     // Length of the prefix of [offset, end) that is uniformly done or not done.
     std::uint64_t uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const;
     std::error_code check_access(std::uint64_t offset, std::uint64_t length) const;
+    void start_from_bitmap(const block::DirtyBitmap& bitmap);
 
     block::Child* target_;
     CbwConfig cfg_;
@@ -80,8 +94,14 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     // not drop target data under a read).
     block::RangeLockTable frozen_;
     std::error_code snapshot_error_; // latched first error with break-snapshot
+    bool touched_ = false;           // a guest write or snapshot call has used the sets
     CbwStats stats_;
 };
+
+// A BlockDirtyBitmap reference {node, name} usable as the filter's bitmap over a source of
+// `source_size` bytes: it exists, is consistent and has that size (QEMU's messages).
+Result<const block::DirtyBitmap*>
+find_cbw_bitmap(const block::Graph& graph, const nlohmann::json& ref, std::uint64_t source_size);
 
 // Driver "copy-before-write".
 DriverSpec copy_before_write_driver();
