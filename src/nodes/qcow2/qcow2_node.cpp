@@ -590,12 +590,16 @@ io::Task<std::error_code> Qcow2Node::commit_if_releases_wait() {
     // Freed clusters only go back to the file in a commit (after the L2 entries without
     // them are durable, see qcow2_commit.cpp). Without a flush from the user that would be
     // every 4096 releases; clusters the file takes back (a fleecing image shrinking under
-    // a discard-source backup) go once 1 MiB of them waits, so the image follows the
-    // discards closely while each commit (and its flushes) still covers many requests.
+    // a discard-source backup) go once 1/64 of the file's size (1 MiB to 16 MiB) of them
+    // waits: the image follows the discards within that, and a commit (two flushes of the
+    // file, unless cache.no-flush) comes once per that many bytes discarded, not per
+    // request (a 64 KiB-chunk backup discards hundreds of times a second).
     // A discard arriving while a commit runs leaves its clusters to the next trigger, or
     // to a second round of the request that started that commit (bounded, so no request
     // keeps committing for others).
-    const std::uint64_t batch = std::max<std::uint64_t>(1, (1u << 20) >> cb_);
+    const std::uint64_t batch_bytes =
+        std::clamp<std::uint64_t>(file_->node().size() / 64, 1u << 20, 16u << 20);
+    const std::uint64_t batch = std::max<std::uint64_t>(1, batch_bytes >> cb_);
     for (int round = 0; round < 2; ++round) {
         if (pending_release_.size() <= 4096 &&
             (pending_file_discard_.size() < batch || commit_mutex_.locked()))
