@@ -11,7 +11,7 @@ import pytest
 
 from backup_testlib import (MiB, Nbdkit, copy_file, job_events, qemu_img_compare,
                             random_fill, until_status)
-from fleece_testlib import Daemon, qemu_io
+from fleece_testlib import Daemon, QmpError, qemu_io
 
 
 def allocated(path):
@@ -128,3 +128,42 @@ def test_discard_source_backup_shrinks_a_qcow2_fleecing_image(tmp_path, backing)
             srv.stop()
     out = qemu_img('check', fleece)
     assert 'No errors were found' in out, out
+
+
+def test_discard_source_from_the_fleecing_image_itself_says_what_to_do(tmp_path):
+    """The seed's scheme backs up the fleecing image itself, which only its copy-before-write
+    filter may write, so discard-source is refused; the message names the conflict and the
+    way that works (a snapshot-access node on the filter, tested above)."""
+    size = 16 * MiB
+    d = Daemon(tmp_path)
+    try:
+        q = d.qmp
+        disk = str(tmp_path / 'disk.raw')
+        random_fill(disk, size)
+        fleece = str(tmp_path / 'fleece.qcow2')
+        qemu_img('create', '-q', '-f', 'qcow2', '-b', disk, '-F', 'raw', fleece, str(size))
+        target = str(tmp_path / 'target.raw')
+        with open(target, 'wb') as f:
+            f.truncate(size)
+        q.execute('blockdev-add', driver='file', filename=disk, **{'node-name': 'disk'})
+        q.execute('blockdev-add', driver='qcow2', discard='unmap', backing='disk',
+                  file={'driver': 'file', 'filename': fleece}, **{'node-name': 'temp'})
+        q.execute('blockdev-add', driver='copy-before-write', file='disk', target='temp',
+                  **{'node-name': 'fl-cbw'})
+        q.execute('blockdev-add', driver='file', filename=target, **{'node-name': 'target'})
+        with pytest.raises(QmpError) as e:
+            q.execute('blockdev-backup', device='temp', target='target', sync='full',
+                      **{'job-id': 'bk', 'discard-source': True})
+        assert "'write'" in e.value.desc and 'fl-cbw' in e.value.desc, e.value.desc
+        assert 'snapshot-access' in e.value.desc, e.value.desc
+        assert q.execute('query-jobs') == []
+        # Without discard-source the same backup runs.
+        q.execute('blockdev-backup', device='temp', target='target', sync='full',
+                  **{'job-id': 'bk'})
+        evs = job_events(q, 'bk', until_status('null'))
+        done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
+        assert 'error' not in done, done
+        q.execute('blockdev-del', **{'node-name': 'target'})
+    finally:
+        assert d.stop() == 0
+    qemu_img_compare(disk, target)
