@@ -93,9 +93,16 @@ Status BackupJob::prepare_immutable(block::Node& source, block::Node& target) {
     if (options_.discard_source) perm |= block::perm_write;
     auto src = graph_.attach(*this, source, perm,
                              block::perm_consistent_read | block::perm_write_unchanged, "root");
-    if (!src)
-        return make_error(
-            fmt::format("Cannot back up '{}': {}", source.name(), src.error().message));
+    if (!src) {
+        std::string msg =
+            fmt::format("Cannot back up '{}': {}", source.name(), src.error().message);
+        // The seed's scheme: only the filter may write its fleecing image.
+        if (options_.discard_source)
+            msg += "; discard-source needs to write the source: to release a fleecing image "
+                   "as the job goes, back up from a snapshot-access node on its "
+                   "copy-before-write filter";
+        return make_error(msg);
+    }
     source_ = std::move(*src);
     auto tgt = graph_.attach(*this, target, block::perm_write,
                              block::perm_consistent_read | block::perm_write_unchanged, "target");

@@ -256,22 +256,29 @@ def test_kill_9_never_corrupts(tmp_path, cluster):
     assert rc == 0, out
 
 
+@pytest.mark.parametrize('mix', ['writes', 'discards'])
 @pytest.mark.parametrize('cluster', [4096, 65536])
-def test_kill_9_under_allocating_write_storm(tmp_path, cluster):
+def test_kill_9_under_allocating_write_storm(tmp_path, cluster, mix):
     """kill -9 while a pipelined writer (queue depth 32) allocates clusters as fast as it
     can: single blocks in fresh clusters, writes over several clusters, and discards that
     free clusters for reuse. Flushes are issued after draining, so the model is exact:
-    every block holds its value as of the last completed flush or a later write."""
+    every block holds its value as of the last completed flush or a later write.
+    The file node has discard=unmap, so freed clusters are punched out of the file (after
+    the L2 tables without them are durable); the 'discards' mix trims runs of up to 32
+    clusters a third of the time, so the kills also land while holes are being punched
+    and freed clusters are being reused by the writes around them."""
     size = 128 * MiB
     nblocks = size // BLOCK
     per_cluster = cluster // BLOCK
     img = tmp_path / 's.qcow2'
     run('qemu-img', 'create', '-f', 'qcow2', '-o', 'cluster_size=%d' % cluster, str(img), str(size))
     durable = {}   # block -> tag, as of the last completed flush
-    rng = random.Random(17 + cluster)
+    rng = random.Random(17 + cluster + (mix == 'discards'))
+    single, multi = (0.85, 0.95) if mix == 'writes' else (0.55, 0.67)
     state = {'tag': 1, 'flushes': 0, 'writes': 0}
     for rnd in range(4):
-        exp = Export(tmp_path, img, writable=True, discard='unmap')
+        exp = Export(tmp_path, img, writable=True, discard='unmap',
+                     file={'driver': 'file', 'filename': str(img), 'discard': 'unmap'})
         since_flush = {}  # block -> set of tags (0 = zeroes) written after the last flush
         stop = threading.Event()
 
@@ -293,13 +300,13 @@ def test_kill_9_under_allocating_write_storm(tmp_path, cluster):
                         while inflight[0] >= 32:
                             h.poll(-1)
                         r = rng.random()
-                        if r < 0.85:      # one block somewhere: mostly a fresh cluster
+                        if r < single:    # one block somewhere: mostly a fresh cluster
                             b = rng.randrange(nblocks)
                             state['tag'] += 1
                             note(b, state['tag'])
                             buf = nbd.Buffer.from_bytearray(bytearray(block_data(state['tag'])))
                             h.aio_pwrite(buf, b * BLOCK, completion=done)
-                        elif r < 0.95:    # over several clusters, unaligned at both ends
+                        elif r < multi:   # over several clusters, unaligned at both ends
                             b = rng.randrange(nblocks - 3 * per_cluster - 2)
                             n = 2 * per_cluster + 2
                             data = bytearray()
@@ -309,11 +316,12 @@ def test_kill_9_under_allocating_write_storm(tmp_path, cluster):
                                 data += block_data(state['tag'])
                             h.aio_pwrite(nbd.Buffer.from_bytearray(data), b * BLOCK,
                                          completion=done)
-                        else:             # free a whole cluster (reused by later writes)
-                            c = rng.randrange(size // cluster)
-                            for i in range(per_cluster):
+                        else:             # free whole clusters (reused by later writes)
+                            k = 1 if mix == 'writes' else rng.randrange(1, 33)
+                            c = rng.randrange(size // cluster - k + 1)
+                            for i in range(k * per_cluster):
                                 note(c * per_cluster + i, 0)
-                            h.aio_trim(cluster, c * cluster, completion=done)
+                            h.aio_trim(k * cluster, c * cluster, completion=done)
                         inflight[0] += 1
                         state['writes'] += 1
                     while inflight[0]:

@@ -232,6 +232,12 @@ io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::u
     const std::uint64_t stop = std::min(end_bit * c, size());
     // Reads that started before the discard may still be using the target data.
     co_await frozen_.wait_idle(start, stop - start);
+    // A fleecing image (backed by our file) is a target we hold with write-unchanged only,
+    // which a discard is not, so through the edge it failed (EPERM, ignored: advisory) and
+    // a discard-source backup released nothing. It is ours to release: the range has just
+    // left the snapshot (unreadable through us, never copied again), and nobody else may
+    // write the image. QEMU's filter holds write on its target and discards it too.
+    if (is_fleecing()) co_return co_await target_->node().discard(start, stop - start);
     co_return co_await target_->discard(start, stop - start);
 }
 

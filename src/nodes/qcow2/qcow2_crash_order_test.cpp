@@ -9,6 +9,9 @@
 // Random concurrent allocating writes, overwrites, zero writes and discards run over it
 // with completions reordered; the durable image must at the end pass `qemu-img check`
 // (leaks allowed) and read back exactly what was written before the last flush.
+// Discards the node passes down (pass-discard-request) punch a hole in both images at
+// once (the worst case: a hole may be durable before any flush), and the clusters lose
+// their "written" status, so an L2 entry in either image that still names one is caught.
 #include "block/graph.hpp"
 #include "nodes/qcow2/qcow2_format.hpp"
 #include "nodes/qcow2/qcow2_tools.hpp"
@@ -106,6 +109,7 @@ struct ModelResults {
     Image durable;
     std::vector<std::string> violations;
     std::uint64_t checks = 0;
+    std::uint64_t discarded_bytes = 0; // holes the qcow2 node punched in the file
 };
 
 // The file below the qcow2 node, with the two images and the check after every change.
@@ -116,6 +120,7 @@ class CrashModelNode final : public block::Node {
           rng_(seed), results_(std::move(results)) {
         set_size(latest_.size());
         results_->durable = durable_;
+        caps_.trim = true; // like a file node with discard=unmap
     }
 
   protected:
@@ -143,6 +148,20 @@ class CrashModelNode final : public block::Node {
         durable_.resize(latest_.size());
         written_.insert(done.begin(), done.end());
         results_->durable = durable_;
+        check();
+        co_return std::error_code{};
+    }
+    io::Task<std::error_code> do_discard(std::uint64_t off, std::uint64_t len) override {
+        co_await delay();
+        // Whole clusters only (the node discards cluster runs): their data is gone.
+        std::memset(latest_.data() + off, 0, len);
+        std::memset(durable_.data() + off, 0, len);
+        for (std::uint64_t c = off >> cb_; c <= (off + len - 1) >> cb_; ++c) {
+            completed_.erase(c);
+            written_.erase(c);
+        }
+        results_->durable = durable_;
+        results_->discarded_bytes += len;
         check();
         co_return std::error_code{};
     }
@@ -292,6 +311,7 @@ void run_ops(Harness& h, const ScratchDir& dir, std::uint64_t size, std::uint32_
     flushed_model = model;
     EXPECT_TRUE(results->violations.empty());
     EXPECT_GT(results->checks, 100u);
+    EXPECT_GT(results->discarded_bytes, 0u); // the discards reached the file
 
     // Close (its final commits are checked too), then keep the durable image.
     h.graph.detach(std::move(h.root));

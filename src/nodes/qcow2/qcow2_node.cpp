@@ -20,6 +20,7 @@ Qcow2Node::Qcow2Node(std::string name, NodeConfig cfg, block::Node& file, block:
     : Node(std::move(name), "qcow2"), h_(std::move(cfg.header)), cb_(h_.cluster_bits),
       cs_(h_.cluster_size()), header_bytes_(std::move(cfg.header_bytes)), l1_(std::move(cfg.l1)),
       cache_(cfg.l2_cache_tables), rc_(std::move(cfg.refcounts)), discard_unmap_(cfg.discard_unmap),
+      pass_discard_request_(cfg.pass_discard_request), pass_discard_other_(cfg.pass_discard_other),
       open_file_size_(file.size()), bitmap_state_(std::move(cfg.bitmaps)) {
     read_only_ = cfg.read_only;
     set_size(h_.size);
@@ -187,17 +188,17 @@ bool Qcow2Node::peek_entry(std::uint64_t g, std::uint64_t* raw) {
     return true;
 }
 
-bool Qcow2Node::try_set_entry(std::uint64_t g, std::uint64_t raw) {
+bool Qcow2Node::try_set_entry(std::uint64_t g, std::uint64_t raw, Freed why) {
     const std::uint64_t l1i = g / l2_entries();
     if (l1i >= l1_.size()) return false;
     const std::uint64_t off = l1_[l1i] & offset_mask;
     L2Table* t = off && !(l1_[l1i] & l1_reserved_mask) ? cache_.find(off) : nullptr;
     if (!t) return false;
-    apply_entry(t, g, raw);
+    apply_entry(t, g, raw, why);
     return true;
 }
 
-void Qcow2Node::apply_entry(L2Table* t, std::uint64_t g, std::uint64_t raw) {
+void Qcow2Node::apply_entry(L2Table* t, std::uint64_t g, std::uint64_t raw, Freed why) {
     const std::uint64_t old = t->entries[g % l2_entries()];
     if (old == raw) return;
     t->set(g % l2_entries(), raw);
@@ -206,7 +207,7 @@ void Qcow2Node::apply_entry(L2Table* t, std::uint64_t g, std::uint64_t raw) {
     const L2Entry after = decode_l2(raw, cb_, h_.version);
     const bool kept =
         after.kind == ClusterKind::zero_allocated && after.host_offset == before.host_offset;
-    if (!kept) queue_release(old);
+    if (!kept) queue_release(old, why);
 }
 
 namespace {
@@ -327,23 +328,31 @@ io::Task<std::error_code> Qcow2Node::do_read(std::uint64_t offset, std::span<std
     co_return std::error_code{};
 }
 
-void Qcow2Node::queue_release(std::uint64_t old_raw) {
+void Qcow2Node::queue_release(std::uint64_t old_raw, Freed why) {
     const L2Entry e = decode_l2(old_raw, cb_, h_.version);
     if (e.reserved_bits) return; // never trust a corrupt entry with a refcount change
+    // QEMU passes down what a guest request frees, not what an overwrite frees. Only when
+    // the file does something with a discard (a file node with discard=unmap).
+    const bool to_file =
+        why == Freed::by_request && pass_discard_request_ && file_->node().caps().trim;
+    auto add = [&](std::uint64_t cluster) {
+        pending_release_.push_back(cluster);
+        if (to_file) pending_file_discard_.push_back(cluster);
+    };
     if (e.kind == ClusterKind::normal || e.kind == ClusterKind::zero_allocated) {
-        if (!e.misaligned) pending_release_.push_back(e.host_offset >> cb_);
+        if (!e.misaligned) add(e.host_offset >> cb_);
     } else if (e.kind == ClusterKind::compressed) {
         for (std::uint64_t c = compressed_first_cluster(e, cb_);
              c <= compressed_last_cluster(e, cb_); ++c)
-            pending_release_.push_back(c);
+            add(c); // a host cluster shared with other streams keeps a refcount: not discarded
     }
 }
 
-io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw) {
-    if (try_set_entry(g, raw)) co_return std::error_code{};
+io::Task<std::error_code> Qcow2Node::set_entry(std::uint64_t g, std::uint64_t raw, Freed why) {
+    if (try_set_entry(g, raw, why)) co_return std::error_code{};
     Lookup l = co_await load_l2(g / l2_entries(), true, true);
     if (l.first) co_return l.first;
-    apply_entry(l.second, g, raw); // no suspension since the lookup: the pointer is valid
+    apply_entry(l.second, g, raw, why); // no suspension since the lookup: the pointer is valid
     co_return std::error_code{};
 }
 
@@ -553,13 +562,12 @@ io::Task<std::error_code> Qcow2Node::do_write_zeroes(std::uint64_t offset, std::
             if (!(flags & block::req_may_unmap) && e.kind == ClusterKind::normal && e.copied &&
                 !e.misaligned)
                 raw = e.host_offset | entry_copied | entry_zero;
-            if (try_set_entry(g, raw)) continue;
-            if (auto err = co_await set_entry(g, raw)) co_return err;
+            if (try_set_entry(g, raw, Freed::by_request)) continue;
+            if (auto err = co_await set_entry(g, raw, Freed::by_request)) co_return err;
         }
     }
     if (flags & block::req_fua) co_return co_await commit();
-    if (pending_release_.size() > 4096) co_return co_await commit();
-    co_return std::error_code{};
+    co_return co_await commit_if_releases_wait();
 }
 
 io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint64_t length) {
@@ -578,11 +586,33 @@ io::Task<std::error_code> Qcow2Node::do_discard(std::uint64_t offset, std::uint6
             // With a backing file the cluster must keep reading as zeroes, not fall through.
             const std::uint64_t raw = backing_ ? entry_zero : 0;
             if (r.raw == 0 && !backing_) continue;
-            if (try_set_entry(g, raw)) continue;
-            if (auto err = co_await set_entry(g, raw)) co_return err;
+            if (try_set_entry(g, raw, Freed::by_request)) continue;
+            if (auto err = co_await set_entry(g, raw, Freed::by_request)) co_return err;
         }
     }
-    if (pending_release_.size() > 4096) co_return co_await commit();
+    co_return co_await commit_if_releases_wait();
+}
+
+io::Task<std::error_code> Qcow2Node::commit_if_releases_wait() {
+    // Freed clusters only go back to the file in a commit (after the L2 entries without
+    // them are durable, see qcow2_commit.cpp). Without a flush from the user that would be
+    // every 4096 releases; clusters the file takes back (a fleecing image shrinking under
+    // a discard-source backup) go once 1/64 of the file's size (1 MiB to 16 MiB) of them
+    // waits: the image follows the discards within that, and a commit (two flushes of the
+    // file, unless cache.no-flush) comes once per that many bytes discarded, not per
+    // request (a 64 KiB-chunk backup discards hundreds of times a second).
+    // A discard arriving while a commit runs leaves its clusters to the next trigger, or
+    // to a second round of the request that started that commit (bounded, so no request
+    // keeps committing for others).
+    const std::uint64_t batch_bytes =
+        std::clamp<std::uint64_t>(file_->node().size() / 64, 1u << 20, 16u << 20);
+    const std::uint64_t batch = std::max<std::uint64_t>(1, batch_bytes >> cb_);
+    for (int round = 0; round < 2; ++round) {
+        if (pending_release_.size() <= 4096 &&
+            (pending_file_discard_.size() < batch || commit_mutex_.locked()))
+            break;
+        if (auto e = co_await commit()) co_return e;
+    }
     co_return std::error_code{};
 }
 

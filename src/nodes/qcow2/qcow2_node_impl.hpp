@@ -24,6 +24,11 @@ struct NodeConfig {
     std::size_t l2_cache_tables = 16;
     bool read_only = false;
     bool discard_unmap = false;
+    // QEMU's pass-discard-request / pass-discard-other: whether host clusters freed by a
+    // guest discard (or a write-zeroes that may unmap) / by anything else the driver
+    // frees (an old refcount table) are discarded in the file once unreferenced.
+    bool pass_discard_request = false;
+    bool pass_discard_other = false;
     BitmapState bitmaps; // persistent bitmaps read at open (qcow2_bitmap_store.hpp)
 };
 
@@ -52,6 +57,9 @@ class Qcow2Node final : public block::Node {
 
   private:
     using Lookup = std::pair<std::error_code, L2Table*>;
+    // Why an L2 entry changes: a guest discard or unmapping zero write frees host
+    // clusters the file may get back (pass-discard-request); anything else does not.
+    enum class Freed { by_overwrite, by_request };
     struct EntryResult {
         std::error_code error;
         std::uint64_t raw = 0;
@@ -66,8 +74,9 @@ class Qcow2Node final : public block::Node {
     // Synchronous fast paths when the L2 table is cached (or absent): no suspension, so
     // loops over many clusters build no deep await chains. False: use the slow path.
     bool peek_entry(std::uint64_t guest_cluster, std::uint64_t* raw);
-    bool try_set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
-    void apply_entry(L2Table* t, std::uint64_t guest_cluster, std::uint64_t raw);
+    bool try_set_entry(std::uint64_t guest_cluster, std::uint64_t raw,
+                       Freed why = Freed::by_overwrite);
+    void apply_entry(L2Table* t, std::uint64_t guest_cluster, std::uint64_t raw, Freed why);
     // Reads [pos, pos+out.size()) of one guest cluster whose L2 entry is `raw`.
     io::Task<std::error_code> read_piece(std::uint64_t pos, std::span<std::byte> out,
                                          std::uint64_t raw);
@@ -87,8 +96,15 @@ class Qcow2Node final : public block::Node {
     // Writes one whole guest cluster compressed (or plainly if it does not shrink).
     io::Task<std::error_code> write_compressed(std::uint64_t pos, std::span<const std::byte> data);
     // Sets the L2 entry of `guest_cluster` to `raw`, queueing the old clusters for release.
-    io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw);
-    void queue_release(std::uint64_t old_raw);
+    io::Task<std::error_code> set_entry(std::uint64_t guest_cluster, std::uint64_t raw,
+                                        Freed why = Freed::by_overwrite);
+    void queue_release(std::uint64_t old_raw, Freed why);
+    // After a discard / unmapping zero write: commits when enough freed clusters wait to
+    // be discarded in the file (so the image shrinks while discards keep coming).
+    io::Task<std::error_code> commit_if_releases_wait();
+    // Discards host clusters in the file, contiguous ones in one request (advisory:
+    // failures are logged). Only for clusters nothing durable refers to (commit step 5).
+    io::Task<void> discard_in_file(std::vector<std::uint64_t> clusters);
     // Makes the file long enough for every allocated cluster, growing ahead in steps.
     io::Task<std::error_code> grow_file();
     // At close: gives back the part of the file grown ahead but never allocated.
@@ -121,7 +137,11 @@ class Qcow2Node final : public block::Node {
     block::RangeLockTable locks_; // guest byte ranges, rounded out to clusters
     io::AsyncMutex commit_mutex_;
     std::vector<std::uint64_t> pending_release_; // host clusters whose L2 entries are gone
+    // Those of them to discard in the file when their refcount drops to 0 (commit step 5).
+    std::vector<std::uint64_t> pending_file_discard_;
     bool discard_unmap_;
+    bool pass_discard_request_;
+    bool pass_discard_other_;
     bool closing_ = false;
     // File length at open: below it old bytes may lie in free clusters; above it (and
     // above every cluster ever allocated since, see Refcounts::end_cluster) the file is

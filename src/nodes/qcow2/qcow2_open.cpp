@@ -55,11 +55,27 @@ io::Task<Result<std::unique_ptr<block::Node>>> open_qcow2(OpenContext& ctx, std:
     (void)opts.uint("refcount-cache-size"); // refcounts are always fully in memory
     (void)opts.uint("cache-clean-interval");
     const bool lazy = opts.boolean("lazy-refcounts").value_or(false);
+    // QEMU's defaults: freed clusters a guest discard frees go down to the file only with
+    // discard=unmap; snapshot operations always (there are none here); others never.
+    const bool pass_request =
+        opts.boolean("pass-discard-request").value_or(common.discard == "unmap");
+    (void)opts.boolean("pass-discard-snapshot"); // no internal snapshot operations
+    const bool pass_other = opts.boolean("pass-discard-other").value_or(false);
     if (Status st = opts.finish(); !st) co_return st.error();
     if (lazy) co_return make_error("qcow2: lazy-refcounts is not supported");
     if (l2_cache_size && cache_size && *l2_cache_size > *cache_size)
         co_return make_error("l2-cache-size may not exceed cache-size");
 
+    // A file node defined inline gets discard=unmap unless it says otherwise (as in QEMU,
+    // where a format driver's protocol child defaults to it: the format node decides what
+    // reaches the file, through its own discard and pass-discard-* options). A node given
+    // by name keeps its own setting.
+    nlohmann::json inline_file;
+    if (file_ref->is_object() && !file_ref->contains("discard")) {
+        inline_file = *file_ref;
+        inline_file["discard"] = "unmap";
+        file_ref = &inline_file;
+    }
     auto file_node = co_await resolve_ref(ctx, *file_ref, "file");
     if (!file_node) co_return file_node.error();
     block::Node& file = **file_node;
@@ -177,6 +193,8 @@ io::Task<Result<std::unique_ptr<block::Node>>> open_qcow2(OpenContext& ctx, std:
     cfg.l2_cache_tables = static_cast<std::size_t>(std::max<std::uint64_t>(2, cache_bytes / cs));
     cfg.read_only = read_only;
     cfg.discard_unmap = common.discard == "unmap";
+    cfg.pass_discard_request = pass_request;
+    cfg.pass_discard_other = pass_other;
     // Persistent bitmaps: loaded, and marked in use before the node takes any write.
     auto bitmaps = co_await open_bitmaps(file, h, first, read_only);
     if (!bitmaps) co_return open_error(fname, bitmaps.error().message);
