@@ -59,6 +59,12 @@ io::Task<std::error_code> BlockCopy::copy(std::uint64_t offset, std::uint64_t le
                                           CopyOptions opts) {
     const std::uint64_t end = std::min(offset + length, length_);
     if (offset >= end) co_return std::error_code{};
+    // Nothing left to copy and nobody copying here: what almost every guest write finds
+    // once its clusters were copied, so it costs two range checks and nothing else.
+    const std::uint64_t first_bit = offset / cluster_;
+    if (bitmap_.none_set(first_bit, div_round_up(end, cluster_) - first_bit) &&
+        !in_flight_.overlaps_holder(offset, end - offset))
+        co_return std::error_code{};
     auto call = std::make_shared<Call>(std::max(1u, opts.max_workers));
     call->ignore_ratelimit = opts.ignore_ratelimit;
     if (opts.max_chunk) call->max_chunk = std::max(opts.max_chunk, cluster_);
@@ -102,11 +108,11 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
         while (!call->stopped() && !call->error) {
             io::AsyncSemaphore::Units slot = co_await call->worker_slots.acquire(1);
             // The bitmap may have changed while we waited for a slot: search again.
-            bit = bitmap_.find_next_set(bit);
+            bit = bitmap_.find_next_set(bit, end_bit);
             if (bit >= end_bit) break;
             const std::uint64_t max_bits =
                 compress_ ? 1 : std::max<std::uint64_t>(1, call->max_chunk / cluster_);
-            std::uint64_t stop = std::min({bitmap_.find_next_clear(bit), end_bit, bit + max_bits});
+            std::uint64_t stop = bitmap_.find_next_clear(bit, std::min(end_bit, bit + max_bits));
             const std::uint64_t chunk_off = bit * cluster_;
             const std::uint64_t chunk_len = std::min(stop * cluster_, length_) - chunk_off;
             if (!call->ignore_ratelimit && speed_) {
@@ -114,7 +120,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
                 if (call->stopped()) break;
                 // Re-check after sleeping: the clusters may have been copied meanwhile.
                 if (!bitmap_.get(bit)) continue;
-                stop = std::min(bitmap_.find_next_clear(bit), stop);
+                stop = bitmap_.find_next_clear(bit, stop);
             }
             // Claim: lock, then re-check under the lock (another caller may have copied
             // or claimed part of it while we waited) and clear the bits, with no await
@@ -123,7 +129,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
                 co_await in_flight_.lock(chunk_off, std::min(stop * cluster_, length_) - chunk_off,
                                          RangeLockTable::Mode::exclusive);
             if (!bitmap_.get(bit)) continue;
-            stop = std::min(bitmap_.find_next_clear(bit), stop);
+            stop = bitmap_.find_next_clear(bit, stop);
             const std::uint64_t len = std::min(stop * cluster_, length_) - chunk_off;
             if (len < claim.length()) in_flight_.shrink(claim, len);
             bitmap_.reset_range(bit, stop - bit);
@@ -140,7 +146,7 @@ io::Task<std::error_code> BlockCopy::run_call(std::uint64_t offset, std::uint64_
         // Someone else (the job, another guest write) may be copying part of our range;
         // wait for it and look again: if it failed, the bits are dirty again.
         co_await in_flight_.wait_idle(offset, end - offset);
-        if (bitmap_.find_next_set(first_bit) >= end_bit) co_return std::error_code{};
+        if (bitmap_.none_set(first_bit, end_bit - first_bit)) co_return std::error_code{};
     }
 }
 

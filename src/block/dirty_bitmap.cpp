@@ -75,22 +75,24 @@ void DirtyBitmap::merge(const DirtyBitmap& src) {
 std::optional<DirtyExtent> DirtyBitmap::next_dirty(std::uint64_t offset, std::uint64_t end) const {
     end = std::min(end, disk_size_);
     if (offset >= end) return std::nullopt;
-    const std::uint64_t bit = bits_.find_next_set(offset / granularity_);
-    if (bit >= bits_.size()) return std::nullopt;
+    const std::uint64_t end_bit = div_round_up(end, granularity_);
+    const std::uint64_t bit = bits_.find_next_set(offset / granularity_, end_bit);
+    if (bit >= end_bit) return std::nullopt;
     const std::uint64_t start = std::max(offset, bit * granularity_);
     if (start >= end) return std::nullopt;
-    const std::uint64_t stop = std::min(end, bits_.find_next_clear(bit) * granularity_);
+    const std::uint64_t stop = std::min(end, bits_.find_next_clear(bit, end_bit) * granularity_);
     return DirtyExtent{start, stop - start};
 }
 
 std::optional<DirtyExtent> DirtyBitmap::next_clean(std::uint64_t offset, std::uint64_t end) const {
     end = std::min(end, disk_size_);
     if (offset >= end) return std::nullopt;
-    const std::uint64_t bit = bits_.find_next_clear(offset / granularity_);
-    if (bit >= bits_.size()) return std::nullopt;
+    const std::uint64_t end_bit = div_round_up(end, granularity_);
+    const std::uint64_t bit = bits_.find_next_clear(offset / granularity_, end_bit);
+    if (bit >= end_bit) return std::nullopt;
     const std::uint64_t start = std::max(offset, bit * granularity_);
     if (start >= end) return std::nullopt;
-    const std::uint64_t stop = std::min(end, bits_.find_next_set(bit) * granularity_);
+    const std::uint64_t stop = std::min(end, bits_.find_next_set(bit, end_bit) * granularity_);
     return DirtyExtent{start, stop - start};
 }
 

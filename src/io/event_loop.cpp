@@ -159,6 +159,7 @@ void EventLoop::run_foreign() {
 }
 
 void EventLoop::fire_timers() {
+    if (timers_.empty()) return; // no clock read on the (common) turn without timers
     const auto now = Clock::now();
     while (!timers_.empty() && timers_.begin()->deadline <= now) {
         TimerEntry e = *timers_.begin();

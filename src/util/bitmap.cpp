@@ -2,6 +2,7 @@
 
 #include "util/assert.hpp"
 
+#include <algorithm>
 #include <bit>
 
 namespace fleece {
@@ -47,8 +48,10 @@ void Bitmap::reset_range(std::uint64_t first, std::uint64_t count) {
     apply_range<false>(first, count);
 }
 
-template <bool Set> std::uint64_t Bitmap::find_next(std::uint64_t from) const {
-    if (from >= bit_count_) return bit_count_;
+template <bool Set> std::uint64_t Bitmap::find_next(std::uint64_t from, std::uint64_t limit) const {
+    limit = std::min(limit, bit_count_);
+    if (from >= limit) return limit;
+    const std::uint64_t last_word = (limit - 1) / word_bits;
     std::uint64_t w = from / word_bits;
     std::uint64_t word = Set ? words_[w] : ~words_[w];
     word &= ~0ULL << (from % word_bits);
@@ -56,28 +59,28 @@ template <bool Set> std::uint64_t Bitmap::find_next(std::uint64_t from) const {
         if (word != 0) {
             const std::uint64_t bit =
                 w * word_bits + static_cast<std::uint64_t>(std::countr_zero(word));
-            return bit < bit_count_ ? bit : bit_count_;
+            return std::min(bit, limit);
         }
-        if (++w >= words_.size()) return bit_count_;
+        if (++w > last_word) return limit;
         word = Set ? words_[w] : ~words_[w];
     }
 }
 
-std::uint64_t Bitmap::find_next_set(std::uint64_t from) const {
-    return find_next<true>(from);
+std::uint64_t Bitmap::find_next_set(std::uint64_t from, std::uint64_t limit) const {
+    return find_next<true>(from, limit);
 }
-std::uint64_t Bitmap::find_next_clear(std::uint64_t from) const {
-    return find_next<false>(from);
+std::uint64_t Bitmap::find_next_clear(std::uint64_t from, std::uint64_t limit) const {
+    return find_next<false>(from, limit);
 }
 
 bool Bitmap::all_set(std::uint64_t first, std::uint64_t count) const {
     FLEECE_ASSERT(first <= bit_count_ && count <= bit_count_ - first);
-    return count == 0 || find_next_clear(first) >= first + count;
+    return count == 0 || find_next_clear(first, first + count) >= first + count;
 }
 
 bool Bitmap::none_set(std::uint64_t first, std::uint64_t count) const {
     FLEECE_ASSERT(first <= bit_count_ && count <= bit_count_ - first);
-    return count == 0 || find_next_set(first) >= first + count;
+    return count == 0 || find_next_set(first, first + count) >= first + count;
 }
 
 void Bitmap::merge(const Bitmap& other) {

@@ -23,9 +23,17 @@ class Bitmap {
     void set_all() { set_range(0, bit_count_); }
     void reset_all() { reset_range(0, bit_count_); }
 
+    // First set (clear) bit in [from, limit); `limit` when there is none. The scan stops at
+    // `limit`, so a bounded question costs the range, not the rest of the bitmap.
+    std::uint64_t find_next_set(std::uint64_t from, std::uint64_t limit) const;
+    std::uint64_t find_next_clear(std::uint64_t from, std::uint64_t limit) const;
     // First set (clear) bit at or after `from`; size() when there is none.
-    std::uint64_t find_next_set(std::uint64_t from) const;
-    std::uint64_t find_next_clear(std::uint64_t from) const;
+    std::uint64_t find_next_set(std::uint64_t from) const {
+        return find_next_set(from, bit_count_);
+    }
+    std::uint64_t find_next_clear(std::uint64_t from) const {
+        return find_next_clear(from, bit_count_);
+    }
     // True when every bit in [first, first+count) is set (clear).
     bool all_set(std::uint64_t first, std::uint64_t count) const;
     bool none_set(std::uint64_t first, std::uint64_t count) const;
@@ -39,7 +47,7 @@ class Bitmap {
 
   private:
     template <bool Set> void apply_range(std::uint64_t first, std::uint64_t count);
-    template <bool Set> std::uint64_t find_next(std::uint64_t from) const;
+    template <bool Set> std::uint64_t find_next(std::uint64_t from, std::uint64_t limit) const;
     void clear_tail();
     void recount();
 

@@ -1,5 +1,6 @@
 #include "util/bitmap.hpp"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <random>
 #include <vector>
@@ -68,6 +69,13 @@ TEST(Bitmap, MatchesVectorModel) {
             ASSERT_EQ(b.count(), expect_count) << "seed " << seed;
             ASSERT_EQ(b.find_next_set(from), expect_set) << "seed " << seed;
             ASSERT_EQ(b.find_next_clear(from), expect_clear) << "seed " << seed;
+            // Bounded scans answer the limit when the first hit lies at or past it.
+            const std::uint64_t limit = from + rng() % (n - from + 1);
+            ASSERT_EQ(b.find_next_set(from, limit), std::min(expect_set, limit)) << "seed " << seed;
+            ASSERT_EQ(b.find_next_clear(from, limit), std::min(expect_clear, limit))
+                << "seed " << seed;
+            ASSERT_EQ(b.none_set(from, limit - from), expect_set >= limit) << "seed " << seed;
+            ASSERT_EQ(b.all_set(from, limit - from), expect_clear >= limit) << "seed " << seed;
         }
     }
 }

@@ -100,8 +100,9 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     opts.timeout = cfg_.timeout;
     opts.owner = this; // a timed-out copy keeps us busy for drain until it ends
     // Only requests that find something still to copy count (the rest pass at once).
-    const bool copies = bcs_->copy_bitmap().find_next_set(start / c) < div_round_up(end, c);
-    const auto began = std::chrono::steady_clock::now();
+    const bool copies = !bcs_->copy_bitmap().none_set(start / c, div_round_up(end, c) - start / c);
+    const auto began =
+        copies ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     std::error_code ec = co_await bcs_->copy(start, end - start, opts);
     if (copies) {
         const auto waited =
@@ -162,7 +163,9 @@ std::uint64_t CbwNode::uniform_prefix(std::uint64_t offset, std::uint64_t end, b
     const std::uint64_t c = bcs_->cluster_size();
     const std::uint64_t bit = offset / c;
     *done = done_.get(bit);
-    const std::uint64_t next = *done ? done_.find_next_clear(bit) : done_.find_next_set(bit);
+    const std::uint64_t end_bit = div_round_up(end, c);
+    const std::uint64_t next =
+        *done ? done_.find_next_clear(bit, end_bit) : done_.find_next_set(bit, end_bit);
     return std::min(end, next * c) - offset;
 }
 
@@ -207,7 +210,7 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
         st.error = ec;
         co_return st;
     }
-    const std::uint64_t stop = access_.find_next_clear(offset / c) * c;
+    const std::uint64_t stop = access_.find_next_clear(offset / c, div_round_up(end, c)) * c;
     limit = std::min(limit, stop);
     bool done = false;
     const std::uint64_t n = uniform_prefix(offset, limit, &done);
