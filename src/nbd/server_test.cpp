@@ -446,13 +446,13 @@ TEST(NbdServer, OversizedWritePayloadIsSkipped) {
                   static_cast<ssize_t>(out.size()));
         std::byte reply[10 + 16 + 16];
         ASSERT_EQ(::recv(fd, reply, sizeof reply, MSG_WAITALL), static_cast<ssize_t>(sizeof reply));
-        EXPECT_EQ(nbd::get_u64(reply), 1u << 20); // export size
-        EXPECT_EQ(nbd::get_u32(reply + 10), nbd::simple_reply_magic);
-        EXPECT_EQ(nbd::get_u32(reply + 14), nbd::err_inval); // no structured replies: EINVAL
-        EXPECT_EQ(nbd::get_u64(reply + 18), 42u);
-        EXPECT_EQ(nbd::get_u32(reply + 26), nbd::simple_reply_magic);
-        EXPECT_EQ(nbd::get_u32(reply + 30), nbd::err_none);
-        EXPECT_EQ(nbd::get_u64(reply + 34), 43u);
+        EXPECT_EQ(load_be64(reply), 1u << 20); // export size
+        EXPECT_EQ(load_be32(reply + 10), nbd::simple_reply_magic);
+        EXPECT_EQ(load_be32(reply + 14), nbd::err_inval); // no structured replies: EINVAL
+        EXPECT_EQ(load_be64(reply + 18), 42u);
+        EXPECT_EQ(load_be32(reply + 26), nbd::simple_reply_magic);
+        EXPECT_EQ(load_be32(reply + 30), nbd::err_none);
+        EXPECT_EQ(load_be64(reply + 34), 43u);
         ::close(fd);
 
         nbd_handle* h = f.connect("disk");
