@@ -1,10 +1,16 @@
 """Helpers for the backup e2e tests: nbdkit targets, a fio guest, job event sequences."""
 
+import json
 import os
+import queue
 import shutil
 import subprocess
+import threading
 import time
 
+from fleece_testlib import ROOT
+
+FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1 << 20
 
 
@@ -178,3 +184,40 @@ def export_children(qmp):
 
 def node_names(qmp):
     return sorted(n['node-name'] for n in qmp.execute('query-named-block-nodes'))
+
+
+class BackupCli:
+    """A running `fleece backup --json ARGS`, its JSON lines collected as they come."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([FLEECE, 'backup', '--json', *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def wait_for(self, event, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert msg is not None, 'fleece backup exited before %s: %s %s' % (
+                event, self.seen, self.proc.stderr.read())
+            self.seen.append(msg)
+            if msg['event'] == event:
+                return msg
+
+    def finish(self, timeout):
+        """Waits for the exit; collects the remaining lines and stderr. Returns the exit code."""
+        rc = self.proc.wait(timeout)
+        while True:
+            msg = self.lines.get(timeout=10)
+            if msg is None:
+                break
+            self.seen.append(msg)
+        self.stderr = self.proc.stderr.read()
+        return rc
