@@ -8,10 +8,24 @@ import subprocess
 import threading
 import time
 
-from fleece_testlib import ROOT
+import pytest
+
+from fleece_testlib import ROOT, Daemon
 
 FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A daemon in tmp_path, and a list for the helper processes (Nbdkit...) a test starts:
+    all stopped afterwards."""
+    procs = []
+    d = Daemon(tmp_path)
+    yield d, tmp_path, procs
+    d.stop()
+    for p in procs:
+        p.stop()
 
 
 def wait_for_socket(path, proc, timeout=20):
