@@ -211,3 +211,22 @@ def qemu_io(target, *commands, fmt='raw', read_only=False, check=True):
 def make_raw(path, size):
     with open(path, 'wb') as f:
         f.truncate(size)
+
+
+def nbd_uri(sock, name):
+    return 'nbd+unix:///%s?socket=%s' % (name, sock)
+
+
+def dirty_map(uri, bitmap):
+    """[(offset, length)] of dirty extents from nbdinfo --map=qemu:dirty-bitmap:NAME."""
+    out = subprocess.run(['nbdinfo', '--json', '--map=qemu:dirty-bitmap:' + bitmap, uri],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [(e['offset'], e['length']) for e in json.loads(out) if e['type'] & 1]
+
+
+def clusters_of(extents, gran=65536):
+    """The indexes of the `gran`-sized clusters that (offset, length, ...) extents touch."""
+    out = set()
+    for off, length, *_ in extents:
+        out.update(range(off // gran, (off + length + gran - 1) // gran))
+    return out

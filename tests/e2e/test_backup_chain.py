@@ -21,7 +21,7 @@ import time
 import nbd
 
 from backup_testlib import FLEECE, BackupCli, random_fill
-from fleece_testlib import Daemon, make_raw
+from fleece_testlib import Daemon, clusters_of, make_raw
 
 MiB = 1 << 20
 K64 = 65536
@@ -134,13 +134,6 @@ def start_writer(host, seed, keep_data=False, log=()):
     writer.start()
     writer.resume()
     return writer
-
-
-def clusters(extents, gran=K64):
-    out = set()
-    for off, length, *_ in extents:
-        out.update(range(off // gran, (off + length + gran - 1) // gran))
-    return out
 
 
 # ---- the daemon: a raw disk with a sidecar for its persistent bitmaps ---------------------
@@ -274,7 +267,7 @@ def overlay_clusters(path, gran=K64):
     mine = [(e['start'], e['length']) for e in json.loads(out) if e['depth'] == 0]
     for off, length in mine:
         assert off % gran == 0 and length % gran == 0, (off, length)
-    return clusters(mine, gran)
+    return clusters_of(mine, gran)
 
 
 def qemu_img_info(path):
@@ -308,7 +301,7 @@ def test_full_and_two_incrementals_across_a_restart_restore_every_point(tmp_path
         writer.wait_for_writes(60)
         b, mark1 = backup_while_writing(host, writer, p1, '--target', inc1, '--sync', 'incremental',
                                         '--bitmap', 'daily', '--base', full)
-        written1 = clusters(writer.log[mark0:mark1], gran)
+        written1 = clusters_of(writer.log[mark0:mark1], gran)
         assert b.summary['ok'] and b.summary['sync'] == 'incremental'
         assert b.summary['bitmap-action'] == 'reset' and b.summary['base'] == full
         assert b.summary['dirty-bytes'] == len(written1) * gran, (b.summary, len(written1))
@@ -327,7 +320,7 @@ def test_full_and_two_incrementals_across_a_restart_restore_every_point(tmp_path
         writer.wait_for_writes(60)
         b, mark2 = backup_while_writing(host, writer, p2, '--target', inc2, '--sync', 'incremental',
                                         '--bitmap', 'daily', '--base', inc1)
-        written2 = clusters(writer.log[mark1:mark2], gran)
+        written2 = clusters_of(writer.log[mark1:mark2], gran)
         assert b.summary['ok'] and b.summary['bytes'] == len(written2) * gran, b.summary
         assert host.leftovers() == []
         writer.wait_for_writes(50)
@@ -430,7 +423,7 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
         assert k is not None, '%s is not the disk after any prefix of the guest writes' % name
         ks.append(k)
     for (name, _, _, summary), k_prev, k in zip(points[1:], ks, ks[1:]):
-        want = clusters(writer.log[k_prev:k])
+        want = clusters_of(writer.log[k_prev:k])
         # The walk did not wrap around within the window (else every cluster is in it and
         # the check could not see a misplaced write); the budgets make sure of it.
         assert len(want) < size // K64, len(want)
@@ -761,7 +754,7 @@ def test_incremental_to_an_nbd_export_of_a_user_made_overlay(tmp_path):
         b = Backup(host, '--target', 'nbd+unix:///?socket=' + sock, '--sync', 'incremental',
                    '--bitmap', 'b')
         assert b.finish() == 0, (b.seen, b.stderr)
-        assert b.summary['dirty-bytes'] == len(clusters(writes)) * K64
+        assert b.summary['dirty-bytes'] == len(clusters_of(writes)) * K64
         p = run_backup(host, '--target', 'nbd+unix:///?socket=' + sock, '--sync', 'incremental',
                        '--bitmap', 'b', '--base', full, timeout=60)
         assert p.returncode == 1 and 'export a qcow2 overlay' in p.stderr, p.stderr
@@ -770,5 +763,5 @@ def test_incremental_to_an_nbd_export_of_a_user_made_overlay(tmp_path):
             server.terminate()
             server.wait(20)
         host.stop()
-    assert overlay_clusters(inc) == clusters(writes)
+    assert overlay_clusters(inc) == clusters_of(writes)
     assert_restores_to(inc, host.disk, str(tmp_path / 'out.raw'))
