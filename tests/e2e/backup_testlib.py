@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from fleece_testlib import ROOT, Daemon
+from fleece_testlib import FLEECE, Daemon
 
-FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1 << 20
 
 
@@ -147,16 +146,8 @@ def job_events(qmp, job_id, until, timeout=300):
             seen.append(ev)
             if until(ev):
                 return seen
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if not qmp.read_before(deadline):
             raise TimeoutError('job %s: no final event; saw %s' % (job_id, names(seen)))
-        qmp.sock.settimeout(remaining)
-        try:
-            msg = qmp._recv_any()
-        finally:
-            qmp.sock.settimeout(60)
-        if 'event' in msg:
-            qmp.events.append(msg)
 
 
 def names(events):

@@ -20,8 +20,8 @@ import time
 
 import nbd
 
-from backup_testlib import FLEECE, BackupCli, random_fill
-from fleece_testlib import Daemon, clusters_of, make_raw
+from backup_testlib import BackupCli, random_fill
+from fleece_testlib import FLEECE, Daemon, clusters_of, make_raw
 
 MiB = 1 << 20
 K64 = 65536

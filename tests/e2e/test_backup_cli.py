@@ -14,8 +14,8 @@ import time
 import nbd
 import pytest
 
-from backup_testlib import FLEECE, BackupCli
-from fleece_testlib import Daemon, qemu_io
+from backup_testlib import BackupCli
+from fleece_testlib import FLEECE, Daemon, qemu_io
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB

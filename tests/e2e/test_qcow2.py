@@ -4,22 +4,14 @@ corrupts an image, and corrupt images are refused with a message naming the prob
 import os
 import random
 import signal
-import subprocess
 import threading
 
 import nbd
 import pytest
 
-from fleece_testlib import Daemon, QmpError, qemu_io
+from fleece_testlib import Daemon, QmpError, qemu_io, run
 
 MiB = 1 << 20
-
-
-def run(*argv, check=True):
-    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, '%s: %s%s' % (argv, p.stdout, p.stderr)
-    return p
 
 
 def qemu_img_check(path):
