@@ -70,10 +70,21 @@ struct User final : ChildParent {
     const char* parent_type() const override { return "block-backend"; }
 };
 
-TEST(Permissions, WriteUnchangedIsSatisfiedByWriteButNotViceVersa) {
+// Attaches `user` to `node` the way a guest writer does.
+Result<std::unique_ptr<Child>> attach_writer(Graph& g, User& user, Node& node) {
+    return g.attach(user, node, perm_write | perm_consistent_read, perm_all);
+}
+
+// The set-up most tests share: an event loop and a graph holding one 64 KiB memory node.
+class GraphWithDisk : public ::testing::Test {
+  protected:
     io::EventLoop loop;
     Graph g;
     Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+};
+using Permissions = GraphWithDisk;
+
+TEST_F(Permissions, WriteUnchangedIsSatisfiedByWriteButNotViceVersa) {
     User fleecer("fleecer");
     auto wu = g.attach(fleecer, *disk, perm_write_unchanged, perm_all);
     ASSERT_TRUE(wu.ok());
@@ -84,20 +95,17 @@ TEST(Permissions, WriteUnchangedIsSatisfiedByWriteButNotViceVersa) {
     EXPECT_FALSE(loop.run_until_complete(write(wu->get(), &buf, req_write_unchanged)));
     EXPECT_EQ(loop.run_until_complete(write(wu->get(), &buf, 0)), errno_code(EPERM));
     User writer("guest");
-    auto w = g.attach(writer, *disk, perm_write | perm_consistent_read, perm_all);
+    auto w = attach_writer(g, writer, *disk);
     ASSERT_TRUE(w.ok());
     EXPECT_FALSE(loop.run_until_complete(write(w->get(), &buf, req_write_unchanged)));
     g.detach(std::move(*w));
     g.detach(std::move(*wu));
 }
 
-TEST(Permissions, ConsistentReaderBlocksSecondWriterAndNamesBothUsers) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(Permissions, ConsistentReaderBlocksSecondWriterAndNamesBothUsers) {
     Node* reader = *g.add(std::make_unique<ExclusiveReader>("backup-src", *disk));
     User guest("guest");
-    auto w = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    auto w = attach_writer(g, guest, *disk);
     ASSERT_FALSE(w.ok());
     const std::string msg = w.error().message;
     EXPECT_NE(msg.find("node 'disk'"), std::string::npos) << msg;
@@ -114,12 +122,9 @@ TEST(Permissions, ConsistentReaderBlocksSecondWriterAndNamesBothUsers) {
     (void)reader;
 }
 
-TEST(Permissions, AddingANodeThatConflictsLeavesNoTrace) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(Permissions, AddingANodeThatConflictsLeavesNoTrace) {
     User guest("guest");
-    auto w = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    auto w = attach_writer(g, guest, *disk);
     ASSERT_TRUE(w.ok());
     auto r = g.add(std::make_unique<ExclusiveReader>("reader", *disk));
     ASSERT_FALSE(r.ok());
@@ -131,10 +136,7 @@ TEST(Permissions, AddingANodeThatConflictsLeavesNoTrace) {
     g.detach(std::move(*w));
 }
 
-TEST(Graph, NodeWithUsersCannotBeDeleted) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(GraphWithDisk, NodeWithUsersCannotBeDeleted) {
     ASSERT_TRUE(g.add(std::make_unique<CountingFilter>("f", *disk)).ok());
     Status st = loop.run_until_complete(g.remove("disk"));
     ASSERT_FALSE(st.ok());
@@ -165,39 +167,50 @@ io::Task<void> guest_writer(Child* c, int count, int* done) {
     }
 }
 
-io::Task<void> insert_and_remove_filter(Graph* g, Node* disk, int* done) {
-    while (*done < 20)
+io::Task<void> wait_for_writes(const int* done, int count) {
+    while (*done < count)
         co_await io::EventLoop::current().yield();
+}
+
+// After 20 guest writes, puts a filter above the disk (for all its users, or for
+// `only_edge` alone), lets 50 more writes through it, then takes it out again.
+io::Task<void> insert_and_remove_filter(Graph* g, Node* disk, Child* only_edge, int* done) {
+    co_await wait_for_writes(done, 20);
     Node* filter = *g->add(std::make_unique<CountingFilter>("filter", *disk));
-    Status st = co_await g->replace(*disk, *filter);
+    Status st;
+    if (only_edge)
+        st = co_await g->replace_child(*only_edge, *filter);
+    else
+        st = co_await g->replace(*disk, *filter);
     EXPECT_TRUE(st.ok());
-    const int at_insert = *done;
-    while (*done < at_insert + 50)
-        co_await io::EventLoop::current().yield();
+    co_await wait_for_writes(done, *done + 50);
     // Take it out again: its users go back to the disk.
-    st = co_await g->replace(*filter, *disk);
+    if (only_edge)
+        st = co_await g->replace_child(*only_edge, *disk);
+    else
+        st = co_await g->replace(*filter, *disk);
     EXPECT_TRUE(st.ok());
     EXPECT_TRUE((co_await g->remove("filter")).ok());
 }
 
-TEST(Graph, LiveFilterInsertionMovesUsersWithoutFailingRequests) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+// 200 guest writes while a filter comes and goes under them: none may fail, all reach the
+// disk, and the guest's edge ends on the disk again.
+void expect_writes_survive_filter(io::EventLoop& loop, Graph& g, Node* disk, bool only_edge) {
     User guest("guest");
-    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    auto edge = attach_writer(g, guest, *disk);
     ASSERT_TRUE(edge.ok());
     int done = 0;
     loop.spawn(guest_writer(edge->get(), 200, &done));
-    loop.run_until_complete(insert_and_remove_filter(&g, disk, &done));
-    auto settle = [](int* d) -> io::Task<void> {
-        while (*d < 200)
-            co_await io::EventLoop::current().yield();
-    };
-    loop.run_until_complete(settle(&done));
+    Child* moved = only_edge ? edge->get() : nullptr;
+    loop.run_until_complete(insert_and_remove_filter(&g, disk, moved, &done));
+    loop.run_until_complete(wait_for_writes(&done, 200));
     EXPECT_EQ(&(*edge)->node(), disk);
     EXPECT_EQ(static_cast<MemNode*>(disk)->writes, 200);
     g.detach(std::move(*edge));
+}
+
+TEST_F(GraphWithDisk, LiveFilterInsertionMovesUsersWithoutFailingRequests) {
+    expect_writes_survive_filter(loop, g, disk, /*only_edge=*/false);
 }
 
 io::Task<void> drain_while_writing(Graph* g, Node* disk, Child* edge, bool* ok) {
@@ -213,61 +226,27 @@ io::Task<void> drain_while_writing(Graph* g, Node* disk, Child* edge, bool* ok) 
             co_await io::EventLoop::current().yield();
         *ok = done == at && disk->in_flight() == 0; // nothing got through while drained
     }
-    while (done < 100)
-        co_await io::EventLoop::current().yield();
+    co_await wait_for_writes(&done, 100);
 }
 
-TEST(Graph, DrainHoldsRequestsFromOutside) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(GraphWithDisk, DrainHoldsRequestsFromOutside) {
     User guest("guest");
-    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    auto edge = attach_writer(g, guest, *disk);
     bool ok = false;
     loop.run_until_complete(drain_while_writing(&g, disk, edge->get(), &ok));
     EXPECT_TRUE(ok);
     g.detach(std::move(*edge));
 }
 
-io::Task<void> move_one_edge_while_writing(Graph* g, Node* disk, Child* edge, int* done) {
-    while (*done < 20)
-        co_await io::EventLoop::current().yield();
-    Node* filter = *g->add(std::make_unique<CountingFilter>("filter", *disk));
-    Status st = co_await g->replace_child(*edge, *filter);
-    EXPECT_TRUE(st.ok());
-    const int at_insert = *done;
-    while (*done < at_insert + 50)
-        co_await io::EventLoop::current().yield();
-    st = co_await g->replace_child(*edge, *disk);
-    EXPECT_TRUE(st.ok());
-    EXPECT_TRUE((co_await g->remove("filter")).ok());
-    while (*done < 200)
-        co_await io::EventLoop::current().yield();
+TEST_F(GraphWithDisk, ReplaceChildMovesOneEdgeLiveWithoutFailingRequests) {
+    expect_writes_survive_filter(loop, g, disk, /*only_edge=*/true);
 }
 
-TEST(Graph, ReplaceChildMovesOneEdgeLiveWithoutFailingRequests) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
-    User guest("guest");
-    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
-    ASSERT_TRUE(edge.ok());
-    int done = 0;
-    loop.spawn(guest_writer(edge->get(), 200, &done));
-    loop.run_until_complete(move_one_edge_while_writing(&g, disk, edge->get(), &done));
-    EXPECT_EQ(&(*edge)->node(), disk);
-    EXPECT_EQ(static_cast<MemNode*>(disk)->writes, 200);
-    g.detach(std::move(*edge));
-}
-
-TEST(Graph, ReplaceChildRollsBackOnConflictSizeOrLoop) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(GraphWithDisk, ReplaceChildRollsBackOnConflictSizeOrLoop) {
     Node* other = *g.add(std::make_unique<MemNode>("other", 65536));
     Node* small = *g.add(std::make_unique<MemNode>("small", 4096));
     User guest("guest");
-    auto edge = g.attach(guest, *disk, perm_write | perm_consistent_read, perm_all);
+    auto edge = attach_writer(g, guest, *disk);
     ASSERT_TRUE(edge.ok());
     // Size mismatch.
     Status st = loop.run_until_complete(g.replace_child(**edge, *small));
@@ -304,14 +283,11 @@ class BypassGuard final : public FilterNode {
     }
 };
 
-TEST(Graph, ReplaceChildrenMovesTwoWritersTogetherOrNotAtAll) {
-    io::EventLoop loop;
-    Graph g;
-    Node* disk = *g.add(std::make_unique<MemNode>("disk", 65536));
+TEST_F(GraphWithDisk, ReplaceChildrenMovesTwoWritersTogetherOrNotAtAll) {
     Node* guard = *g.add(std::make_unique<BypassGuard>("guard", *disk));
     User a("a"), b("b");
-    auto ea = g.attach(a, *disk, perm_write | perm_consistent_read, perm_all);
-    auto eb = g.attach(b, *disk, perm_write | perm_consistent_read, perm_all);
+    auto ea = attach_writer(g, a, *disk);
+    auto eb = attach_writer(g, b, *disk);
     ASSERT_TRUE(ea.ok() && eb.ok());
     // One alone conflicts with the other writer still on the disk; nothing moves.
     Status st = loop.run_until_complete(g.replace_child(**ea, *guard));
@@ -386,7 +362,7 @@ TEST(Fua, EmulatedByFlushWhenTheNodeLacksIt) {
         Graph g;
         auto* rec = static_cast<FuaRecorder*>(*g.add(std::make_unique<FuaRecorder>(native)));
         User u("u");
-        auto edge = g.attach(u, *rec, perm_write | perm_consistent_read, perm_all);
+        auto edge = attach_writer(g, u, *rec);
         ASSERT_TRUE(edge.ok());
         loop.run_until_complete(fua_requests(edge->get()));
         const std::vector<std::string> emulated{"write", "flush", "zeroes", "flush", "write"};

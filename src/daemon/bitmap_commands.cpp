@@ -80,9 +80,26 @@ std::map<std::string, std::string>& sidecars() {
 
 // ---- actions ----------------------------------------------------------------------------
 
-class AddAction final : public BitmapAction {
+// What every action works from: the graph and the arguments (a command's, or the data of a
+// transaction entry).
+class ActionOnArgs : public BitmapAction {
   public:
-    AddAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    ActionOnArgs(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+
+  protected:
+    // The bitmap the "node" and "name" arguments name.
+    Result<DirtyBitmap*> named_bitmap(block::Node** node_out = nullptr) {
+        return lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>(),
+                      node_out);
+    }
+
+    block::Graph& graph_;
+    json data_;
+};
+
+class AddAction final : public ActionOnArgs {
+  public:
+    using ActionOnArgs::ActionOnArgs;
     Status prepare() override {
         if (Status st = validate("block-dirty-bitmap-add", add_args(), data_); !st) return st;
         auto n = find_node(graph_, data_["node"].get<std::string>());
@@ -114,19 +131,16 @@ class AddAction final : public BitmapAction {
     }
 
   private:
-    block::Graph& graph_;
-    json data_;
     block::Node* node_ = nullptr;
     DirtyBitmap* added_ = nullptr;
 };
 
-class RemoveAction final : public BitmapAction {
+class RemoveAction final : public ActionOnArgs {
   public:
-    RemoveAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    using ActionOnArgs::ActionOnArgs;
     Status prepare() override {
         if (Status st = validate("block-dirty-bitmap-remove", name_args(), data_); !st) return st;
-        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>(),
-                        &node_);
+        auto b = named_bitmap(&node_);
         if (!b) return b.error();
         if (Status st = check_bitmap(**b, block::bitmap_check_busy | block::bitmap_check_readonly);
             !st)
@@ -145,18 +159,16 @@ class RemoveAction final : public BitmapAction {
     void abort() override { bitmap_->set_busy(false); }
 
   private:
-    block::Graph& graph_;
-    json data_;
     block::Node* node_ = nullptr;
     DirtyBitmap* bitmap_ = nullptr;
 };
 
-class ClearAction final : public BitmapAction {
+class ClearAction final : public ActionOnArgs {
   public:
-    ClearAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    using ActionOnArgs::ActionOnArgs;
     Status prepare() override {
         if (Status st = validate("block-dirty-bitmap-clear", name_args(), data_); !st) return st;
-        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>());
+        auto b = named_bitmap();
         if (!b) return b.error();
         if (Status st = check_bitmap(**b, block::bitmap_check_all); !st) return st;
         bitmap_ = *b;
@@ -167,20 +179,18 @@ class ClearAction final : public BitmapAction {
     void abort() override { bitmap_->restore_bits(std::move(*saved_)); }
 
   private:
-    block::Graph& graph_;
-    json data_;
     DirtyBitmap* bitmap_ = nullptr;
     std::optional<Bitmap> saved_;
 };
 
-class EnableAction final : public BitmapAction {
+class EnableAction final : public ActionOnArgs {
   public:
     EnableAction(block::Graph& g, json d, bool enable)
-        : graph_(g), data_(std::move(d)), enable_(enable) {}
+        : ActionOnArgs(g, std::move(d)), enable_(enable) {}
     Status prepare() override {
         const char* type = enable_ ? "block-dirty-bitmap-enable" : "block-dirty-bitmap-disable";
         if (Status st = validate(type, name_args(), data_); !st) return st;
-        auto b = lookup(graph_, data_["node"].get<std::string>(), data_["name"].get<std::string>());
+        auto b = named_bitmap();
         if (!b) return b.error();
         if (Status st = check_bitmap(**b, block::bitmap_check_allow_readonly); !st) return st;
         bitmap_ = *b;
@@ -191,16 +201,14 @@ class EnableAction final : public BitmapAction {
     void abort() override { bitmap_->set_enabled(was_); }
 
   private:
-    block::Graph& graph_;
-    json data_;
     bool enable_;
     DirtyBitmap* bitmap_ = nullptr;
     bool was_ = false;
 };
 
-class MergeAction final : public BitmapAction {
+class MergeAction final : public ActionOnArgs {
   public:
-    MergeAction(block::Graph& g, json d) : graph_(g), data_(std::move(d)) {}
+    using ActionOnArgs::ActionOnArgs;
     Status prepare() override {
         if (Status st = validate("block-dirty-bitmap-merge", merge_args(), data_); !st) return st;
         const std::string node = data_["node"].get<std::string>();
@@ -245,8 +253,6 @@ class MergeAction final : public BitmapAction {
     void abort() override { bitmap_->restore_bits(std::move(*saved_)); }
 
   private:
-    block::Graph& graph_;
-    json data_;
     DirtyBitmap* bitmap_ = nullptr;
     std::optional<Bitmap> saved_;
 };

@@ -33,6 +33,22 @@ struct Fixture {
     }
 };
 
+// The job every test runs: "bk", from the fixture's source to `target`.
+BackupOptions bk_options(std::string target = "tgt") {
+    BackupOptions o;
+    o.job.id = "bk";
+    o.device = "src";
+    o.target = std::move(target);
+    return o;
+}
+
+// A guest's export, as a parent of the source.
+struct Guest final : block::ChildParent {
+    std::string parent_description() const override { return "export 'guest'"; }
+    std::string parent_name() const override { return "guest"; }
+    const char* parent_type() const override { return "block-backend"; }
+};
+
 io::Task<void> wait_gone(JobManager* m, std::string id) {
     while (m->find(id))
         co_await io::sleep_for(std::chrono::milliseconds(1));
@@ -41,10 +57,7 @@ io::Task<void> wait_gone(JobManager* m, std::string id) {
 TEST(BackupJob, FullBackupCopiesTheSourceExactly) {
     Fixture f;
     JobManager jobs;
-    BackupOptions o;
-    o.job.id = "bk";
-    o.device = "src";
-    o.target = "tgt";
+    BackupOptions o = bk_options();
     o.max_workers = 8;
     auto job = BackupJob::create(f.graph, o, f.sink());
     ASSERT_TRUE(job.ok()) << job.error().message;
@@ -58,18 +71,11 @@ TEST(BackupJob, FullBackupCopiesTheSourceExactly) {
 
 TEST(BackupJob, SourceWithWritersIsRefusedAndNothingStaysAttached) {
     Fixture f;
-    struct Writer final : block::ChildParent {
-        std::string parent_description() const override { return "export 'guest'"; }
-        std::string parent_name() const override { return "guest"; }
-        const char* parent_type() const override { return "block-backend"; }
-    } writer;
+    Guest writer;
     auto edge = f.graph.attach(writer, *f.source, block::perm_write | block::perm_consistent_read,
                                block::perm_all);
     ASSERT_TRUE(edge.ok());
-    BackupOptions o;
-    o.job.id = "bk";
-    o.device = "src";
-    o.target = "tgt";
+    BackupOptions o = bk_options();
     auto job = BackupJob::create(f.graph, o, f.sink());
     ASSERT_FALSE(job.ok());
     EXPECT_NE(job.error().message.find("writers"), std::string::npos) << job.error().message;
@@ -81,19 +87,12 @@ TEST(BackupJob, SourceWithWritersIsRefusedAndNothingStaysAttached) {
 TEST(BackupJob, WhileRunningNoWriterMayAttachToTheSource) {
     Fixture f;
     JobManager jobs;
-    BackupOptions o;
-    o.job.id = "bk";
-    o.device = "src";
-    o.target = "tgt";
+    BackupOptions o = bk_options();
     o.job.speed = 1; // holds the job open
     auto job = BackupJob::create(f.graph, o, f.sink());
     ASSERT_TRUE(job.ok());
     ASSERT_TRUE(jobs.start(std::move(*job)).ok());
-    struct Writer final : block::ChildParent {
-        std::string parent_description() const override { return "export 'guest'"; }
-        std::string parent_name() const override { return "guest"; }
-        const char* parent_type() const override { return "block-backend"; }
-    } writer;
+    Guest writer;
     auto edge = f.graph.attach(writer, *f.source, block::perm_write, block::perm_all);
     EXPECT_FALSE(edge.ok());
     ASSERT_TRUE(jobs.find("bk")->cancel().ok());
@@ -104,10 +103,7 @@ TEST(BackupJob, WhileRunningNoWriterMayAttachToTheSource) {
 TEST(BackupJob, SizeMismatchAndUnknownNodesAreErrors) {
     Fixture f;
     f.graph.add(std::make_unique<nodes::MemoryNode>("small", 4096)).value();
-    BackupOptions o;
-    o.job.id = "bk";
-    o.device = "src";
-    o.target = "small";
+    BackupOptions o = bk_options("small");
     auto job = BackupJob::create(f.graph, o, f.sink());
     ASSERT_FALSE(job.ok());
     EXPECT_EQ(job.error().message, "Source and target image have different sizes");
@@ -130,12 +126,6 @@ Result<BackupFilter> make_filter(const BackupFilterRequest& req) {
     return f;
 }
 
-struct Guest final : block::ChildParent {
-    std::string parent_description() const override { return "export 'guest'"; }
-    std::string parent_name() const override { return "guest"; }
-    const char* parent_type() const override { return "block-backend"; }
-};
-
 // Writes every 7th 4 KiB block with 0xee through the guest edge while the job runs.
 io::Task<void> guest_writes(block::Child* edge, JobManager* jobs) {
     std::vector<std::byte> buf(4096, std::byte{0xee});
@@ -155,10 +145,7 @@ TEST(BackupJob, SourceWithWritersGetsTheJobsFilterAndTheSnapshotIsExact) {
                                block::perm_all);
     ASSERT_TRUE(edge.ok());
     JobManager jobs;
-    BackupOptions o;
-    o.job.id = "bk";
-    o.device = "src";
-    o.target = "tgt";
+    BackupOptions o = bk_options();
     o.max_workers = 4;
     o.max_chunk = 65536;
     o.filter_node_name = "bk-cbw";

@@ -5,40 +5,30 @@
 namespace fleece::nbd {
 
 void put_u16(Bytes& out, std::uint16_t v) {
-    out.push_back(std::byte(v >> 8));
-    out.push_back(std::byte(v & 0xff));
+    out.resize(out.size() + 2);
+    store_be16(out.data() + out.size() - 2, v);
 }
 void put_u32(Bytes& out, std::uint32_t v) {
-    put_u16(out, static_cast<std::uint16_t>(v >> 16));
-    put_u16(out, static_cast<std::uint16_t>(v & 0xffff));
+    out.resize(out.size() + 4);
+    store_be32(out.data() + out.size() - 4, v);
 }
 void put_u64(Bytes& out, std::uint64_t v) {
-    put_u32(out, static_cast<std::uint32_t>(v >> 32));
-    put_u32(out, static_cast<std::uint32_t>(v & 0xffffffffu));
+    out.resize(out.size() + 8);
+    store_be64(out.data() + out.size() - 8, v);
 }
 void put_bytes(Bytes& out, std::string_view s) {
     const auto* p = reinterpret_cast<const std::byte*>(s.data());
     out.insert(out.end(), p, p + s.size());
 }
-std::uint16_t get_u16(const std::byte* p) {
-    return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) |
-                                      std::to_integer<unsigned>(p[1]));
-}
-std::uint32_t get_u32(const std::byte* p) {
-    return (std::uint32_t{get_u16(p)} << 16) | get_u16(p + 2);
-}
-std::uint64_t get_u64(const std::byte* p) {
-    return (std::uint64_t{get_u32(p)} << 32) | get_u32(p + 4);
-}
 
 std::optional<Request> parse_request(std::span<const std::byte> h) {
-    if (h.size() < request_size || get_u32(h.data()) != request_magic) return std::nullopt;
+    if (h.size() < request_size || load_be32(h.data()) != request_magic) return std::nullopt;
     Request r;
-    r.flags = get_u16(h.data() + 4);
-    r.type = get_u16(h.data() + 6);
-    r.cookie = get_u64(h.data() + 8);
-    r.offset = get_u64(h.data() + 16);
-    r.length = get_u32(h.data() + 24);
+    r.flags = load_be16(h.data() + 4);
+    r.type = load_be16(h.data() + 6);
+    r.cookie = load_be64(h.data() + 8);
+    r.offset = load_be64(h.data() + 16);
+    r.length = load_be32(h.data() + 24);
     return r;
 }
 
@@ -205,8 +195,8 @@ void encode_block_status(Bytes& out, std::uint64_t cookie, std::uint32_t context
 }
 
 std::optional<OptionHeader> parse_option_header(std::span<const std::byte> h) {
-    if (h.size() < option_header_size || get_u64(h.data()) != opt_magic) return std::nullopt;
-    return OptionHeader{get_u32(h.data() + 8), get_u32(h.data() + 12)};
+    if (h.size() < option_header_size || load_be64(h.data()) != opt_magic) return std::nullopt;
+    return OptionHeader{load_be32(h.data() + 8), load_be32(h.data() + 12)};
 }
 
 Bytes encode_option_header(const OptionHeader& h) {
@@ -292,7 +282,7 @@ namespace {
 // Reads a u32-length-prefixed string at `pos`; advances pos.
 bool read_string(std::span<const std::byte> d, std::size_t& pos, std::string& out) {
     if (d.size() - pos < 4) return false;
-    const std::uint32_t n = get_u32(d.data() + pos);
+    const std::uint32_t n = load_be32(d.data() + pos);
     pos += 4;
     if (n > d.size() - pos || n > 4096) return false;
     out.assign(reinterpret_cast<const char*>(d.data() + pos), n);
@@ -306,11 +296,11 @@ std::optional<InfoRequest> parse_info_request(std::span<const std::byte> d) {
     std::size_t pos = 0;
     if (!read_string(d, pos, r.name)) return std::nullopt;
     if (d.size() - pos < 2) return std::nullopt;
-    const std::uint16_t n = get_u16(d.data() + pos);
+    const std::uint16_t n = load_be16(d.data() + pos);
     pos += 2;
     if (d.size() - pos != std::size_t{n} * 2) return std::nullopt;
     for (std::uint16_t i = 0; i < n; ++i, pos += 2)
-        r.infos.push_back(get_u16(d.data() + pos));
+        r.infos.push_back(load_be16(d.data() + pos));
     return r;
 }
 
@@ -319,7 +309,7 @@ std::optional<MetaContextRequest> parse_meta_context_request(std::span<const std
     std::size_t pos = 0;
     if (!read_string(d, pos, r.export_name)) return std::nullopt;
     if (d.size() - pos < 4) return std::nullopt;
-    const std::uint32_t n = get_u32(d.data() + pos);
+    const std::uint32_t n = load_be32(d.data() + pos);
     pos += 4;
     // Each query takes at least 4 bytes; bound the count by what the data can hold.
     if (n > (d.size() - pos) / 4) return std::nullopt;

@@ -3,6 +3,7 @@
 // code and exercised directly by unit tests and the fuzz target.
 
 #include "nbd/protocol.hpp"
+#include "util/endian.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -16,14 +17,11 @@ namespace fleece::nbd {
 
 using Bytes = std::vector<std::byte>;
 
-// Big-endian helpers.
+// Append big-endian integers / raw bytes (reading them back: load_be* in util/endian.hpp).
 void put_u16(Bytes& out, std::uint16_t v);
 void put_u32(Bytes& out, std::uint32_t v);
 void put_u64(Bytes& out, std::uint64_t v);
 void put_bytes(Bytes& out, std::string_view s);
-std::uint16_t get_u16(const std::byte* p);
-std::uint32_t get_u32(const std::byte* p);
-std::uint64_t get_u64(const std::byte* p);
 
 // ---- Transmission phase ----------------------------------------------------------------
 

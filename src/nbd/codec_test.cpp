@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 using namespace fleece::nbd;
+using fleece::load_be16;
+using fleece::load_be32;
+using fleece::load_be64;
 
 namespace {
 std::span<const std::byte> sp(const Bytes& b) {
@@ -33,7 +36,7 @@ TEST(NbdCodec, RequestRoundTrip) {
     Request r = req(cmd_write, 0x123456789aull, 4096, cmd_flag_fua);
     Bytes b = encode_request(r);
     ASSERT_EQ(b.size(), request_size);
-    EXPECT_EQ(get_u32(b.data()), request_magic);
+    EXPECT_EQ(load_be32(b.data()), request_magic);
     auto p = parse_request(sp(b));
     ASSERT_TRUE(p);
     EXPECT_EQ(p->type, cmd_write);
@@ -127,43 +130,43 @@ TEST(NbdCodec, Replies) {
     Bytes b;
     encode_simple_reply(b, 7, err_io);
     ASSERT_EQ(b.size(), simple_reply_size);
-    EXPECT_EQ(get_u32(b.data()), simple_reply_magic);
-    EXPECT_EQ(get_u32(b.data() + 4), err_io);
-    EXPECT_EQ(get_u64(b.data() + 8), 7u);
+    EXPECT_EQ(load_be32(b.data()), simple_reply_magic);
+    EXPECT_EQ(load_be32(b.data() + 4), err_io);
+    EXPECT_EQ(load_be64(b.data() + 8), 7u);
 
     b.clear();
     encode_offset_data_header(b, 9, 4096, 512, true);
     ASSERT_EQ(b.size(), structured_reply_header_size + 8);
-    EXPECT_EQ(get_u32(b.data()), structured_reply_magic);
-    EXPECT_EQ(get_u16(b.data() + 4), reply_flag_done);
-    EXPECT_EQ(get_u16(b.data() + 6), reply_type_offset_data);
-    EXPECT_EQ(get_u64(b.data() + 8), 9u);
-    EXPECT_EQ(get_u32(b.data() + 16), 512u + 8);
-    EXPECT_EQ(get_u64(b.data() + 20), 4096u);
+    EXPECT_EQ(load_be32(b.data()), structured_reply_magic);
+    EXPECT_EQ(load_be16(b.data() + 4), reply_flag_done);
+    EXPECT_EQ(load_be16(b.data() + 6), reply_type_offset_data);
+    EXPECT_EQ(load_be64(b.data() + 8), 9u);
+    EXPECT_EQ(load_be32(b.data() + 16), 512u + 8);
+    EXPECT_EQ(load_be64(b.data() + 20), 4096u);
 
     b.clear();
     encode_error_chunk(b, 3, err_inval, "bad");
-    EXPECT_EQ(get_u16(b.data() + 6), reply_type_error);
-    EXPECT_EQ(get_u32(b.data() + 16), 9u);
-    EXPECT_EQ(get_u32(b.data() + 20), err_inval);
-    EXPECT_EQ(get_u16(b.data() + 24), 3u);
+    EXPECT_EQ(load_be16(b.data() + 6), reply_type_error);
+    EXPECT_EQ(load_be32(b.data() + 16), 9u);
+    EXPECT_EQ(load_be32(b.data() + 20), err_inval);
+    EXPECT_EQ(load_be16(b.data() + 24), 3u);
 
     b.clear();
     const Extent ex[] = {{4096, 0}, {8192, state_hole | state_zero}};
     encode_block_status(b, 5, 1, ex, true);
     ASSERT_EQ(b.size(), 20u + 4 + 16);
-    EXPECT_EQ(get_u32(b.data() + 16), 20u);
-    EXPECT_EQ(get_u32(b.data() + 20), 1u);
-    EXPECT_EQ(get_u32(b.data() + 32), 8192u);
-    EXPECT_EQ(get_u32(b.data() + 36), 3u);
+    EXPECT_EQ(load_be32(b.data() + 16), 20u);
+    EXPECT_EQ(load_be32(b.data() + 20), 1u);
+    EXPECT_EQ(load_be32(b.data() + 32), 8192u);
+    EXPECT_EQ(load_be32(b.data() + 36), 3u);
 }
 
 TEST(NbdCodec, OptionsAndHandshake) {
     Bytes g = encode_greeting(flag_fixed_newstyle | flag_no_zeroes);
     ASSERT_EQ(g.size(), 18u);
-    EXPECT_EQ(get_u64(g.data()), nbd_magic);
-    EXPECT_EQ(get_u64(g.data() + 8), opt_magic);
-    EXPECT_EQ(get_u16(g.data() + 16), 3u);
+    EXPECT_EQ(load_be64(g.data()), nbd_magic);
+    EXPECT_EQ(load_be64(g.data() + 8), opt_magic);
+    EXPECT_EQ(load_be16(g.data() + 16), 3u);
 
     Bytes h = encode_option_header({opt_go, 12});
     auto oh = parse_option_header(sp(h));
@@ -175,10 +178,10 @@ TEST(NbdCodec, OptionsAndHandshake) {
 
     Bytes r;
     encode_option_reply(r, opt_list, rep_server, sp(rep_server_payload("disk", "d")));
-    EXPECT_EQ(get_u64(r.data()), opt_reply_magic);
-    EXPECT_EQ(get_u32(r.data() + 8), opt_list);
-    EXPECT_EQ(get_u32(r.data() + 12), rep_server);
-    EXPECT_EQ(get_u32(r.data() + 16), 4u + 4 + 1);
+    EXPECT_EQ(load_be64(r.data()), opt_reply_magic);
+    EXPECT_EQ(load_be32(r.data() + 8), opt_list);
+    EXPECT_EQ(load_be32(r.data() + 12), rep_server);
+    EXPECT_EQ(load_be32(r.data() + 16), 4u + 4 + 1);
 
     EXPECT_EQ(export_name_reply(1, 2, true).size(), 10u);
     EXPECT_EQ(export_name_reply(1, 2, false).size(), 134u);

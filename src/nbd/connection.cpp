@@ -105,7 +105,7 @@ io::Task<bool> Connection::handshake() {
     if (!co_await send(encode_greeting(flag_fixed_newstyle | flag_no_zeroes))) co_return false;
     std::byte cf[4];
     if (co_await stream_->read_exact(cf) < 0) co_return false;
-    const std::uint32_t client_flags = get_u32(cf);
+    const std::uint32_t client_flags = load_be32(cf);
     // Unknown client flags: the spec says to close; we accept the known ones only.
     if (client_flags & ~(client_flag_fixed_newstyle | client_flag_no_zeroes)) co_return false;
     no_zeroes_ = client_flags & client_flag_no_zeroes;

@@ -146,6 +146,21 @@ struct Fixture {
         }
         return h;
     }
+    // A plain socket to the server, past its 18-byte greeting, for clients that speak the
+    // protocol by hand (libnbd would not misbehave); -1 when that fails.
+    int connect_raw() const {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+        char greet[18];
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+            ::recv(fd, greet, sizeof greet, MSG_WAITALL) != 18) {
+            ::close(fd);
+            return -1;
+        }
+        return fd;
+    }
 };
 
 struct ExtentCollector {
@@ -322,13 +337,8 @@ TEST(NbdServer, GarbageClientDoesNotHurtOthers) {
     Fixture f;
     ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
     f.run_client([&] {
-        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        std::strncpy(addr.sun_path, f.sock.c_str(), sizeof addr.sun_path - 1);
-        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-        char greet[18];
-        ASSERT_EQ(::recv(fd, greet, sizeof greet, MSG_WAITALL), 18);
+        const int fd = f.connect_raw();
+        ASSERT_GE(fd, 0);
         const unsigned char flags[4] = {0, 0, 0, 3};
         ASSERT_EQ(::send(fd, flags, 4, MSG_NOSIGNAL), 4);
         char junk[64];
@@ -417,13 +427,8 @@ TEST(NbdServer, OversizedWritePayloadIsSkipped) {
     Fixture f;
     ASSERT_TRUE(f.server->add_export({"e0", "mem0", "disk", "", true}).ok());
     f.run_client([&] {
-        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        std::strncpy(addr.sun_path, f.sock.c_str(), sizeof addr.sun_path - 1);
-        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-        char greet[18];
-        ASSERT_EQ(::recv(fd, greet, sizeof greet, MSG_WAITALL), 18);
+        const int fd = f.connect_raw();
+        ASSERT_GE(fd, 0);
         nbd::Bytes out;
         nbd::put_u32(out, nbd::client_flag_fixed_newstyle | nbd::client_flag_no_zeroes);
         nbd::Bytes oh = nbd::encode_option_header({nbd::opt_export_name, 4});
@@ -446,13 +451,13 @@ TEST(NbdServer, OversizedWritePayloadIsSkipped) {
                   static_cast<ssize_t>(out.size()));
         std::byte reply[10 + 16 + 16];
         ASSERT_EQ(::recv(fd, reply, sizeof reply, MSG_WAITALL), static_cast<ssize_t>(sizeof reply));
-        EXPECT_EQ(nbd::get_u64(reply), 1u << 20); // export size
-        EXPECT_EQ(nbd::get_u32(reply + 10), nbd::simple_reply_magic);
-        EXPECT_EQ(nbd::get_u32(reply + 14), nbd::err_inval); // no structured replies: EINVAL
-        EXPECT_EQ(nbd::get_u64(reply + 18), 42u);
-        EXPECT_EQ(nbd::get_u32(reply + 26), nbd::simple_reply_magic);
-        EXPECT_EQ(nbd::get_u32(reply + 30), nbd::err_none);
-        EXPECT_EQ(nbd::get_u64(reply + 34), 43u);
+        EXPECT_EQ(load_be64(reply), 1u << 20); // export size
+        EXPECT_EQ(load_be32(reply + 10), nbd::simple_reply_magic);
+        EXPECT_EQ(load_be32(reply + 14), nbd::err_inval); // no structured replies: EINVAL
+        EXPECT_EQ(load_be64(reply + 18), 42u);
+        EXPECT_EQ(load_be32(reply + 26), nbd::simple_reply_magic);
+        EXPECT_EQ(load_be32(reply + 30), nbd::err_none);
+        EXPECT_EQ(load_be64(reply + 34), 43u);
         ::close(fd);
 
         nbd_handle* h = f.connect("disk");

@@ -1,11 +1,30 @@
 """Helpers for the backup e2e tests: nbdkit targets, a fio guest, job event sequences."""
 
+import json
 import os
+import queue
 import shutil
 import subprocess
+import threading
 import time
 
+import pytest
+
+from fleece_testlib import FLEECE, Daemon
+
 MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A daemon in tmp_path, and a list for the helper processes (Nbdkit...) a test starts:
+    all stopped afterwards."""
+    procs = []
+    d = Daemon(tmp_path)
+    yield d, tmp_path, procs
+    d.stop()
+    for p in procs:
+        p.stop()
 
 
 def wait_for_socket(path, proc, timeout=20):
@@ -127,16 +146,8 @@ def job_events(qmp, job_id, until, timeout=300):
             seen.append(ev)
             if until(ev):
                 return seen
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if not qmp.read_before(deadline):
             raise TimeoutError('job %s: no final event; saw %s' % (job_id, names(seen)))
-        qmp.sock.settimeout(remaining)
-        try:
-            msg = qmp._recv_any()
-        finally:
-            qmp.sock.settimeout(60)
-        if 'event' in msg:
-            qmp.events.append(msg)
 
 
 def names(events):
@@ -178,3 +189,40 @@ def export_children(qmp):
 
 def node_names(qmp):
     return sorted(n['node-name'] for n in qmp.execute('query-named-block-nodes'))
+
+
+class BackupCli:
+    """A running `fleece backup --json ARGS`, its JSON lines collected as they come."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([FLEECE, 'backup', '--json', *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def wait_for(self, event, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert msg is not None, 'fleece backup exited before %s: %s %s' % (
+                event, self.seen, self.proc.stderr.read())
+            self.seen.append(msg)
+            if msg['event'] == event:
+                return msg
+
+    def finish(self, timeout):
+        """Waits for the exit; collects the remaining lines and stderr. Returns the exit code."""
+        rc = self.proc.wait(timeout)
+        while True:
+            msg = self.lines.get(timeout=10)
+            if msg is None:
+                break
+            self.seen.append(msg)
+        self.stderr = self.proc.stderr.read()
+        return rc

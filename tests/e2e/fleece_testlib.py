@@ -9,6 +9,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FLEECED = os.environ.get('FLEECED', os.path.join(ROOT, 'build', 'bin', 'fleeced'))
+FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 
 
 class QmpError(Exception):
@@ -89,16 +90,23 @@ class Qmp:
             for i, ev in enumerate(self.events):
                 if ev['event'] == name and (match is None or match(ev.get('data', {}))):
                     return self.events.pop(i)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not self.read_before(deadline):
                 raise TimeoutError('no %s event within %ss' % (name, timeout))
-            self.sock.settimeout(remaining)
-            try:
-                msg = self._recv_any()
-            finally:
-                self.sock.settimeout(60)
-            if 'event' in msg:
-                self.events.append(msg)
+
+    def read_before(self, deadline):
+        """Reads one more message, keeping it in self.events if it is an event; False when
+        the deadline (time.monotonic()) has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            msg = self._recv_any()
+        finally:
+            self.sock.settimeout(60)
+        if 'event' in msg:
+            self.events.append(msg)
+        return True
 
 
 class QmpClient:
@@ -208,6 +216,33 @@ def qemu_io(target, *commands, fmt='raw', read_only=False, check=True):
     return out
 
 
+def run(*argv, check=True, timeout=300):
+    """Runs a command, output captured; with `check`, asserts it succeeded."""
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, '%s: %s%s' % (argv, p.stdout, p.stderr)
+    return p
+
+
 def make_raw(path, size):
     with open(path, 'wb') as f:
         f.truncate(size)
+
+
+def nbd_uri(sock, name):
+    return 'nbd+unix:///%s?socket=%s' % (name, sock)
+
+
+def dirty_map(uri, bitmap):
+    """[(offset, length)] of dirty extents from nbdinfo --map=qemu:dirty-bitmap:NAME."""
+    out = subprocess.run(['nbdinfo', '--json', '--map=qemu:dirty-bitmap:' + bitmap, uri],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [(e['offset'], e['length']) for e in json.loads(out) if e['type'] & 1]
+
+
+def clusters_of(extents, gran=65536):
+    """The indexes of the `gran`-sized clusters that (offset, length, ...) extents touch."""
+    out = set()
+    for off, length, *_ in extents:
+        out.update(range(off // gran, (off + length + gran - 1) // gran))
+    return out

@@ -11,7 +11,6 @@ while the guest writes."""
 
 import json
 import os
-import queue
 import random
 import shutil
 import signal
@@ -21,9 +20,9 @@ import time
 
 import nbd
 
-from fleece_testlib import ROOT, Daemon, make_raw
+from backup_testlib import BackupCli, random_fill
+from fleece_testlib import FLEECE, Daemon, clusters_of, make_raw
 
-FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1 << 20
 K64 = 65536
 
@@ -128,11 +127,13 @@ class LoggingWriter(threading.Thread):
         assert not self.errors, self.errors
 
 
-def clusters(extents, gran=K64):
-    out = set()
-    for off, length, *_ in extents:
-        out.update(range(off // gran, (off + length + gran - 1) // gran))
-    return out
+def start_writer(host, seed, keep_data=False, log=()):
+    """A LoggingWriter on the host's export, writing; `log` carries on an earlier one's."""
+    writer = LoggingWriter(host.uri, host.size, seed, keep_data)
+    writer.log = list(log)
+    writer.start()
+    writer.resume()
+    return writer
 
 
 # ---- the daemon: a raw disk with a sidecar for its persistent bitmaps ---------------------
@@ -141,9 +142,14 @@ class Host:
     """fleeced serving `disk.raw` over the NBD export `guest`, its persistent bitmaps in a
     sidecar. start() may be called again after stop() or crash() (same files)."""
 
-    def __init__(self, tmp_path, size, sidecar=True):
+    def __init__(self, tmp_path, size, sidecar=True, seed=None):
+        """Creates the disk: random content from `seed`, or zeroes without one."""
         self.dir = tmp_path
         self.disk = str(tmp_path / 'disk.raw')
+        if seed is None:
+            make_raw(self.disk, size)
+        else:
+            random_fill(self.disk, size, seed)
         self.sock = str(tmp_path / 'nbd.sock')
         self.size = size
         self.sidecar = sidecar
@@ -196,41 +202,22 @@ class Host:
 
 # ---- the CLI ----------------------------------------------------------------------------
 
-class Backup:
-    """A running `fleece backup --json`, its lines collected as they come."""
+class Backup(BackupCli):
+    """A running `fleece backup --json` on the host's disk, its lines collected as they come."""
 
     def __init__(self, host, *args):
-        argv = [FLEECE, 'backup', '--json', '--qmp', host.d.qmp_path, '--node', 'disk', *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def wait_for(self, event, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert msg is not None, 'fleece backup exited before %s: %s %s' % (
-                event, self.seen, self.proc.stderr.read())
-            self.seen.append(msg)
-            if msg['event'] == event:
-                return msg
+        super().__init__('--qmp', host.d.qmp_path, '--node', 'disk', *args)
 
     def finish(self, timeout=300):
-        rc = self.proc.wait(timeout)
-        while True:
-            msg = self.lines.get(timeout=10)
-            if msg is None:
-                break
-            self.seen.append(msg)
-        self.stderr = self.proc.stderr.read()
+        rc = super().finish(timeout)
         self.summary = [m for m in self.seen if m['event'] == 'summary'][-1]
         return rc
+
+
+def run_backup(host, *args, timeout=120):
+    """`fleece backup` on the host's disk, run to its end."""
+    return subprocess.run([FLEECE, 'backup', '--qmp', host.d.qmp_path, '--node', 'disk', *args],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def set_job_speed(q, speed):
@@ -280,7 +267,7 @@ def overlay_clusters(path, gran=K64):
     mine = [(e['start'], e['length']) for e in json.loads(out) if e['depth'] == 0]
     for off, length in mine:
         assert off % gran == 0 and length % gran == 0, (off, length)
-    return clusters(mine, gran)
+    return clusters_of(mine, gran)
 
 
 def qemu_img_info(path):
@@ -293,13 +280,9 @@ def qemu_img_info(path):
 
 def test_full_and_two_incrementals_across_a_restart_restore_every_point(tmp_path):
     size = 32 * MiB
-    host = Host(tmp_path, size)
-    with open(host.disk, 'wb') as f:
-        f.write(random.Random(3).randbytes(size))
+    host = Host(tmp_path, size, seed=3)
     q = host.start()
-    writer = LoggingWriter(host.uri, size, seed=11)
-    writer.start()
-    writer.resume()
+    writer = start_writer(host, seed=11)
     writer.wait_for_writes(100)
     try:
         full, inc1, inc2 = (str(tmp_path / n) for n in ('full.raw', 'inc1.qcow2', 'inc2.qcow2'))
@@ -318,7 +301,7 @@ def test_full_and_two_incrementals_across_a_restart_restore_every_point(tmp_path
         writer.wait_for_writes(60)
         b, mark1 = backup_while_writing(host, writer, p1, '--target', inc1, '--sync', 'incremental',
                                         '--bitmap', 'daily', '--base', full)
-        written1 = clusters(writer.log[mark0:mark1], gran)
+        written1 = clusters_of(writer.log[mark0:mark1], gran)
         assert b.summary['ok'] and b.summary['sync'] == 'incremental'
         assert b.summary['bitmap-action'] == 'reset' and b.summary['base'] == full
         assert b.summary['dirty-bytes'] == len(written1) * gran, (b.summary, len(written1))
@@ -333,15 +316,11 @@ def test_full_and_two_incrementals_across_a_restart_restore_every_point(tmp_path
         q = host.start()
         info = host.bitmap('daily')
         assert info['persistent'] and info['recording'] and not info.get('inconsistent'), info
-        writer2 = LoggingWriter(host.uri, size, seed=12)
-        writer2.log = list(writer.log)  # one log across the restart
-        writer = writer2
-        writer.start()
-        writer.resume()
+        writer = start_writer(host, seed=12, log=writer.log)  # one log across the restart
         writer.wait_for_writes(60)
         b, mark2 = backup_while_writing(host, writer, p2, '--target', inc2, '--sync', 'incremental',
                                         '--bitmap', 'daily', '--base', inc1)
-        written2 = clusters(writer.log[mark1:mark2], gran)
+        written2 = clusters_of(writer.log[mark1:mark2], gran)
         assert b.summary['ok'] and b.summary['bytes'] == len(written2) * gran, b.summary
         assert host.leftovers() == []
         writer.wait_for_writes(50)
@@ -400,15 +379,11 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
     points: a write between the bitmap reset and the filter insertion would show up as a
     cluster missing from the increment (wrong data) or one too many."""
     size = 64 * MiB
-    host = Host(tmp_path, size)
-    with open(host.disk, 'wb') as f:
-        f.write(random.Random(9).randbytes(size))
+    host = Host(tmp_path, size, seed=9)
     with open(host.disk, 'rb') as f:
         initial = f.read()
     host.start()
-    writer = LoggingWriter(host.uri, size, seed=21, keep_data=True)
-    writer.start()
-    writer.resume()
+    writer = start_writer(host, seed=21, keep_data=True)
     points = []
     try:
         for name, args in (('full.raw', ['--bitmap', 'b']),
@@ -448,7 +423,7 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
         assert k is not None, '%s is not the disk after any prefix of the guest writes' % name
         ks.append(k)
     for (name, _, _, summary), k_prev, k in zip(points[1:], ks, ks[1:]):
-        want = clusters(writer.log[k_prev:k])
+        want = clusters_of(writer.log[k_prev:k])
         # The walk did not wrap around within the window (else every cluster is in it and
         # the check could not see a misplaced write); the budgets make sure of it.
         assert len(want) < size // K64, len(want)
@@ -460,9 +435,7 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
 
 def test_crash_rounds_never_restore_wrong_data(tmp_path):
     size = 8 * MiB
-    host = Host(tmp_path, size)
-    with open(host.disk, 'wb') as f:
-        f.write(random.Random(5).randbytes(size))
+    host = Host(tmp_path, size, seed=5)
     rng = random.Random(2026)
     host.start()
     chain = []  # backups of the current chain, oldest first
@@ -551,14 +524,12 @@ def test_crash_rounds_never_restore_wrong_data(tmp_path):
 def test_incremental_refusals_and_a_failed_backup_keeps_every_change(tmp_path):
     size = 4 * MiB
     host = Host(tmp_path, size, sidecar=False)
-    make_raw(host.disk, size)
     q = host.start()
     try:
         full = str(tmp_path / 'full.raw')
 
         def run(*args):
-            return subprocess.run([FLEECE, 'backup', '--qmp', host.d.qmp_path, '--node', 'disk', *args],
-                                  capture_output=True, text=True, timeout=120)
+            return run_backup(host, *args)
 
         p = run('--target', str(tmp_path / 'x.qcow2'), '--sync', 'incremental', '--bitmap', 'nope',
                 '--base', str(tmp_path / 'none.raw'))
@@ -723,7 +694,6 @@ def test_restore_refuses_broken_chains(tmp_path):
 def test_blockdev_replace_in_a_transaction_is_undone_when_a_later_action_fails(tmp_path):
     size = 4 * MiB
     host = Host(tmp_path, size, sidecar=False)
-    make_raw(host.disk, size)
     q = host.start()
     try:
         make_raw(str(tmp_path / 'temp.raw'), size)
@@ -759,9 +729,7 @@ def test_blockdev_replace_in_a_transaction_is_undone_when_a_later_action_fails(t
 
 def test_incremental_to_an_nbd_export_of_a_user_made_overlay(tmp_path):
     size = 8 * MiB
-    host = Host(tmp_path, size)
-    with open(host.disk, 'wb') as f:
-        f.write(random.Random(4).randbytes(size))
+    host = Host(tmp_path, size, seed=4)
     host.start()
     full, inc = str(tmp_path / 'full.raw'), str(tmp_path / 'inc.qcow2')
     server = None
@@ -786,15 +754,14 @@ def test_incremental_to_an_nbd_export_of_a_user_made_overlay(tmp_path):
         b = Backup(host, '--target', 'nbd+unix:///?socket=' + sock, '--sync', 'incremental',
                    '--bitmap', 'b')
         assert b.finish() == 0, (b.seen, b.stderr)
-        assert b.summary['dirty-bytes'] == len(clusters(writes)) * K64
-        p = subprocess.run([FLEECE, 'backup', '--qmp', host.d.qmp_path, '--node', 'disk', '--target',
-                            'nbd+unix:///?socket=' + sock, '--sync', 'incremental', '--bitmap', 'b',
-                            '--base', full], capture_output=True, text=True, timeout=60)
+        assert b.summary['dirty-bytes'] == len(clusters_of(writes)) * K64
+        p = run_backup(host, '--target', 'nbd+unix:///?socket=' + sock, '--sync', 'incremental',
+                       '--bitmap', 'b', '--base', full, timeout=60)
         assert p.returncode == 1 and 'export a qcow2 overlay' in p.stderr, p.stderr
     finally:
         if server:
             server.terminate()
             server.wait(20)
         host.stop()
-    assert overlay_clusters(inc) == clusters(writes)
+    assert overlay_clusters(inc) == clusters_of(writes)
     assert_restores_to(inc, host.disk, str(tmp_path / 'out.raw'))

@@ -5,7 +5,6 @@ and bad input."""
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -15,9 +14,9 @@ import time
 import nbd
 import pytest
 
-from fleece_testlib import ROOT, Daemon, qemu_io
+from backup_testlib import BackupCli
+from fleece_testlib import FLEECE, Daemon, qemu_io
 
-FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1024 * 1024
 SIZE = 8 * MiB
 BLOCK = 4096
@@ -76,39 +75,10 @@ class GuestWriter(threading.Thread):
             time.sleep(0.01)
 
 
-class Cli:
-    """A running `fleece backup --json`, its JSON lines collected as they come."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([FLEECE, 'backup', '--json', *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def wait_for(self, event, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert msg is not None, 'fleece backup exited before %s: %s %s' % (
-                event, self.seen, self.proc.stderr.read())
-            self.seen.append(msg)
-            if msg['event'] == event:
-                return msg
-
+class Cli(BackupCli):
     def finish(self, timeout=120):
-        rc = self.proc.wait(timeout)
-        while True:
-            msg = self.lines.get(timeout=10)
-            if msg is None:
-                break
-            self.seen.append(msg)
-        return rc, self.seen, self.proc.stderr.read()
+        rc = super().finish(timeout)
+        return rc, self.seen, self.stderr
 
 
 def run_cli(*args, timeout=120):

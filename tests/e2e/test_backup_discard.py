@@ -9,23 +9,14 @@ import pytest
 
 from backup_testlib import (MiB, Nbdkit, copy_file, job_events, names, qemu_img_compare,
                             random_fill, until_status)
-from fleece_testlib import Daemon, make_raw, qemu_io
+from backup_testlib import env  # noqa: F401 - the fixture the tests take
+from fleece_testlib import make_raw, qemu_io
 
 SIZE = 64 * MiB
 
 
 def allocated(path):
     return os.stat(path).st_blocks * 512
-
-
-@pytest.fixture
-def env(tmp_path):
-    procs = []
-    d = Daemon(tmp_path)
-    yield d, tmp_path, procs
-    d.stop()
-    for p in procs:
-        p.stop()
 
 
 def test_discard_source_releases_fleecing_space_while_the_job_runs(env):

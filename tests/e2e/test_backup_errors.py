@@ -4,24 +4,13 @@ like QEMU's, and the guest never sees an error."""
 
 import os
 
-import pytest
-
 from backup_testlib import (MiB, Nbdkit, copy_file, export_children, job_events, names,
                             node_names, qemu_img_compare, random_fill, until_status,
                             wait_started)
-from fleece_testlib import Daemon, make_raw, qemu_io
+from backup_testlib import env  # noqa: F401 - the fixture the tests take
+from fleece_testlib import make_raw, qemu_io
 
 SIZE = 64 * MiB
-
-
-@pytest.fixture
-def env(tmp_path):
-    procs = []
-    d = Daemon(tmp_path)
-    yield d, tmp_path, procs
-    d.stop()
-    for p in procs:
-        p.stop()
 
 
 def make_env(env, scheme, rate):

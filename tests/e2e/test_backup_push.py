@@ -9,18 +9,9 @@ import pytest
 from backup_testlib import (MiB, FioGuest, Nbdkit, copy_file, export_children, job_events,
                             names, node_names, qemu_img_compare, random_fill, until_status,
                             wait_started)
-from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
+from backup_testlib import env  # noqa: F401 - the fixture the tests take
+from fleece_testlib import QmpError, make_raw, qemu_io
 from fleecing_layout import SIZE, PATTERNS, OVERWRITES, ZEROES, reads, writes
-
-
-@pytest.fixture
-def env(tmp_path):
-    procs = []
-    d = Daemon(tmp_path)
-    yield d, tmp_path, procs
-    d.stop()
-    for p in procs:
-        p.stop()
 
 
 def add_disk(q, tmp, name, content='random'):

@@ -12,29 +12,11 @@ import threading
 import nbd
 import pytest
 
-from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
+from fleece_testlib import Daemon, QmpError, clusters_of, dirty_map, make_raw, nbd_uri, qemu_io
 
 QSD = shutil.which('qemu-storage-daemon')
 K64 = 65536
 MiB = 1 << 20
-
-
-def nbd_uri(sock, name):
-    return 'nbd+unix:///%s?socket=%s' % (name, sock)
-
-
-def dirty_map(uri, bitmap):
-    """[(offset, length)] of dirty extents from nbdinfo --map=qemu:dirty-bitmap:NAME."""
-    out = subprocess.run(['nbdinfo', '--json', '--map=qemu:dirty-bitmap:' + bitmap, uri],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    return [(e['offset'], e['length']) for e in json.loads(out) if e['type'] & 1]
-
-
-def clusters_of(extents, gran=K64):
-    out = set()
-    for off, length in extents:
-        out.update(range(off // gran, (off + length + gran - 1) // gran))
-    return out
 
 
 def bitmaps_of(q, node):

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from fleece_testlib import ROOT, make_raw, qemu_io
+from fleece_testlib import FLEECE, make_raw, qemu_io
 
-FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 MiB = 1 << 20
 
 

@@ -5,23 +5,15 @@ what libnbd will not send."""
 import errno
 import json
 import os
-import subprocess
 import threading
 
 import nbd
 import pytest
 
-from fleece_testlib import Daemon, qemu_io, make_raw
+from fleece_testlib import Daemon, qemu_io, make_raw, run
 import nbd_raw
 
 SIZE = 64 << 20
-
-
-def run(*argv, check=True):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
 
 
 @pytest.fixture

@@ -7,17 +7,10 @@ import subprocess
 
 import pytest
 
-from fleece_testlib import Daemon, QmpError, qemu_io, make_raw
+from fleece_testlib import Daemon, QmpError, qemu_io, make_raw, run
 import tls_certs
 
 SIZE = 16 << 20
-
-
-def run(*argv, check=True):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
 
 
 def start_tls_daemon(tmp_path, obj):

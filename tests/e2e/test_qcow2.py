@@ -4,22 +4,14 @@ corrupts an image, and corrupt images are refused with a message naming the prob
 import os
 import random
 import signal
-import subprocess
 import threading
 
 import nbd
 import pytest
 
-from fleece_testlib import Daemon, QmpError, qemu_io
+from fleece_testlib import Daemon, QmpError, qemu_io, run
 
 MiB = 1 << 20
-
-
-def run(*argv, check=True):
-    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, '%s: %s%s' % (argv, p.stdout, p.stderr)
-    return p
 
 
 def qemu_img_check(path):
@@ -181,6 +173,35 @@ def test_random_writes_match_raw_and_check_clean(tmp_path, cluster):
 BLOCK = 4096
 
 
+def kill_9(exp, stop, writer):
+    """Kills the daemon outright, then stops the writer thread (its requests fail)."""
+    exp.daemon.proc.send_signal(signal.SIGKILL)
+    exp.daemon.proc.wait()
+    stop.set()
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+
+
+def check_survivors(tmp_path, img, durable, since_flush, what=''):
+    """After a kill -9: the image has leaks at most, never corruption, and every block holds
+    what it held at the last completed flush or one of the writes since. What survived
+    becomes `durable`, the truth for the next round."""
+    rc, out = qemu_img_check(str(img))
+    assert rc in (0, 3), out
+    assert 'ERROR' not in out, out
+    dump = tmp_path / 'dump.raw'
+    run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', str(img), str(dump))
+    with open(dump, 'rb') as f:
+        content = f.read()
+    for b in set(durable) | set(since_flush):
+        got = content[b * BLOCK:(b + 1) * BLOCK]
+        allowed = {durable.get(b, 0)} | since_flush.get(b, set())
+        found = [a for a in allowed if got == (bytes(BLOCK) if a == 0 else block_data(a))]
+        assert found, '%sblock %d: %r... not one of %s' % (what, b, got[:8], sorted(allowed))
+        durable[b] = found[0]
+    dump.unlink()
+
+
 def block_data(tag):
     return tag.to_bytes(8, 'little') * (BLOCK // 8)
 
@@ -230,26 +251,9 @@ def test_kill_9_never_corrupts(tmp_path, cluster):
         t.start()
         # Let some flushes complete, then kill in the middle of the load.
         stop.wait(0.5 + rng.random())
-        exp.daemon.proc.send_signal(signal.SIGKILL)
-        exp.daemon.proc.wait()
-        stop.set()
-        t.join(timeout=60)
-        assert not t.is_alive()
+        kill_9(exp, stop, t)
         exp.daemon.log.close()
-        rc, out = qemu_img_check(str(img))
-        assert rc in (0, 3), out           # leaks at most, never corruption
-        assert 'ERROR' not in out, out
-        # Every block as of the last completed flush is there (or a later write of it).
-        dump = tmp_path / 'dump.raw'
-        run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', str(img), str(dump))
-        with open(dump, 'rb') as f:
-            content = f.read()
-        for b in set(durable) | set(since_flush):
-            got = content[b * BLOCK:(b + 1) * BLOCK]
-            allowed = {durable.get(b, 0)} | since_flush.get(b, set())
-            found = [a for a in allowed if got == (bytes(BLOCK) if a == 0 else block_data(a))]
-            assert found, 'block %d: %r... not one of %s' % (b, got[:8], sorted(allowed))
-            durable[b] = found[0]  # what survived is the truth for the next round
+        check_survivors(tmp_path, img, durable, since_flush)
     assert durable, "no flush completed before the kills"
     run('qemu-img', 'check', '-r', 'leaks', str(img), check=False)
     rc, out = qemu_img_check(str(img))
@@ -349,28 +353,10 @@ def test_kill_9_under_allocating_write_storm(tmp_path, cluster, mix):
         t = threading.Thread(target=writer)
         t.start()
         stop.wait(1 + rng.random())
-        exp.daemon.proc.send_signal(signal.SIGKILL)
-        exp.daemon.proc.wait()
-        stop.set()
-        t.join(timeout=60)
-        assert not t.is_alive()
+        kill_9(exp, stop, t)
         assert not errors, errors
         exp.daemon.log.close()
-        rc, out = qemu_img_check(str(img))
-        assert rc in (0, 3), out
-        assert 'ERROR' not in out, out
-        dump = tmp_path / 'dump.raw'
-        run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', str(img), str(dump))
-        with open(dump, 'rb') as f:
-            content = f.read()
-        for b in set(durable) | set(since_flush):
-            got = content[b * BLOCK:(b + 1) * BLOCK]
-            allowed = {durable.get(b, 0)} | since_flush.get(b, set())
-            found = [a for a in allowed if got == (bytes(BLOCK) if a == 0 else block_data(a))]
-            assert found, 'round %d block %d: %r... not one of %s' % (rnd, b, got[:8],
-                                                                       sorted(allowed))
-            durable[b] = found[0]
-        dump.unlink()
+        check_survivors(tmp_path, img, durable, since_flush, 'round %d ' % rnd)
     assert state['flushes'] > 0, "no flush completed before the kills"
     print('requests: %d, flushes: %d' % (state['writes'], state['flushes']))
     run('qemu-img', 'check', '-r', 'leaks', str(img), check=False)

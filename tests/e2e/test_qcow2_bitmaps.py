@@ -11,35 +11,12 @@ import subprocess
 
 import pytest
 
-from fleece_testlib import FLEECED, ROOT, Daemon, QmpError, qemu_io
+from fleece_testlib import (FLEECE, FLEECED, Daemon, QmpError, clusters_of, dirty_map, nbd_uri, qemu_io,
+                            run)
 
 QSD = shutil.which('qemu-storage-daemon')
-FLEECE = os.environ.get('FLEECE', os.path.join(ROOT, 'build', 'bin', 'fleece'))
 K64 = 65536
 MiB = 1 << 20
-
-
-def run(*argv, check=True):
-    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
-    if check:
-        assert p.returncode == 0, (argv, p.stdout, p.stderr)
-    return p
-
-
-def nbd_uri(sock, name):
-    return 'nbd+unix:///%s?socket=%s' % (name, sock)
-
-
-def dirty_map(uri, bitmap):
-    out = run('nbdinfo', '--json', '--map=qemu:dirty-bitmap:' + bitmap, uri).stdout
-    return [(e['offset'], e['length']) for e in json.loads(out) if e['type'] & 1]
-
-
-def clusters_of(extents, gran=K64):
-    out = set()
-    for off, length in extents:
-        out.update(range(off // gran, (off + length + gran - 1) // gran))
-    return out
 
 
 def bitmaps_of(q, node):

@@ -68,7 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(consumed <= size, "snapshot table length within the input");
     std::vector<std::byte> block(512);
     for (std::size_t off = 0; off + 8 <= size; off += 8) {
-        const std::uint64_t w = load_be64(in.data() + off);
+        const std::uint64_t w = fleece::load_be64(in.data() + off);
         for (std::uint32_t cb = min_cluster_bits; cb <= max_cluster_bits; ++cb) {
             const L2Entry e = decode_l2(w, cb, 3);
             if (e.kind == ClusterKind::compressed)

@@ -173,11 +173,7 @@ void load_bitmap_cluster(std::vector<std::uint64_t>& words, std::uint64_t index,
     for (std::uint64_t w = 0; w < per; ++w) {
         const std::uint64_t at = index * per + w;
         if (at >= words.size()) return;
-        std::uint64_t v = 0;
-        for (int b = 7; b >= 0; --b)
-            v = (v << 8) |
-                std::to_integer<std::uint64_t>(cluster[8 * w + static_cast<unsigned>(b)]);
-        words[at] = v;
+        words[at] = load_le64(cluster.data() + 8 * w);
     }
 }
 
@@ -186,11 +182,7 @@ void store_bitmap_cluster(const std::vector<std::uint64_t>& words, std::uint64_t
     const std::uint64_t per = cluster.size() / 8;
     for (std::uint64_t w = 0; w < per; ++w) {
         const std::uint64_t at = index * per + w;
-        std::uint64_t v = at < words.size() ? words[at] : 0;
-        for (unsigned b = 0; b < 8; ++b) {
-            cluster[8 * w + b] = std::byte(v & 0xff);
-            v >>= 8;
-        }
+        store_le64(cluster.data() + 8 * w, at < words.size() ? words[at] : 0);
     }
 }
 

@@ -7,35 +7,6 @@
 
 namespace fleece::nodes::qcow2 {
 
-std::uint64_t load_be64(const std::byte* p) {
-    std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i)
-        v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
-    return v;
-}
-std::uint32_t load_be32(const std::byte* p) {
-    std::uint32_t v = 0;
-    for (int i = 0; i < 4; ++i)
-        v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
-    return v;
-}
-std::uint16_t load_be16(const std::byte* p) {
-    return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) |
-                                      std::to_integer<unsigned>(p[1]));
-}
-void store_be64(std::byte* p, std::uint64_t v) {
-    for (int i = 7; i >= 0; --i, v >>= 8)
-        p[i] = static_cast<std::byte>(v & 0xff);
-}
-void store_be32(std::byte* p, std::uint32_t v) {
-    for (int i = 3; i >= 0; --i, v >>= 8)
-        p[i] = static_cast<std::byte>(v & 0xff);
-}
-void store_be16(std::byte* p, std::uint16_t v) {
-    p[0] = static_cast<std::byte>(v >> 8);
-    p[1] = static_cast<std::byte>(v & 0xff);
-}
-
 const HeaderExtension* Header::find_extension(std::uint32_t type) const {
     for (const auto& e : extensions)
         if (e.type == type) return &e;

@@ -4,6 +4,7 @@
 // of every width. Everything here works on byte buffers so it can be unit-tested and
 // fuzzed; the node and the offline tools do the reading and writing.
 
+#include "util/endian.hpp" // qcow2 is big-endian; the node and tools use these too
 #include "util/result.hpp"
 
 #include <cstddef>
@@ -172,13 +173,5 @@ void set_refcount(std::span<std::byte> block, std::uint64_t index, std::uint32_t
 inline std::uint64_t max_refcount(std::uint32_t order) {
     return order == 6 ? ~0ull : (1ull << (1u << order)) - 1;
 }
-
-// Big-endian helpers.
-std::uint64_t load_be64(const std::byte* p);
-std::uint32_t load_be32(const std::byte* p);
-std::uint16_t load_be16(const std::byte* p);
-void store_be64(std::byte* p, std::uint64_t v);
-void store_be32(std::byte* p, std::uint32_t v);
-void store_be16(std::byte* p, std::uint16_t v);
 
 } // namespace fleece::nodes::qcow2

@@ -39,6 +39,17 @@ json qcow2_opts(const std::string& path, json extra = json::object()) {
     return o;
 }
 
+// Opens the image as node "q0" (qcow2_opts plus `extra`) and attaches the test user
+// read-write.
+::testing::AssertionResult open_rw(Harness& h, const std::string& path,
+                                   json extra = json::object()) {
+    auto n = h.add(qcow2_opts(path, std::move(extra)));
+    if (!n.ok()) return ::testing::AssertionFailure() << n.error().message;
+    if (auto a = h.attach(**n, rw); !a.ok())
+        return ::testing::AssertionFailure() << a.error().message;
+    return ::testing::AssertionSuccess();
+}
+
 void expect_clean(const std::string& path) {
     auto r = qcow2::check_image(path, qcow2::Repair::none);
     ASSERT_TRUE(r.ok()) << r.error().message;
@@ -95,9 +106,7 @@ TEST(Qcow2Node, SmallL2CacheEvictsAndCommits) {
     const std::string p = make_image(dir, "s.qcow2", 4 * MiB, 512);
     {
         Harness h;
-        auto n = h.add(qcow2_opts(p, {{"l2-cache-size", 1024}}));
-        ASSERT_TRUE(n.ok()) << n.error().message;
-        ASSERT_TRUE(h.attach(**n, rw).ok());
+        ASSERT_TRUE(open_rw(h, p, {{"l2-cache-size", 1024}}));
         for (unsigned i = 0; i < 64; ++i)
             ASSERT_FALSE(h.write(i * 64 * KiB + 100, pattern(700, i)));
         for (unsigned i = 0; i < 64; ++i)
@@ -113,9 +122,7 @@ TEST(Qcow2Node, RefcountTableGrows) {
     const std::string p = make_image(dir, "g.qcow2", 16 * MiB, 512);
     {
         Harness h;
-        auto n = h.add(qcow2_opts(p));
-        ASSERT_TRUE(n.ok()) << n.error().message;
-        ASSERT_TRUE(h.attach(**n, rw).ok());
+        ASSERT_TRUE(open_rw(h, p));
         for (unsigned i = 0; i < 10; ++i)
             ASSERT_FALSE(h.write(i * MiB, pattern(MiB, i)));
         ASSERT_FALSE(h.flush());
@@ -143,24 +150,31 @@ io::Task<void> wait_zero(io::EventLoop* loop, int* left) {
         co_await loop->yield();
 }
 
+using Writes = std::vector<std::pair<std::uint64_t, std::vector<std::byte>>>;
+
+// Issues all the writes at once (offset, data), waits for them; returns how many failed.
+int write_concurrently(Harness& h, Writes writes) {
+    int left = 0, errors = 0;
+    for (auto& [off, data] : writes) {
+        ++left;
+        h.loop.spawn(write_one(h.root.get(), off, std::move(data), &left, &errors));
+    }
+    h.loop.run_until_complete(wait_zero(&h.loop, &left));
+    return errors;
+}
+
 TEST(Qcow2Node, ConcurrentAllocatingWrites) {
     ScratchDir dir;
     const std::string p = make_image(dir, "c.qcow2", 16 * MiB, 65536);
     {
         Harness h;
-        auto n = h.add(qcow2_opts(p));
-        ASSERT_TRUE(n.ok()) << n.error().message;
-        ASSERT_TRUE(h.attach(**n, rw).ok());
-        int left = 0, errors = 0;
+        ASSERT_TRUE(open_rw(h, p));
         // Four writers per cluster (disjoint 16 KiB pieces) over 64 clusters, all at once.
+        Writes writes;
         for (unsigned piece = 0; piece < 4; ++piece)
-            for (unsigned c = 0; c < 64; ++c) {
-                ++left;
-                h.loop.spawn(write_one(h.root.get(), c * 65536 + piece * 16 * KiB,
-                                       pattern(16 * KiB, c * 4 + piece), &left, &errors));
-            }
-        h.loop.run_until_complete(wait_zero(&h.loop, &left));
-        EXPECT_EQ(errors, 0);
+            for (unsigned c = 0; c < 64; ++c)
+                writes.emplace_back(c * 65536 + piece * 16 * KiB, pattern(16 * KiB, c * 4 + piece));
+        EXPECT_EQ(write_concurrently(h, std::move(writes)), 0);
         for (unsigned c = 0; c < 64; ++c)
             for (unsigned piece = 0; piece < 4; ++piece)
                 EXPECT_EQ(read_back(h, c * 65536 + piece * 16 * KiB, 16 * KiB),
@@ -177,19 +191,13 @@ TEST(Qcow2Node, ConcurrentMultiClusterWritesGetContiguousHostRuns) {
     const std::string p = make_image(dir, "r.qcow2", 32 * MiB, 65536);
     {
         Harness h;
-        auto n = h.add(qcow2_opts(p));
-        ASSERT_TRUE(n.ok()) << n.error().message;
-        ASSERT_TRUE(h.attach(**n, rw).ok());
-        int left = 0, errors = 0;
+        ASSERT_TRUE(open_rw(h, p));
         // Four 1 MiB writes in flight at once, the last one unaligned at both ends: each
         // gets one run of host clusters (reads of it are then one request).
-        for (unsigned i = 0; i < 4; ++i) {
-            ++left;
-            const std::uint64_t off = i * 4 * MiB + (i == 3 ? 1000 : 0);
-            h.loop.spawn(write_one(h.root.get(), off, pattern(MiB, i), &left, &errors));
-        }
-        h.loop.run_until_complete(wait_zero(&h.loop, &left));
-        EXPECT_EQ(errors, 0);
+        Writes writes;
+        for (unsigned i = 0; i < 4; ++i)
+            writes.emplace_back(i * 4 * MiB + (i == 3 ? 1000 : 0), pattern(MiB, i));
+        EXPECT_EQ(write_concurrently(h, std::move(writes)), 0);
         for (unsigned i = 0; i < 3; ++i) {
             auto s = h.status(i * 4 * MiB, MiB);
             EXPECT_EQ(s.flags, block::status_data | block::status_allocated);
@@ -222,9 +230,7 @@ TEST(Qcow2Node, BackingFallThroughZeroesAndDiscard) {
     const std::string top = make_image(dir, "top.qcow2", 2 * MiB, 65536, "base.raw", "raw");
     {
         Harness h;
-        auto n = h.add(qcow2_opts(top));
-        ASSERT_TRUE(n.ok()) << n.error().message;
-        ASSERT_TRUE(h.attach(**n, rw).ok());
+        ASSERT_TRUE(open_rw(h, top));
         EXPECT_EQ(read_back(h, 0, MiB), pattern(MiB, 9));
         EXPECT_EQ(read_back(h, MiB, MiB), std::vector<std::byte>(MiB)); // past the backing
         auto s = h.status(0, 64 * KiB);
@@ -259,9 +265,7 @@ TEST(Qcow2Node, ReleasedClustersAreReused) {
     const std::string p = make_image(dir, "r.qcow2", 8 * MiB, 65536);
     {
         Harness h;
-        auto n = h.add(qcow2_opts(p));
-        ASSERT_TRUE(n.ok());
-        ASSERT_TRUE(h.attach(**n, rw).ok());
+        ASSERT_TRUE(open_rw(h, p));
         ASSERT_FALSE(h.write(0, pattern(4 * MiB, 1)));
         ASSERT_FALSE(h.flush());
         const auto size_before = std::filesystem::file_size(p);
@@ -295,9 +299,7 @@ TEST(Qcow2Node, CompressedWritesReadBackAndQemuAgrees) {
             b = static_cast<std::byte>(rng() & 0xff);
         {
             Harness h;
-            auto n = h.add(qcow2_opts(p));
-            ASSERT_TRUE(n.ok()) << n.error().message;
-            ASSERT_TRUE(h.attach(**n, rw).ok());
+            ASSERT_TRUE(open_rw(h, p));
             ASSERT_FALSE(h.write(0, text, block::req_write_compressed));
             ASSERT_FALSE(h.write(3 * 65536, noise, block::req_write_compressed));
             EXPECT_EQ(read_back(h, 0, text.size()), text);

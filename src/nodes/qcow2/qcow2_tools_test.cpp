@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <span>
 
 namespace fleece::nodes::qcow2 {
 namespace {
@@ -23,6 +24,15 @@ CreateOptions opts(std::uint64_t size, std::uint32_t cluster_size = 65536) {
 
 int run(const std::string& cmd) {
     return std::system((cmd + " >/dev/null 2>&1").c_str());
+}
+
+// Damages an image on purpose: overwrites `bytes` at `offset` of the file.
+void overwrite(const std::string& path, long offset, std::span<const unsigned char> bytes) {
+    FILE* f = std::fopen(path.c_str(), "r+b");
+    ASSERT_NE(f, nullptr) << path;
+    std::fseek(f, offset, SEEK_SET);
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
 }
 
 TEST(Qcow2Tools, CreatedImagesPassQemuCheck) {
@@ -117,12 +127,8 @@ TEST(Qcow2Tools, LeaksFoundAndRepaired) {
     const std::string p = (dir.path() / "l.qcow2").string();
     ASSERT_TRUE(create_image(p, opts(1 << 20, 4096)).ok());
     // Over-count cluster 3 (the L1 table): refcount 2 in the refcount block at cluster 2.
-    FILE* f = std::fopen(p.c_str(), "r+b");
-    ASSERT_NE(f, nullptr);
-    std::fseek(f, 2 * 4096 + 3 * 2, SEEK_SET);
-    const unsigned char one[2] = {0, 2};
-    std::fwrite(one, 1, 2, f);
-    std::fclose(f);
+    const unsigned char two[2] = {0, 2};
+    ASSERT_NO_FATAL_FAILURE(overwrite(p, 2 * 4096 + 3 * 2, two));
     EXPECT_NE(run("qemu-img check " + p), 0);
     auto r = check_image(p, Repair::none);
     ASSERT_TRUE(r.ok());
@@ -139,11 +145,8 @@ TEST(Qcow2Tools, CorruptImagesNamed) {
     const std::string p = (dir.path() / "bad.qcow2").string();
     ASSERT_TRUE(create_image(p, opts(1 << 20, 4096)).ok());
     // L1 table offset far past the end of the file.
-    FILE* f = std::fopen(p.c_str(), "r+b");
-    std::fseek(f, 40, SEEK_SET);
     const unsigned char off[8] = {0, 0, 0, 1, 0, 0, 0, 0};
-    std::fwrite(off, 1, 8, f);
-    std::fclose(f);
+    ASSERT_NO_FATAL_FAILURE(overwrite(p, 40, off));
     auto r = check_image(p, Repair::none);
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.error().message.find("L1 table"), std::string::npos) << r.error().message;
