@@ -1,20 +1,16 @@
-// fleece qmp: command-line QMP client. Blocking sockets on purpose: it sends a handful of
-// messages and exits, so it needs none of the daemon's event loop.
+// fleece qmp: command-line QMP client. It sends a handful of messages over a blocking
+// QmpConnection and exits.
 
 #include "cli/qmp/qmp_command.hpp"
 
+#include "cli/common/qmp_connection.hpp"
+
 #include <chrono>
-#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <optional>
-#include <poll.h>
 #include <string>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -22,59 +18,8 @@ using Clock = std::chrono::steady_clock;
 namespace fleece::cli {
 namespace {
 
-class Connection {
-  public:
-    explicit Connection(const std::string& path) {
-        fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        if (fd_ < 0 || path.size() >= sizeof addr.sun_path)
-            throw std::runtime_error("cannot connect to " + path);
-        path.copy(addr.sun_path, path.size());
-        if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-            throw std::runtime_error("cannot connect to " + path);
-    }
-    ~Connection() { ::close(fd_); }
-
-    void send(const std::string& text) {
-        std::string data = text + "\n";
-        std::size_t done = 0;
-        while (done < data.size()) {
-            const ssize_t n = ::send(fd_, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-            if (n <= 0) throw std::runtime_error("connection closed while sending");
-            done += static_cast<std::size_t>(n);
-        }
-    }
-
-    // Next message; nullopt when the deadline passed.
-    std::optional<json> receive(Clock::time_point deadline) {
-        while (true) {
-            const auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
-                return json::parse(line);
-            }
-            const auto left =
-                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0) return std::nullopt;
-            pollfd p{fd_, POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-            char tmp[65536];
-            const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-            if (n <= 0) throw std::runtime_error("connection closed by the daemon");
-            buf_.append(tmp, static_cast<std::size_t>(n));
-        }
-    }
-
-  private:
-    int fd_ = -1;
-    std::string buf_;
-};
-
 struct Runner {
-    Connection& conn;
+    QmpConnection& conn;
     Clock::time_point deadline;
     std::string wait_event;
     bool seen_event = false;
@@ -87,6 +32,7 @@ struct Runner {
     json reply() {
         while (true) {
             auto msg = conn.receive(deadline);
+            if (!msg && Clock::now() < deadline) continue; // a signal interrupted the wait
             if (!msg) throw std::runtime_error("timed out waiting for a reply");
             if (msg->contains("event"))
                 print_event(*msg);
@@ -108,11 +54,11 @@ struct Runner {
 int run_qmp(const std::string& socket_path, const std::string& command,
             const std::string& json_args, const std::string& script, const std::string& wait_event,
             double timeout) {
-    Connection conn(socket_path);
+    QmpConnection conn(socket_path);
     Runner r{conn, Clock::now() + std::chrono::milliseconds(static_cast<long>(timeout * 1000)),
              wait_event};
     r.reply(); // greeting
-    conn.send(R"({"execute":"qmp_capabilities"})");
+    conn.send_line(R"({"execute":"qmp_capabilities"})");
     if (!Runner::report(r.reply())) return 1;
     bool ok = true;
     if (!script.empty()) {
@@ -126,7 +72,7 @@ int run_qmp(const std::string& socket_path, const std::string& command,
         std::string line;
         while (std::getline(*in, line)) {
             if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-            conn.send(line);
+            conn.send_line(line);
             json reply = r.reply();
             std::cout << reply.dump() << "\n";
             ok = Runner::report(reply) && ok;
@@ -134,7 +80,7 @@ int run_qmp(const std::string& socket_path, const std::string& command,
     } else if (!command.empty()) {
         json req{{"execute", command}};
         if (!json_args.empty()) req["arguments"] = json::parse(json_args);
-        conn.send(req.dump());
+        conn.send_line(req.dump());
         json reply = r.reply();
         if (Runner::report(reply))
             std::cout << reply["return"].dump(2) << "\n";
@@ -143,6 +89,7 @@ int run_qmp(const std::string& socket_path, const std::string& command,
     }
     while (!wait_event.empty() && !r.seen_event) {
         auto msg = conn.receive(r.deadline);
+        if (!msg && Clock::now() < r.deadline) continue; // a signal interrupted the wait
         if (!msg) {
             std::cerr << "error: timed out waiting for event " << wait_event << "\n";
             return 1;
