@@ -10,14 +10,14 @@
 #   fleeced-chunk0    fleeced S2 with QEMU's default chunking (--s2-max-chunk 0)
 #   fleeced-discard   fleeced S2 with discard-source (bench/anchor_fleeced_discard.py)
 # then prints the tables and the ratios the acceptance asks for.
-# The fleecing image is raw for both daemons (FLEECE_FMT=qcow2 to change; fleeced needs
-# its qcow2 driver for that). Env: ANCHOR_DIR (default ../shared/bench), QSD_BIN.
+# The fleecing image is qcow2 for both daemons, the anchor harness's own default
+# (FLEECE_FMT=raw to change). Env: ANCHOR_DIR (default ../shared/bench), QSD_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANCHOR_DIR=${ANCHOR_DIR:-$(cd .. && pwd)/shared/bench}
 export ANCHOR_DIR
 QSD_BIN=${QSD_BIN:-qemu-storage-daemon}
-FLEECE_FMT=${FLEECE_FMT:-raw}
+FLEECE_FMT=${FLEECE_FMT:-qcow2}
 OUT=${1:-}
 if [ -z "$OUT" ]; then
     OUT=$(mktemp -d "${TMPDIR:-/tmp}/push-backup-vs-qsd.XXXXXX")
