@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fleece_testlib import FLEECE, Daemon
+from fleece_testlib import FLEECE, Daemon, allocated
 
 MiB = 1 << 20
 
@@ -148,6 +148,24 @@ def job_events(qmp, job_id, until, timeout=300):
                 return seen
         if not qmp.read_before(deadline):
             raise TimeoutError('job %s: no final event; saw %s' % (job_id, names(seen)))
+
+
+def discard_source_backup(qmp, tmp, fleece, size):
+    """Pushes node 'snap' to a fresh nbdkit memory target with discard-source at 16 MiB/s,
+    sampling the fleecing file's allocation every 0.1 s while the job runs. Asserts the job
+    completed without error; returns the target server (still running) and the samples."""
+    srv = Nbdkit(tmp, 'target', ['memory', str(size)])
+    qmp.execute('blockdev-add', **srv.blockdev('target'))
+    qmp.execute('blockdev-backup', device='snap', target='target', sync='full',
+                speed=16 * 1024 * 1024, **{'job-id': 'bk', 'discard-source': True})
+    samples = []
+    while qmp.execute('query-jobs'):
+        samples.append(allocated(fleece))
+        time.sleep(0.1)
+    evs = job_events(qmp, 'bk', until_status('null'))
+    done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
+    assert 'error' not in done and done['offset'] == done['len'] == size, done
+    return srv, samples
 
 
 def names(events):

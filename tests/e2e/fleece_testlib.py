@@ -224,6 +224,11 @@ def run(*argv, check=True, timeout=300):
     return p
 
 
+def allocated(path):
+    """Bytes the file takes on the host (du), not its length."""
+    return os.stat(path).st_blocks * 512
+
+
 def make_raw(path, size):
     with open(path, 'wb') as f:
         f.truncate(size)

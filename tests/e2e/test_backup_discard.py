@@ -2,21 +2,13 @@
 chunk from the fleecing image once it is on the target, so the fleecing file's allocated
 size (`du`) falls while the job runs and ends near zero; the target is still exact."""
 
-import os
-import time
-
 import pytest
 
-from backup_testlib import (MiB, Nbdkit, copy_file, job_events, names, qemu_img_compare,
-                            random_fill, until_status)
+from backup_testlib import MiB, copy_file, discard_source_backup, qemu_img_compare, random_fill
 from backup_testlib import env  # noqa: F401 - the fixture the tests take
-from fleece_testlib import make_raw, qemu_io
+from fleece_testlib import allocated, make_raw, qemu_io
 
 SIZE = 64 * MiB
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
 
 
 def test_discard_source_releases_fleecing_space_while_the_job_runs(env):
@@ -39,18 +31,8 @@ def test_discard_source_releases_fleecing_space_while_the_job_runs(env):
     qemu_io('nbd+unix:///guest?socket=' + sock, 'write -P 0x42 0 64M')
     full = allocated(fleece)
     assert full >= SIZE - MiB, full
-    srv = Nbdkit(tmp, 'target', ['memory', str(SIZE)])
+    srv, samples = discard_source_backup(q, tmp, fleece, SIZE)
     procs.append(srv)
-    q.execute('blockdev-add', **srv.blockdev('target'))
-    q.execute('blockdev-backup', device='snap', target='target', sync='full', speed=16 * MiB,
-              **{'job-id': 'bk', 'discard-source': True})
-    samples = []
-    while q.execute('query-jobs'):
-        samples.append(allocated(fleece))
-        time.sleep(0.1)
-    evs = job_events(q, 'bk', until_status('null'))
-    done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
-    assert 'error' not in done and done['offset'] == done['len'] == SIZE
     # Fell while the job ran (several distinct, decreasing levels), and ends near zero.
     assert min(samples) < full * 3 // 4, (full, samples)
     assert len(set(samples)) >= 3, samples

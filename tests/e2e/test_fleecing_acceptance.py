@@ -14,14 +14,10 @@ import subprocess
 
 import pytest
 
-from fleece_testlib import Daemon, QmpError, make_raw, qemu_io
+from fleece_testlib import Daemon, QmpError, allocated, make_raw, qemu_io
 from fleecing_layout import MiB, SIZE, PATTERNS, OVERWRITES, ZEROES, REMAINDER, reads, writes
 
 KiB = 1024
-
-
-def usage(path):
-    return os.stat(path).st_blocks * 512
 
 
 def start_nbd(q, tmp):
@@ -159,7 +155,7 @@ def test_snapshot_discard_frees_fleecing_space_and_stops_cbw(fleece):
     qemu_io(snap, *['read -P %s %s %s' % p for p in PATTERNS + ZEROES])
     # Six clusters were copied: 0, 0xf0000, 0x100000, 0x2000000, 0x2010000, 0x3fe0000. The
     # zero cluster 0x3fe0000 may be stored as a hole, so count what the data needs.
-    before = usage(temp)
+    before = allocated(temp)
     assert 5 * 64 * KiB <= before <= 6 * 64 * KiB, before
 
     # Aligned discard of cluster 0: unreadable afterwards, its neighbours are not.
@@ -167,11 +163,11 @@ def test_snapshot_discard_frees_fleecing_space_and_stops_cbw(fleece):
     out = qemu_io(snap, 'read 0 64k', check=False)
     assert 'read failed' in out, out
     qemu_io(snap, 'read -P 0 64k 64k', 'read -P 0xd5 1M 64k')
-    assert usage(temp) == before - 64 * KiB
+    assert allocated(temp) == before - 64 * KiB
 
     # The guest rewrites the discarded cluster: no copy any more, the image does not grow.
     qemu_io(guest, 'write -P 0x77 0 64k')
-    assert usage(temp) == before - 64 * KiB
+    assert allocated(temp) == before - 64 * KiB
 
     # An unaligned discard is shrunk to nothing: no crash, still readable.
     qemu_io(snap, 'discard 1M 32k', 'discard 0x100100 0x1ff00')
@@ -179,7 +175,7 @@ def test_snapshot_discard_frees_fleecing_space_and_stops_cbw(fleece):
 
     # Discarding the whole snapshot frees everything; block status then fails.
     qemu_io(snap, 'discard 0 64M')
-    assert usage(temp) == 0
+    assert allocated(temp) == 0
     p = subprocess.run(['nbdinfo', '--map', snap], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0, p.stdout
     out = qemu_io(snap, 'read 32M 64k', check=False)
@@ -211,12 +207,12 @@ def test_backing_scheme_discard_equivalent(tmp_path):
         assert f.q.execute('query-jobs') == []
         f.q.execute('blockdev-del', **{'node-name': 'target'})
 
-        before = usage(f.temp)
+        before = allocated(f.temp)
         qemu_io(f.guest, 'discard 0 64k', 'discard 32M 128k', 'write -z 0x3ff0000 64k')
         qemu_io(f.guest, 'read -P 0 0 64k', 'read -P 0 32M 128k', 'read -P 0 0x3ff0000 64k', read_only=True)
         qemu_io(f.snap, *reads(PATTERNS + ZEROES), read_only=True)
         # Copied: cluster 0, 32M and 32M+64k, 0x3ff0000 (the zero cluster may be a hole).
-        grown = usage(f.temp) - before
+        grown = allocated(f.temp) - before
         assert 3 * 64 * KiB <= grown <= 4 * 64 * KiB + 64 * KiB, grown  # + one L2/refcount block
         f.teardown()
         # The guest's discards reached the disk; the image is a clean qcow2 with the copies.

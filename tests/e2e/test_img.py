@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fleece_testlib import FLEECE, make_raw, qemu_io
+from fleece_testlib import FLEECE, allocated, make_raw, qemu_io
 
 MiB = 1 << 20
 
@@ -39,9 +39,6 @@ def map_json(tool, path, *extra):
     p = ok((fleece_img if tool == 'fleece' else qemu_img)('map', '--output=json', *extra, path))
     return json.loads(p.stdout)
 
-
-def allocated_bytes(path):
-    return os.stat(path).st_blocks * 512
 
 
 def write_mixed(path, fmt='raw'):
@@ -111,7 +108,7 @@ def test_create_sizes_round_to_sectors(tmp_path):
 def test_create_preallocation_full_allocates(tmp_path):
     path = str(tmp_path / 'full.raw')
     ok(fleece_img('create', '-f', 'raw', '-o', 'preallocation=full', path, '4M'))
-    assert allocated_bytes(path) >= 4 * MiB
+    assert allocated(path) >= 4 * MiB
 
 
 @pytest.mark.parametrize('args, message', [
@@ -284,8 +281,8 @@ def test_convert_raw_to_raw_is_identical_and_sparse(tmp_path):
     ok(fleece_img('convert', '-f', 'raw', '-O', 'raw', src, dst))
     assert ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, dst)).returncode == 0
     assert os.path.getsize(dst) == 64 * MiB
-    assert allocated_bytes(dst) < allocated_bytes(src)
-    assert allocated_bytes(dst) <= 2 * MiB
+    assert allocated(dst) < allocated(src)
+    assert allocated(dst) <= 2 * MiB
     # Same allocation as qemu-img's own conversion of the same image.
     ref = str(tmp_path / 'ref.raw')
     ok(qemu_img('convert', '-f', 'raw', '-O', 'raw', src, ref))
@@ -566,7 +563,7 @@ def test_convert_raw_qcow2_round_trip(tmp_path):
     back = str(tmp_path / 'back.raw')
     ok(fleece_img('convert', '-O', 'raw', q2, back))
     ok(qemu_img('compare', '-f', 'raw', '-F', 'raw', src, back))
-    assert allocated_bytes(back) < 12 * MiB
+    assert allocated(back) < 12 * MiB
 
 
 def test_convert_qcow2_chain_to_raw_and_qcow2_options(tmp_path):

@@ -3,19 +3,13 @@ through an NBD export, and as the fleecing image of a push backup with discard-s
 file's allocated size (st_blocks) falls; `qemu-img check` stays clean and the data that
 was not discarded reads back (through fleeced and with QEMU's tools afterwards)."""
 
-import os
 import subprocess
-import time
 
 import pytest
 
-from backup_testlib import (MiB, Nbdkit, copy_file, job_events, qemu_img_compare,
+from backup_testlib import (MiB, copy_file, discard_source_backup, job_events, qemu_img_compare,
                             random_fill, until_status)
-from fleece_testlib import Daemon, QmpError, qemu_io
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
+from fleece_testlib import Daemon, QmpError, allocated, qemu_io
 
 
 def qemu_img(*argv):
@@ -96,17 +90,7 @@ def test_discard_source_backup_shrinks_a_qcow2_fleecing_image(tmp_path, backing)
         qemu_io('nbd+unix:///guest?socket=' + sock, 'write -P 0x42 0 64M')
         full = allocated(fleece)
         assert full >= size, full
-        srv = Nbdkit(tmp_path, 'target', ['memory', str(size)])
-        q.execute('blockdev-add', **srv.blockdev('target'))
-        q.execute('blockdev-backup', device='snap', target='target', sync='full',
-                  speed=16 * MiB, **{'job-id': 'bk', 'discard-source': True})
-        samples = []
-        while q.execute('query-jobs'):
-            samples.append(allocated(fleece))
-            time.sleep(0.1)
-        evs = job_events(q, 'bk', until_status('null'))
-        done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED'][0]
-        assert 'error' not in done and done['offset'] == done['len'] == size
+        srv, samples = discard_source_backup(q, tmp_path, fleece, size)
         end = allocated(fleece)
         print('fleecing image: full %d MiB, samples %s MiB, end %d KiB' % (
             full // MiB, [s // MiB for s in samples], end // 1024))
