@@ -61,20 +61,8 @@ Task<int> read_exact(int fd, std::span<std::byte> buf) {
 }
 
 Task<int> write_all(int fd, std::span<const std::byte> buf) {
-    std::size_t done = 0;
-    while (done < buf.size()) {
-        const ssize_t n = ::send(fd, buf.data() + done, buf.size() - done, MSG_NOSIGNAL);
-        if (n >= 0) {
-            done += static_cast<std::size_t>(n);
-            continue;
-        }
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) co_return -errno;
-        const std::int64_t p = co_await poll(fd, POLLOUT);
-        if (p < 0) co_return static_cast<int>(p);
-        if (p & (POLLERR | POLLHUP)) co_return -EPIPE;
-    }
-    co_return 0;
+    const std::span<const std::byte> parts[1] = {buf};
+    co_return co_await write_all_gather(fd, parts);
 }
 
 Task<int> write_all_gather(int fd, std::span<const std::span<const std::byte>> parts) {
