@@ -224,6 +224,14 @@ def run(*argv, check=True, timeout=300):
     return p
 
 
+def dirty_bitmaps(qmp, node):
+    """The node's "dirty-bitmaps" in query-named-block-nodes, as sent (None when absent)."""
+    for n in qmp.execute('query-named-block-nodes', flat=True):
+        if n['node-name'] == node:
+            return n.get('dirty-bitmaps')
+    raise KeyError(node)
+
+
 def allocated(path):
     """Bytes the file takes on the host (du), not its length."""
     return os.stat(path).st_blocks * 512

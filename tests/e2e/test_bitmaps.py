@@ -12,18 +12,15 @@ import threading
 import nbd
 import pytest
 
-from fleece_testlib import Daemon, QmpError, clusters_of, dirty_map, make_raw, nbd_uri, qemu_io
+from fleece_testlib import (Daemon, QmpError, clusters_of, dirty_bitmaps, dirty_map, make_raw,
+                            nbd_uri, qemu_io)
 
 QSD = shutil.which('qemu-storage-daemon')
 K64 = 65536
 MiB = 1 << 20
 
 
-def bitmaps_of(q, node):
-    for n in q.execute('query-named-block-nodes', flat=True):
-        if n['node-name'] == node:
-            return n.get('dirty-bitmaps')
-    raise KeyError(node)
+bitmaps_of = dirty_bitmaps
 
 
 # ---- 1. The same QMP script against qemu-storage-daemon 7.2 and fleeced -----------------

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from fleece_testlib import (FLEECE, FLEECED, Daemon, QmpError, clusters_of, dirty_map, nbd_uri, qemu_io,
-                            run)
+from fleece_testlib import (FLEECE, FLEECED, Daemon, QmpError, clusters_of, dirty_bitmaps, dirty_map,
+                            nbd_uri, qemu_io, run)
 
 QSD = shutil.which('qemu-storage-daemon')
 K64 = 65536
@@ -20,10 +20,7 @@ MiB = 1 << 20
 
 
 def bitmaps_of(q, node):
-    for n in q.execute('query-named-block-nodes', flat=True):
-        if n['node-name'] == node:
-            return {b['name']: b for b in n.get('dirty-bitmaps', [])}
-    raise KeyError(node)
+    return {b['name']: b for b in dirty_bitmaps(q, node) or []}
 
 
 def image_bitmaps(path):
@@ -168,7 +165,6 @@ def test_kill_9_makes_bitmaps_inconsistent_never_silently_used(tmp_path):
     target = str(tmp_path / 'target.qcow2')
     run('qemu-img', 'create', '-f', 'qcow2', target, '8M')
     sock = str(tmp_path / 'nbd.sock')
-    fleeced = FLEECED
     rng = random.Random(7)
     d = start(FLEECED, tmp_path / 'setup', img, sock)
     try:
