@@ -12,15 +12,24 @@
 
 #include <chrono>
 #include <memory>
+#include <utility>
 
 namespace fleece::nodes {
 
 enum class OnCbwError { break_guest_write, break_snapshot };
 
+// x-copy-window of a filter added with blockdev-add: one default chunk of the copy engine.
+inline constexpr std::uint64_t default_copy_window = block::BlockCopy::default_chunk;
+
 struct CbwConfig {
     OnCbwError on_error = OnCbwError::break_guest_write;
     std::chrono::nanoseconds timeout{0};
     std::uint64_t min_cluster_size = 0;
+    // Copy-ahead window (option x-copy-window, docs/nodes/copy-before-write.md): a write that
+    // has to copy, in an aligned window of this size where an earlier write already copied a
+    // cluster, copies the window's other uncopied clusters in the same pass. 0 = exactly the
+    // write's clusters (QEMU's rule, and a backup job's own filter, whose target is remote).
+    std::uint64_t copy_window = 0;
     // Option `bitmap`: only its dirty clusters are copied and readable in the snapshot. Its
     // content is taken when the node opens (the pointer is not kept).
     const block::DirtyBitmap* bitmap = nullptr;
@@ -78,6 +87,12 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
   private:
     block::Node* tracked_source_ = nullptr; // our file's node, reads tracked until close()
     io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
+    io::Task<std::error_code> copy_clusters(std::uint64_t start, std::uint64_t end,
+                                            block::CopyOptions opts);
+    // [start, end) grown to whole copy-ahead windows at either edge whose window a write
+    // already copied in; unchanged when the range needs no copy or copy-ahead is off.
+    std::pair<std::uint64_t, std::uint64_t> copy_ahead_range(std::uint64_t start,
+                                                             std::uint64_t end) const;
     bool is_fleecing() const;
     // Length of the prefix of [offset, end) that is uniformly done or not done.
     std::uint64_t uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const;

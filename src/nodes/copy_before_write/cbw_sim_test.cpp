@@ -65,9 +65,9 @@ io::Task<void> wait_all(Sim* s) {
         co_await s->idle.wait();
 }
 
-void run_seed(std::uint64_t seed) {
+void run_seed(std::uint64_t seed, std::uint64_t copy_window) {
     std::mt19937_64 rng(seed);
-    Fleece f(disk);
+    Fleece f(disk, {{"x-copy-window", copy_window}});
     f.src->set_random_delay(seed * 2 + 1, 16);
     f.tgt->set_random_delay(seed * 2 + 2, 6);
     for (std::uint64_t i = 0; i < disk; i += 4096)
@@ -106,12 +106,14 @@ void run_seed(std::uint64_t seed) {
     }
     f.loop.run_until_complete(wait_all(&s));
     for (const auto& msg : s.failures)
-        ADD_FAILURE() << "seed " << seed << ": " << msg;
+        ADD_FAILURE() << "seed " << seed << ", x-copy-window " << copy_window << ": " << msg;
 }
 
 TEST(CopyBeforeWriteSim, PointInTimeUnderRandomConcurrency) {
-    for (std::uint64_t seed = 1; seed <= 200; ++seed) {
-        run_seed(seed);
+    // Seeds alternate exact copies, copy-ahead in 256 KiB windows and over the whole disk.
+    const std::uint64_t windows[] = {0, 256 * 1024, disk};
+    for (std::uint64_t seed = 1; seed <= 300; ++seed) {
+        run_seed(seed, windows[seed % 3]);
         if (HasFailure()) {
             std::cerr << "cbw sim failed with seed " << seed << "\n";
             break;

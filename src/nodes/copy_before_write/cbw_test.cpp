@@ -24,7 +24,8 @@ const Pat remainder[] = {
     {0xd5, 0x108000, 32 * k}, {0xdc, 32 * M, 32 * k}, {0xcd, 0x3ff0000, 64 * k}};
 
 TEST(CopyBeforeWrite, ImageFleecingPatterns) {
-    Fleece f(64 * M);
+    // Exact copies as in QEMU (copy-ahead has its own tests below).
+    Fleece f(64 * M, {{"x-copy-window", 0}});
     for (const Pat& p : patterns)
         f.fill(p.off, p.len, p.p);
     auto verify_snapshot = [&] {
@@ -209,6 +210,57 @@ TEST(CopyBeforeWrite, OptionValidation) {
     EXPECT_EQ(r2.error().message, "Dirty bitmap 'b' not found");
     auto r3 = add({{"on-cbw-error", "bogus"}});
     ASSERT_FALSE(r3.ok());
+    auto r4 = add({{"x-copy-window", 3 * M}});
+    ASSERT_FALSE(r4.ok());
+    EXPECT_NE(r4.error().message.find("x-copy-window"), std::string::npos);
+}
+
+// Copy-ahead: the first write in a window copies its cluster only; a later write there that
+// has to copy takes the window's other uncopied clusters along.
+TEST(CopyBeforeWrite, CopyAheadFillsWindowsAlreadyWrittenIn) {
+    Fleece f(4 * M);
+    f.fill(0, 4 * M, 0x21);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x22)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 64 * k); // first write in window 0
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x23)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 64 * k); // nothing to copy: no copy-ahead
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x24)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M); // the rest of window 0
+    const auto target_writes = f.tgt->writes();
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 900 * k, 4 * k, 0x25)));
+    EXPECT_EQ(f.tgt->writes(), target_writes); // already copied ahead
+    // A write crossing into window 1 copies only its own cluster there (window 1 is new),
+    // and a write in window 3 is the first there.
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 1 * M - 4 * k, 8 * k, 0x26)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M + 64 * k);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 3 * M + 8 * k, 4 * k, 0x27)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M + 128 * k);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x21)));
+}
+
+TEST(CopyBeforeWrite, CopyAheadCanBeTurnedOffAndIsOffWithATimeout) {
+    for (nlohmann::json opts :
+         {nlohmann::json{{"x-copy-window", 0}}, nlohmann::json{{"cbw-timeout", 60}}}) {
+        Fleece f(4 * M, opts);
+        f.fill(0, 4 * M, 0x31);
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x32)));
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x33)));
+        EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k) << opts.dump();
+        EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x31)));
+    }
+}
+
+// The clusters copied ahead are best effort: when their copy fails, the guest write still
+// succeeds once its own cluster is saved, and the others stay to be copied.
+TEST(CopyBeforeWrite, FailedCopyAheadDoesNotFailTheWrite) {
+    Fleece f(4 * M);
+    f.fill(0, 4 * M, 0x41);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x42)));
+    f.tgt->fail_writes(EIO, 1); // the window copy (clusters 1-15, one chunk) fails
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x41)));
+    EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
 }
 
 TEST(CopyBeforeWrite, MinClusterSize) {
