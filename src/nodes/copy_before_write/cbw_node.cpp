@@ -121,7 +121,7 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
         done_.set_range(start / c, (end - start) / c);
     }
     // Snapshot reads served from the source over this range must finish first.
-    co_await frozen_.wait_idle(start, end - start);
+    co_await source_reads_.wait_idle(start, end - start);
     // The seed's scheme: the fleecing image reads uncopied clusters from our file directly.
     // Such a read that began before the copy landed must not see the guest's write.
     if (is_fleecing()) co_await file().node().wait_reads_idle(start, end - start);
@@ -219,15 +219,23 @@ io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span
         if (auto ec = check_access(pos, end - pos)) co_return ec;
         bool done = false;
         std::uint64_t n = uniform_prefix(pos, end, &done);
-        RangeLockTable::Guard guard = co_await frozen_.lock(pos, n, RangeLockTable::Mode::shared);
+        RangeLockTable& readers = done ? target_reads_ : source_reads_;
+        RangeLockTable::Guard guard = co_await readers.lock(pos, n, RangeLockTable::Mode::shared);
         // The lock may have waited behind a guest write: decide again under the lock. From
         // here to the child request there is no await, so a guest write that has not yet
         // marked these clusters done will wait for us before changing the source.
         if (auto ec = check_access(pos, n)) co_return ec;
-        n = std::min(n, uniform_prefix(pos, end, &done));
+        bool done_now = false;
+        n = std::min(n, uniform_prefix(pos, end, &done_now));
+        // Copied while we waited (clusters only ever become done): the source lock is the
+        // wrong one now, so decide again.
+        if (done_now != done) continue;
         auto piece = buf.subspan(pos - offset, n);
-        std::error_code ec =
-            done ? co_await target_->read(pos, piece) : co_await file().read(pos, piece);
+        std::error_code ec;
+        if (done)
+            ec = co_await target_->read(pos, piece);
+        else
+            ec = co_await file().read(pos, piece);
         guard.release();
         if (ec) co_return ec;
         pos += n;
@@ -276,7 +284,8 @@ io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::u
     const std::uint64_t start = first * c;
     const std::uint64_t stop = std::min(end_bit * c, size());
     // Reads that started before the discard may still be using the target data.
-    co_await frozen_.wait_idle(start, stop - start);
+    co_await source_reads_.wait_idle(start, stop - start);
+    co_await target_reads_.wait_idle(start, stop - start);
     // A fleecing image (backed by our file) is a target we hold with write-unchanged only,
     // which a discard is not, so through the edge it failed (EPERM, ignored: advisory) and
     // a discard-source backup released nothing. It is ours to release: the range has just

@@ -104,10 +104,13 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     std::unique_ptr<block::BlockCopy> bcs_;
     Bitmap access_; // clusters the snapshot may still read
     Bitmap done_;   // clusters whose old data is in the target
-    // Snapshot reads in progress hold shared locks here. Guest writes wait_idle() over them
-    // (they must not change the source under a read) and so do snapshot discards (they must
-    // not drop target data under a read).
-    block::RangeLockTable frozen_;
+    // Snapshot reads in progress hold shared locks, in the table of the child they read.
+    // Guest writes wait_idle() over source reads (they must not change the source under a
+    // read), but not over target reads, which they cannot disturb: the backup job reads
+    // every copied cluster from the target while the guest writes on. Snapshot discards
+    // wait for both (they must not drop target data under a read).
+    block::RangeLockTable source_reads_;
+    block::RangeLockTable target_reads_;
     std::error_code snapshot_error_; // latched first error with break-snapshot
     bool touched_ = false;           // a guest write or snapshot call has used the sets
     CbwStats stats_;

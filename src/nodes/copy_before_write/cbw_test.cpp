@@ -263,6 +263,33 @@ TEST(CopyBeforeWrite, FailedCopyAheadDoesNotFailTheWrite) {
     EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
 }
 
+io::Task<void> note_when_done(io::Task<std::error_code> op, std::string name,
+                              std::vector<std::string>* order) {
+    if (auto ec = co_await std::move(op)) name += " failed: " + ec.message();
+    order->push_back(name);
+}
+
+io::Task<void> wait_until_size(const std::vector<std::string>* v, std::size_t n) {
+    while (v->size() < n)
+        co_await io::sleep_for(1ms);
+}
+
+// A snapshot read of copied data is served by the target, which a guest write cannot
+// disturb: the write goes on at once instead of waiting for the read (the backup job reads
+// every copied cluster this way while the guest writes).
+TEST(CopyBeforeWrite, GuestWritesDoNotWaitForSnapshotReadsOfCopiedData) {
+    Fleece f(1 * M);
+    f.fill(0, 1 * M, 0x51);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x52))); // cluster 0 is copied
+    f.tgt->set_read_latency(300ms);
+    std::vector<std::string> order;
+    f.loop.spawn(note_when_done(read_pattern(f.rc.get(), 0, 64 * k, 0x51), "read", &order));
+    f.loop.spawn(note_when_done(write_pattern(f.gc.get(), 8 * k, 4 * k, 0x53), "write", &order));
+    f.loop.run_until_complete(wait_until_size(&order, 2));
+    EXPECT_EQ(order, (std::vector<std::string>{"write", "read"}));
+    EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 8 * k, 4 * k, 0x53)));
+}
+
 TEST(CopyBeforeWrite, MinClusterSize) {
     Fleece f(4 * M, {{"min-cluster-size", 1 * M}});
     EXPECT_EQ(f.cbw->block_copy().cluster_size(), 1 * M);

@@ -37,6 +37,7 @@ io::Task<std::error_code> MemoryNode::before_write(std::uint64_t bytes) {
 
 io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<std::byte> buf,
                                               ReqFlags) {
+    if (read_latency_.count() > 0) co_await io::sleep_for(read_latency_);
     // Real storage may fetch any part of a request at any time: copy in two halves with a
     // delay in between, so a read racing with a write can come back torn.
     co_await delay();

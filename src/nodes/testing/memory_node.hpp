@@ -1,7 +1,7 @@
 #pragma once
 // MemoryNode: an in-memory node for tests (no driver, built directly). It can delay each
 // request by a random number of loop turns from a seeded RNG, so completions reorder
-// deterministically, and it can inject write errors and slow writes.
+// deterministically, and it can inject write errors and slow reads and writes.
 
 #include "block/node.hpp"
 
@@ -28,6 +28,7 @@ class MemoryNode final : public block::Node {
         fail_count_ = count;
     }
     void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
+    void set_read_latency(std::chrono::nanoseconds d) { read_latency_ = d; }
     std::uint64_t writes() const { return writes_; }
     std::uint64_t bytes_written() const { return bytes_written_; } // data + zeroes
     // Data writes whose buffer is not page aligned (O_DIRECT would need a bounce copy).
@@ -56,6 +57,7 @@ class MemoryNode final : public block::Node {
     int fail_errno_ = 0;
     int fail_count_ = 0;
     std::chrono::nanoseconds write_latency_{0};
+    std::chrono::nanoseconds read_latency_{0};
     std::uint64_t writes_ = 0;
     std::uint64_t bytes_written_ = 0;
     std::uint64_t unaligned_buffer_writes_ = 0;
