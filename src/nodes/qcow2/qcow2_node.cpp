@@ -73,6 +73,29 @@ io::Task<void> Qcow2Node::trim_file() {
                   e.message());
 }
 
+namespace {
+
+// The file size of an image with every cluster allocated: header, L1 and L2 tables,
+// refcount table and blocks, data (what `qemu-img measure` calls fully allocated).
+std::uint64_t fully_allocated_size(const Header& h) {
+    const std::uint64_t cs = h.cluster_size();
+    const std::uint64_t data = div_round_up(h.size, cs);
+    const std::uint64_t l2 = div_round_up(data, h.l2_entries());
+    const std::uint64_t l1 =
+        div_round_up(l1_entries_for(h.size, h.cluster_bits, h.extended_l2()) * 8, cs);
+    const std::uint64_t clusters = 1 + l1 + l2 + data;
+    // Refcount blocks count every cluster, themselves and the refcount table included; the
+    // fixed point is reached in a few rounds.
+    std::uint64_t blocks = 0, table = 0;
+    for (int round = 0; round < 8; ++round) {
+        blocks = div_round_up(clusters + blocks + table, h.refblock_entries());
+        table = div_round_up(blocks * 8, cs);
+    }
+    return (clusters + blocks + table) * cs;
+}
+
+} // namespace
+
 io::Task<std::error_code> Qcow2Node::grow_file() {
     for (;;) {
         const std::uint64_t need = rc_->end_cluster() << cb_;
@@ -91,6 +114,12 @@ io::Task<std::error_code> Qcow2Node::grow_file() {
         const std::uint64_t step = std::max<std::uint64_t>(
             cs_, std::bit_floor(std::clamp<std::uint64_t>(need / 8, 1u << 20, 64u << 20)));
         std::uint64_t target = align_up(need, step);
+        // Reserve nothing past what the image can ever hold: a fleecing image the guest
+        // copied whole would otherwise end the job one grow step larger than the disk. A
+        // few clusters of slack for bitmaps and a moved refcount table; an image beyond even
+        // that (many bitmaps) grows in steps as before.
+        const std::uint64_t cap = fully_allocated_size(h_) + 8 * cs_;
+        if (need <= cap) target = std::min(target, cap);
         std::error_code e;
         for (int attempt = 0; attempt < 2; ++attempt) {
             if (closing_)

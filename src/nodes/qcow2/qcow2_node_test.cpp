@@ -281,6 +281,39 @@ TEST(Qcow2Node, ReleasedClustersAreReused) {
     expect_clean(p);
 }
 
+std::uint64_t qemu_img_fully_allocated(std::uint64_t size) {
+    FILE* out = ::popen(
+        fmt::format("qemu-img measure --output=json --size {} -O qcow2", size).c_str(), "r");
+    EXPECT_NE(out, nullptr);
+    std::string text;
+    char buf[256];
+    while (out && std::fgets(buf, sizeof buf, out))
+        text += buf;
+    if (out) {
+        EXPECT_EQ(::pclose(out), 0) << text;
+    }
+    return json::parse(text).at("fully-allocated").get<std::uint64_t>();
+}
+
+// Growing ahead stops at the size of the image fully allocated: an image written whole
+// (a fleecing image the guest copied completely) is not left a grow step larger.
+TEST(Qcow2Node, GrowAheadStopsAtTheFullyAllocatedSize) {
+    ScratchDir dir;
+    const std::string p = make_image(dir, "g.qcow2", 64 * MiB, 65536);
+    const std::uint64_t full = qemu_img_fully_allocated(64 * MiB);
+    {
+        Harness h;
+        ASSERT_TRUE(open_rw(h, p));
+        for (std::uint64_t off = 0; off < 64 * MiB; off += MiB)
+            ASSERT_FALSE(h.write(off, pattern(MiB, static_cast<int>(off / MiB) + 1)));
+        ASSERT_FALSE(h.flush());
+        // Grow steps are 1/8 of the file here (8 MiB): without the bound, 72 MiB.
+        EXPECT_LE(std::filesystem::file_size(p), full + 8 * 65536);
+        EXPECT_GE(std::filesystem::file_size(p), full);
+    }
+    expect_clean(p);
+}
+
 TEST(Qcow2Node, CompressedWritesReadBackAndQemuAgrees) {
     ScratchDir dir;
     for (const char* type : {"zlib", "zstd"}) {
