@@ -64,9 +64,10 @@ struct DirectoryLimits {
     std::uint64_t file_size = 0; // tables must lie inside the file
 };
 
-// Parses and validates a whole directory of `nb` entries. Errors name the problem and the
-// bitmap ("qcow2: bitmap 'b0': granularity_bits 40 out of range (9..31)"). The directory
-// must be exactly `dir.size()` bytes long (entries padded to 8 bytes).
+// Parses and validates a whole directory of `nb` entries: the layout as decoded by
+// decode_bitmap_directory (qcow2_format.hpp), then what the values mean. Errors name the
+// problem and the bitmap ("qcow2: bitmap 'b0': granularity_bits 40 out of range (9..31)").
+// The directory must be exactly `dir.size()` bytes long (entries padded to 8 bytes).
 Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, std::uint32_t nb,
                                               const DirectoryLimits& limits);
 std::vector<std::byte> serialize_bitmap_dir(const std::vector<QBitmap>& bitmaps);
