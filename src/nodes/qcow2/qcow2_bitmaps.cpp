@@ -85,18 +85,6 @@ std::optional<Error> check_entry(std::uint32_t i, const BitmapDirectoryEntry& b,
     return std::nullopt;
 }
 
-QBitmap to_qbitmap(BitmapDirectoryEntry&& e) {
-    QBitmap b;
-    b.table_offset = e.table_offset;
-    b.table_size = e.table_size;
-    b.flags = e.flags;
-    b.type = e.type;
-    b.granularity_bits = e.granularity_bits;
-    b.name = std::move(e.name);
-    b.extra_data = std::move(e.extra_data);
-    return b;
-}
-
 } // namespace
 
 Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, std::uint32_t nb,
@@ -114,7 +102,7 @@ Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, st
         if (auto e = check_entry(i, layout.entries[i], names, limits)) return *e;
         if (i + 1 == layout.entries.size() && layout.last_padding_past_end)
             return bad(fmt::format("bitmap directory entry {} is truncated", i));
-        out.push_back(to_qbitmap(std::move(layout.entries[i])));
+        out.emplace_back(std::move(layout.entries[i]));
     }
     const std::size_t next = layout.entries.size();
     switch (layout.truncation) {

@@ -138,6 +138,8 @@ struct BitmapDirectoryEntry {
     std::uint8_t granularity_bits = 0;
     std::string name;
     std::vector<std::byte> extra_data;
+
+    bool operator==(const BitmapDirectoryEntry&) const = default;
 };
 
 // Why decoding stopped before the expected number of entries: the next entry's fixed
