@@ -1,8 +1,9 @@
 // libFuzzer target for the qcow2 bitmaps extension codec (nodes/qcow2/qcow2_bitmaps.hpp).
 // The input is a bitmap directory preceded by 8 bytes of parameters (entry count, cluster
 // bits, disk size). Checked: parsing never crashes or reads out of bounds (ASan); an
-// accepted directory serialises to the same bytes it was parsed from (modulo padding
-// contents) and parses back to the same entries; bitmap tables and data clusters
+// accepted directory reads the same through the lenient reader of the offline tools,
+// serialises to the same bytes it was parsed from (modulo padding contents) and parses
+// back to the same entries; bitmap tables and data clusters
 // round-trip. Violations abort.
 //
 // Link against fleece_nodes (and libFuzzer: -fsanitize=fuzzer).
@@ -41,8 +42,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::span<const std::byte> dir(reinterpret_cast<const std::byte*>(data) + 8, size - 8);
 
     auto parsed = parse_bitmap_dir(dir, nb, lim);
+    auto lenient = parse_bitmap_directory(dir, nb);
     if (parsed) {
         require(parsed->size() == nb, "entry count");
+        require(lenient.ok() && lenient->size() == nb, "the lenient reader accepts it too");
+        for (std::size_t i = 0; i < parsed->size(); ++i)
+            require((*lenient)[i] == (*parsed)[i], "both readers see the same entries");
         const std::vector<std::byte> again = serialize_bitmap_dir(*parsed);
         require(again.size() == dir.size(), "serialised size equals the parsed size");
         auto reparsed = parse_bitmap_dir(again, nb, lim);

@@ -3,6 +3,7 @@
 
 #include <cstring>
 #include <fmt/format.h>
+#include <optional>
 #include <set>
 
 namespace fleece::nodes::qcow2 {
@@ -15,8 +16,6 @@ Error bad(std::string what) {
 std::uint64_t pad8(std::uint64_t n) {
     return (n + 7) & ~7ull;
 }
-
-constexpr std::size_t entry_fixed_bytes = 24;
 
 } // namespace
 
@@ -42,6 +41,52 @@ std::uint64_t bitmap_table_entries(std::uint64_t disk_size, std::uint32_t granul
     return bits / bits_per_cluster + (bits % bits_per_cluster ? 1 : 0);
 }
 
+namespace {
+
+// What a strict reader refuses in an entry whose layout is readable (entry `i`; `names`
+// collects the names seen so far). The checks run in this order, so the message names
+// the first problem.
+std::optional<Error> check_entry(std::uint32_t i, const BitmapDirectoryEntry& b,
+                                 std::set<std::string>& names, const DirectoryLimits& limits) {
+    const std::uint64_t cs = 1ull << limits.cluster_bits;
+    const std::string who = fmt::format("bitmap {} '{}'", i, b.name);
+    if (b.name.empty()) return bad(fmt::format("bitmap {} has an empty name", i));
+    if (b.name.size() > max_bitmap_name_bytes)
+        return bad(fmt::format("{}: name is longer than {} bytes", who, max_bitmap_name_bytes));
+    if (!names.insert(b.name).second) return bad(fmt::format("{}: duplicate name", who));
+    if (b.flags & ~bitmap_flags_known)
+        return bad(
+            fmt::format("{}: reserved flags {:#x} are set", who, b.flags & ~bitmap_flags_known));
+    if (b.type != bitmap_type_dirty_tracking)
+        return bad(fmt::format("{}: unknown type {}", who, b.type));
+    if (b.granularity_bits < min_bitmap_granularity_bits ||
+        b.granularity_bits > max_bitmap_granularity_bits)
+        return bad(fmt::format("{}: granularity_bits {} out of range ({}..{})", who,
+                               b.granularity_bits, min_bitmap_granularity_bits,
+                               max_bitmap_granularity_bits));
+    if (!b.extra_data.empty() && !(b.flags & bitmap_flag_extra_data_compatible))
+        return bad(fmt::format("{}: unknown extra data ({} bytes)", who, b.extra_data.size()));
+    const std::uint64_t want =
+        bitmap_table_entries(limits.disk_size, b.granularity_bits, limits.cluster_bits);
+    if (b.table_size != want)
+        return bad(fmt::format("{}: bitmap table has {} entries, the disk size needs {}", who,
+                               b.table_size, want));
+    if (b.table_size > max_bitmap_table_entries)
+        return bad(fmt::format("{}: bitmap table is too large", who));
+    if (b.table_offset & (cs - 1) || (b.table_offset == 0 && b.table_size != 0))
+        return bad(fmt::format("{}: bitmap table offset {:#x} is not aligned to the cluster "
+                               "size or is 0",
+                               who, b.table_offset));
+    const std::uint64_t table_bytes = std::uint64_t(b.table_size) * 8;
+    if (b.table_offset > limits.file_size || table_bytes > limits.file_size - b.table_offset)
+        return bad(fmt::format("{}: bitmap table (offset {:#x}, {} bytes) extends past the "
+                               "end of the file",
+                               who, b.table_offset, table_bytes));
+    return std::nullopt;
+}
+
+} // namespace
+
 Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, std::uint32_t nb,
                                               const DirectoryLimits& limits) {
     if (nb == 0) return bad("bitmaps extension with 0 bitmaps");
@@ -49,69 +94,30 @@ Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, st
         return bad(fmt::format("too many bitmaps ({}, at most {})", nb, max_bitmaps));
     if (dir.size() > max_bitmap_directory_bytes)
         return bad(fmt::format("bitmap directory is too large ({} bytes)", dir.size()));
-    const std::uint64_t cs = 1ull << limits.cluster_bits;
+    BitmapDirectoryLayout layout = decode_bitmap_directory(dir, nb);
     std::vector<QBitmap> out;
     std::set<std::string> names;
-    std::uint64_t off = 0;
-    for (std::uint32_t i = 0; i < nb; ++i) {
-        if (dir.size() - off < entry_fixed_bytes)
-            return bad(fmt::format("bitmap directory entry {} is truncated (directory of {} "
-                                   "bytes holds fewer than {} entries)",
-                                   i, dir.size(), nb));
-        const std::byte* q = dir.data() + off;
-        QBitmap b;
-        b.table_offset = load_be64(q);
-        b.table_size = load_be32(q + 8);
-        b.flags = load_be32(q + 12);
-        b.type = std::to_integer<std::uint8_t>(q[16]);
-        b.granularity_bits = std::to_integer<std::uint8_t>(q[17]);
-        const std::uint16_t name_size = load_be16(q + 18);
-        const std::uint32_t extra = load_be32(q + 20);
-        const std::uint64_t len = entry_fixed_bytes + std::uint64_t(extra) + name_size;
-        if (len > dir.size() - off)
+    // In directory order: an entry's values are judged before a layout problem after it.
+    for (std::uint32_t i = 0; i < layout.entries.size(); ++i) {
+        if (auto e = check_entry(i, layout.entries[i], names, limits)) return *e;
+        if (i + 1 == layout.entries.size() && layout.last_padding_past_end)
             return bad(fmt::format("bitmap directory entry {} is truncated", i));
-        b.extra_data.assign(q + entry_fixed_bytes, q + entry_fixed_bytes + extra);
-        b.name.assign(reinterpret_cast<const char*>(q + entry_fixed_bytes + extra), name_size);
-        const std::string who = fmt::format("bitmap {} '{}'", i, b.name);
-        if (name_size == 0) return bad(fmt::format("bitmap {} has an empty name", i));
-        if (name_size > max_bitmap_name_bytes)
-            return bad(fmt::format("{}: name is longer than {} bytes", who, max_bitmap_name_bytes));
-        if (!names.insert(b.name).second) return bad(fmt::format("{}: duplicate name", who));
-        if (b.flags & ~bitmap_flags_known)
-            return bad(fmt::format("{}: reserved flags {:#x} are set", who,
-                                   b.flags & ~bitmap_flags_known));
-        if (b.type != bitmap_type_dirty_tracking)
-            return bad(fmt::format("{}: unknown type {}", who, b.type));
-        if (b.granularity_bits < min_bitmap_granularity_bits ||
-            b.granularity_bits > max_bitmap_granularity_bits)
-            return bad(fmt::format("{}: granularity_bits {} out of range ({}..{})", who,
-                                   b.granularity_bits, min_bitmap_granularity_bits,
-                                   max_bitmap_granularity_bits));
-        if (extra != 0 && !(b.flags & bitmap_flag_extra_data_compatible))
-            return bad(fmt::format("{}: unknown extra data ({} bytes)", who, extra));
-        const std::uint64_t want =
-            bitmap_table_entries(limits.disk_size, b.granularity_bits, limits.cluster_bits);
-        if (b.table_size != want)
-            return bad(fmt::format("{}: bitmap table has {} entries, the disk size needs {}", who,
-                                   b.table_size, want));
-        if (b.table_size > max_bitmap_table_entries)
-            return bad(fmt::format("{}: bitmap table is too large", who));
-        if (b.table_offset & (cs - 1) || (b.table_offset == 0 && b.table_size != 0))
-            return bad(fmt::format("{}: bitmap table offset {:#x} is not aligned to the cluster "
-                                   "size or is 0",
-                                   who, b.table_offset));
-        const std::uint64_t table_bytes = std::uint64_t(b.table_size) * 8;
-        if (b.table_offset > limits.file_size || table_bytes > limits.file_size - b.table_offset)
-            return bad(fmt::format("{}: bitmap table (offset {:#x}, {} bytes) extends past the "
-                                   "end of the file",
-                                   who, b.table_offset, table_bytes));
-        out.push_back(std::move(b));
-        off += pad8(len);
-        if (off > dir.size()) return bad(fmt::format("bitmap directory entry {} is truncated", i));
+        out.emplace_back(std::move(layout.entries[i]));
     }
-    if (off != dir.size())
+    const std::size_t next = layout.entries.size();
+    switch (layout.truncation) {
+    case BitmapEntryTruncation::fixed_part:
+        return bad(fmt::format("bitmap directory entry {} is truncated (directory of {} bytes "
+                               "holds fewer than {} entries)",
+                               next, dir.size(), nb));
+    case BitmapEntryTruncation::variable_part:
+        return bad(fmt::format("bitmap directory entry {} is truncated", next));
+    case BitmapEntryTruncation::none:
+        break;
+    }
+    if (layout.end != dir.size())
         return bad(fmt::format("bitmap directory size {} does not match its {} entries ({} bytes)",
-                               dir.size(), nb, off));
+                               dir.size(), nb, layout.end));
     return out;
 }
 
@@ -119,7 +125,7 @@ std::vector<std::byte> serialize_bitmap_dir(const std::vector<QBitmap>& bitmaps)
     std::vector<std::byte> out;
     for (const QBitmap& b : bitmaps) {
         const std::size_t at = out.size();
-        const std::uint64_t len = entry_fixed_bytes + b.extra_data.size() + b.name.size();
+        const std::uint64_t len = bitmap_entry_fixed_bytes + b.extra_data.size() + b.name.size();
         out.resize(at + pad8(len), std::byte{0});
         std::byte* q = out.data() + at;
         store_be64(q, b.table_offset);
@@ -130,8 +136,9 @@ std::vector<std::byte> serialize_bitmap_dir(const std::vector<QBitmap>& bitmaps)
         store_be16(q + 18, static_cast<std::uint16_t>(b.name.size()));
         store_be32(q + 20, static_cast<std::uint32_t>(b.extra_data.size()));
         if (!b.extra_data.empty())
-            std::memcpy(q + entry_fixed_bytes, b.extra_data.data(), b.extra_data.size());
-        std::memcpy(q + entry_fixed_bytes + b.extra_data.size(), b.name.data(), b.name.size());
+            std::memcpy(q + bitmap_entry_fixed_bytes, b.extra_data.data(), b.extra_data.size());
+        std::memcpy(q + bitmap_entry_fixed_bytes + b.extra_data.size(), b.name.data(),
+                    b.name.size());
     }
     return out;
 }

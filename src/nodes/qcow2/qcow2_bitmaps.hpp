@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fleece::nodes::qcow2 {
@@ -34,14 +35,14 @@ inline constexpr std::uint64_t max_bitmap_table_entries = 0x8000000;
 inline constexpr std::uint64_t bitmap_table_all_ones = 1;
 inline constexpr std::uint64_t bitmap_table_reserved_mask = 0xff000000000001feull;
 
-struct QBitmap {
-    std::uint64_t table_offset = 0;
-    std::uint32_t table_size = 0; // entries
-    std::uint32_t flags = 0;
-    std::uint8_t type = bitmap_type_dirty_tracking;
-    std::uint8_t granularity_bits = 16;
-    std::string name;
-    std::vector<std::byte> extra_data; // kept verbatim
+// A directory entry the strict reader accepted, or one the node is about to write (a new
+// one is a dirty-tracking bitmap of 64 KiB granularity). Extra data is kept verbatim.
+struct QBitmap : BitmapDirectoryEntry {
+    QBitmap() {
+        type = bitmap_type_dirty_tracking;
+        granularity_bits = 16;
+    }
+    explicit QBitmap(BitmapDirectoryEntry decoded) : BitmapDirectoryEntry(std::move(decoded)) {}
 
     bool in_use() const { return flags & bitmap_flag_in_use; }
     bool auto_enabled() const { return flags & bitmap_flag_auto; }
@@ -64,9 +65,10 @@ struct DirectoryLimits {
     std::uint64_t file_size = 0; // tables must lie inside the file
 };
 
-// Parses and validates a whole directory of `nb` entries. Errors name the problem and the
-// bitmap ("qcow2: bitmap 'b0': granularity_bits 40 out of range (9..31)"). The directory
-// must be exactly `dir.size()` bytes long (entries padded to 8 bytes).
+// Parses and validates a whole directory of `nb` entries: the layout as decoded by
+// decode_bitmap_directory (qcow2_format.hpp), then what the values mean. Errors name the
+// problem and the bitmap ("qcow2: bitmap 'b0': granularity_bits 40 out of range (9..31)").
+// The directory must be exactly `dir.size()` bytes long (entries padded to 8 bytes).
 Result<std::vector<QBitmap>> parse_bitmap_dir(std::span<const std::byte> dir, std::uint32_t nb,
                                               const DirectoryLimits& limits);
 std::vector<std::byte> serialize_bitmap_dir(const std::vector<QBitmap>& bitmaps);

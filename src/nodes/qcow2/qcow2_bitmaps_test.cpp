@@ -91,6 +91,115 @@ TEST(Qcow2Bitmaps, CorruptDirectoriesAreRefusedWithTheProblemNamed) {
     EXPECT_TRUE(has(none.error().message, "0 bitmaps"));
 }
 
+// The same bytes through the lenient reader of `img info/check` (qcow2_format) and the
+// strict reader of the node: one layout decoder, so the same entries.
+TEST(Qcow2Bitmaps, LenientAndStrictReadersAgreeOnTheLayout) {
+    QBitmap a = entry("odd"); // 24 + 3 bytes, padded to 32
+    QBitmap b = entry("with-extra", 12);
+    b.flags = bitmap_flag_in_use | bitmap_flag_extra_data_compatible;
+    b.extra_data = {std::byte{0xa}, std::byte{0xb}, std::byte{0xc}, std::byte{0xd},
+                    std::byte{0xe}}; // 24 + 5 + 10 bytes, padded to 40
+    b.table_offset = 9 << 16;
+    QBitmap c = entry("eight-ch", 31); // 24 + 8 bytes, no padding
+    c.flags = 0;
+    const auto dir = serialize_bitmap_dir({a, b, c});
+    ASSERT_EQ(dir.size(), 32u + 40u + 32u);
+    // The spec's offsets in entry 1, which starts at 32 (entry 0 padded from 27 bytes).
+    EXPECT_EQ(load_be64(dir.data() + 32), 9u << 16);
+    EXPECT_EQ(dir[32 + 17], std::byte{12});          // granularity_bits
+    EXPECT_EQ(load_be16(dir.data() + 32 + 18), 10u); // name size
+    EXPECT_EQ(load_be32(dir.data() + 32 + 20), 5u);  // extra data size
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(dir.data()) + 32 + 24 + 5, 10),
+              "with-extra");
+
+    auto layout = decode_bitmap_directory(dir, 3);
+    EXPECT_EQ(layout.truncation, BitmapEntryTruncation::none);
+    EXPECT_FALSE(layout.last_padding_past_end);
+    EXPECT_EQ(layout.end, dir.size());
+    auto lenient = parse_bitmap_directory(dir, 3);
+    ASSERT_TRUE(lenient) << lenient.error().message;
+    auto strict = parse_bitmap_dir(dir, 3, limits);
+    ASSERT_TRUE(strict) << strict.error().message;
+    ASSERT_EQ(lenient->size(), 3u);
+    ASSERT_EQ(strict->size(), 3u);
+    const QBitmap* want[] = {&a, &b, &c};
+    for (std::size_t i = 0; i < 3; ++i) {
+        const BitmapDirectoryEntry& wanted = *want[i];
+        EXPECT_TRUE((*lenient)[i] == wanted) << "lenient entry " << i;
+        EXPECT_TRUE((*strict)[i] == wanted) << "strict entry " << i;
+        EXPECT_TRUE(layout.entries[i] == wanted) << "decoded entry " << i;
+    }
+    EXPECT_EQ((*lenient)[1].name, "with-extra");
+    EXPECT_EQ((*lenient)[1].extra_data.size(), 5u);
+    EXPECT_EQ((*strict)[1].granularity(), 4096u);
+    EXPECT_TRUE((*strict)[1].in_use());
+}
+
+// A directory the strict reader refuses for what its values mean is still laid out
+// readably: `img info/check` see its entries.
+TEST(Qcow2Bitmaps, SemanticallyInvalidDirectoryIsStillDecoded) {
+    QBitmap g = entry("g40");
+    g.granularity_bits = 40;
+    QBitmap t = entry("type7");
+    t.type = 7;
+    QBitmap n = entry(std::string(max_bitmap_name_bytes + 1, 'n'));
+    const auto dir = serialize_bitmap_dir({g, t, n});
+    auto strict = parse_bitmap_dir(dir, 3, limits);
+    ASSERT_FALSE(strict);
+    EXPECT_EQ(strict.error().message,
+              "qcow2: bitmap 0 'g40': granularity_bits 40 out of range (9..31)");
+    auto lenient = parse_bitmap_directory(dir, 3);
+    ASSERT_TRUE(lenient) << lenient.error().message;
+    ASSERT_EQ(lenient->size(), 3u);
+    EXPECT_EQ((*lenient)[0].name, "g40");
+    EXPECT_EQ((*lenient)[0].granularity_bits, 40u);
+    EXPECT_EQ((*lenient)[1].type, 7u);
+    EXPECT_EQ((*lenient)[2].name.size(), max_bitmap_name_bytes + 1);
+    // Without the first entry the strict reader names the next problem.
+    auto rest = serialize_bitmap_dir({t, n});
+    auto strict_rest = parse_bitmap_dir(rest, 2, limits);
+    ASSERT_FALSE(strict_rest);
+    EXPECT_EQ(strict_rest.error().message, "qcow2: bitmap 0 'type7': unknown type 7");
+}
+
+// Layout problems: both readers refuse an unreadable entry; a last entry whose padding is
+// cut off is read by the lenient reader and refused by the strict one.
+TEST(Qcow2Bitmaps, LayoutProblemsAreSeenByBothReaders) {
+    auto dir = serialize_bitmap_dir({entry("b0"), entry("b1")});    // 2 x 32 bytes
+    std::vector<std::byte> cut(dir.begin(), dir.begin() + 32 + 25); // b1's name cut short
+    auto layout = decode_bitmap_directory(cut, 2);
+    EXPECT_EQ(layout.entries.size(), 1u);
+    EXPECT_EQ(layout.truncation, BitmapEntryTruncation::variable_part);
+    auto lenient = parse_bitmap_directory(cut, 2);
+    ASSERT_FALSE(lenient);
+    EXPECT_EQ(lenient.error().message, "qcow2: bitmap directory entry is truncated");
+    auto strict = parse_bitmap_dir(cut, 2, limits);
+    ASSERT_FALSE(strict);
+    EXPECT_EQ(strict.error().message, "qcow2: bitmap directory entry 1 is truncated");
+
+    // b1 complete (its name ends at byte 58), its padding to 64 missing.
+    std::vector<std::byte> unpadded(dir.begin(), dir.begin() + 32 + 24 + 2);
+    layout = decode_bitmap_directory(unpadded, 2);
+    EXPECT_EQ(layout.entries.size(), 2u);
+    EXPECT_EQ(layout.truncation, BitmapEntryTruncation::none);
+    EXPECT_TRUE(layout.last_padding_past_end);
+    EXPECT_EQ(layout.end, 64u);
+    lenient = parse_bitmap_directory(unpadded, 2);
+    ASSERT_TRUE(lenient) << lenient.error().message;
+    EXPECT_EQ((*lenient)[1].name, "b1");
+    strict = parse_bitmap_dir(unpadded, 2, limits);
+    ASSERT_FALSE(strict);
+    EXPECT_EQ(strict.error().message, "qcow2: bitmap directory entry 1 is truncated");
+
+    // Fewer entries than the extension claims.
+    lenient = parse_bitmap_directory(dir, 3);
+    ASSERT_FALSE(lenient);
+    strict = parse_bitmap_dir(dir, 3, limits);
+    ASSERT_FALSE(strict);
+    EXPECT_EQ(strict.error().message, "qcow2: bitmap directory entry 2 is truncated (directory "
+                                      "of 64 bytes holds fewer than 3 entries)");
+}
+
 TEST(Qcow2Bitmaps, TableEntries) {
     std::vector<std::uint64_t> t = {0, bitmap_table_all_ones, 9ull << 16};
     auto raw = serialize_bitmap_table(t);

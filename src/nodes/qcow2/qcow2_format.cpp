@@ -251,28 +251,49 @@ Result<BitmapsExtension> parse_bitmaps_extension(const HeaderExtension& ext) {
     return b;
 }
 
-Result<std::vector<BitmapDirectoryEntry>> parse_bitmap_directory(std::span<const std::byte> dir,
-                                                                 std::uint32_t nb_bitmaps) {
-    std::vector<BitmapDirectoryEntry> out;
-    std::size_t off = 0;
+BitmapDirectoryLayout decode_bitmap_directory(std::span<const std::byte> dir,
+                                              std::uint32_t nb_bitmaps) {
+    BitmapDirectoryLayout out;
+    std::uint64_t off = 0;
     for (std::uint32_t i = 0; i < nb_bitmaps; ++i) {
-        if (dir.size() - off < 24) return bad("bitmap directory entry is truncated");
+        if (dir.size() - off < bitmap_entry_fixed_bytes) {
+            out.truncation = BitmapEntryTruncation::fixed_part;
+            break;
+        }
         const std::byte* q = dir.data() + off;
+        const std::uint16_t name_size = load_be16(q + 18);
+        const std::uint32_t extra = load_be32(q + 20);
+        const std::uint64_t len = bitmap_entry_fixed_bytes + std::uint64_t(extra) + name_size;
+        if (len > dir.size() - off) {
+            out.truncation = BitmapEntryTruncation::variable_part;
+            break;
+        }
         BitmapDirectoryEntry e;
         e.table_offset = load_be64(q);
         e.table_size = load_be32(q + 8);
         e.flags = load_be32(q + 12);
+        e.type = std::to_integer<std::uint8_t>(q[16]);
         e.granularity_bits = std::to_integer<std::uint8_t>(q[17]);
-        const std::uint16_t name_size = load_be16(q + 18);
-        const std::uint32_t extra = load_be32(q + 20);
-        const std::uint64_t len = 24ull + extra + name_size;
-        if (len > dir.size() - off) return bad("bitmap directory entry is truncated");
-        e.name.assign(reinterpret_cast<const char*>(q + 24 + extra), name_size);
-        out.push_back(std::move(e));
+        const std::byte* extra_data = q + bitmap_entry_fixed_bytes;
+        e.extra_data.assign(extra_data, extra_data + extra);
+        e.name.assign(reinterpret_cast<const char*>(extra_data + extra), name_size);
+        out.entries.push_back(std::move(e));
         off += (len + 7) & ~7ull;
-        if (off > dir.size()) off = dir.size();
+        out.end = off;
+        if (off > dir.size()) {
+            out.last_padding_past_end = true;
+            off = dir.size();
+        }
     }
     return out;
+}
+
+Result<std::vector<BitmapDirectoryEntry>> parse_bitmap_directory(std::span<const std::byte> dir,
+                                                                 std::uint32_t nb_bitmaps) {
+    BitmapDirectoryLayout layout = decode_bitmap_directory(dir, nb_bitmaps);
+    if (layout.truncation != BitmapEntryTruncation::none)
+        return bad("bitmap directory entry is truncated");
+    return std::move(layout.entries);
 }
 
 Result<std::vector<SnapshotEntry>> parse_snapshot_table(std::span<const std::byte> table,

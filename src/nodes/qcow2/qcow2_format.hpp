@@ -124,13 +124,46 @@ struct BitmapsExtension {
 };
 Result<BitmapsExtension> parse_bitmaps_extension(const HeaderExtension& ext);
 
+// Bitmap directory layout (qcow2.txt "Bitmap directory"): entries of 24 fixed bytes, then
+// extra data, then the name, each entry padded to a multiple of 8 bytes. This is the one
+// place that decodes it; values are kept as stored and not judged, so that `img info` and
+// `img check` can show what the strict reader (qcow2_bitmaps.hpp) refuses.
+inline constexpr std::size_t bitmap_entry_fixed_bytes = 24;
+
 struct BitmapDirectoryEntry {
     std::uint64_t table_offset = 0;
-    std::uint32_t table_size = 0;
+    std::uint32_t table_size = 0; // entries
     std::uint32_t flags = 0;
+    std::uint8_t type = 0;
     std::uint8_t granularity_bits = 0;
     std::string name;
+    std::vector<std::byte> extra_data;
+
+    bool operator==(const BitmapDirectoryEntry&) const = default;
 };
+
+// Why decoding stopped before the expected number of entries: the next entry's fixed
+// part, or its extra data and name, do not fit in the directory.
+enum class BitmapEntryTruncation { none, fixed_part, variable_part };
+
+struct BitmapDirectoryLayout {
+    std::vector<BitmapDirectoryEntry> entries; // the readable ones, in directory order
+    // Entry number entries.size() is unreadable for this reason (none: all were read).
+    BitmapEntryTruncation truncation = BitmapEntryTruncation::none;
+    // The last entry read fits, but its padding to 8 bytes runs past the end of the
+    // directory (so no further entry can follow).
+    bool last_padding_past_end = false;
+    // Where the entries read end, padding included (past dir.size() only together with
+    // last_padding_past_end).
+    std::uint64_t end = 0;
+};
+
+// Decodes up to `nb_bitmaps` entries; never fails, says where and why it stopped.
+BitmapDirectoryLayout decode_bitmap_directory(std::span<const std::byte> dir,
+                                              std::uint32_t nb_bitmaps);
+
+// The lenient reading of the offline tools: the layout, or an error when an entry is
+// unreadable. A last entry whose padding is cut short is accepted.
 Result<std::vector<BitmapDirectoryEntry>> parse_bitmap_directory(std::span<const std::byte> dir,
                                                                  std::uint32_t nb_bitmaps);
 
