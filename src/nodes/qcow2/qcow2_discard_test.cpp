@@ -92,6 +92,10 @@ struct Stack {
     }
 };
 
+// File-system metadata a hole punch may add (extent tree blocks), far below any discard
+// the tests expect to see.
+constexpr std::uint64_t extent_tree_slack = 16 * KiB;
+
 TEST(Qcow2Discard, FreedClustersReachTheFileAsOneDiscardPerHostRun) {
     ScratchDir dir;
     const std::string p = make_image(dir, 8 * MiB, 65536);
@@ -108,7 +112,9 @@ TEST(Qcow2Discard, FreedClustersReachTheFileAsOneDiscardPerHostRun) {
         ASSERT_EQ(s.rec->discards.size(), 1u);
         EXPECT_EQ(s.rec->discards[0].second, 2 * MiB);
         EXPECT_EQ(s.rec->discards[0].first % 65536, 0u);
-        EXPECT_LE(st_blocks(p) * 512, full - 2 * MiB);
+        // A punch can split an extent, and the file system may then need a block for its
+        // extent tree (seen once in many runs on ext4: 4 KiB), which st_blocks counts too.
+        EXPECT_LE(st_blocks(p) * 512, full - 2 * MiB + extent_tree_slack);
         EXPECT_EQ(read_back(s.h, 0, MiB),
                   std::vector<std::byte>(data.begin(), data.begin() + static_cast<long>(MiB)));
         EXPECT_EQ(read_back(s.h, MiB, 2 * MiB), std::vector<std::byte>(2 * MiB));
@@ -119,7 +125,7 @@ TEST(Qcow2Discard, FreedClustersReachTheFileAsOneDiscardPerHostRun) {
         ASSERT_FALSE(s.h.flush());
         ASSERT_EQ(s.rec->discards.size(), 2u);
         EXPECT_EQ(s.rec->discards[1].second, 64 * KiB);
-        EXPECT_LE(st_blocks(p) * 512, full - 2 * MiB - 64 * KiB);
+        EXPECT_LE(st_blocks(p) * 512, full - 2 * MiB - 64 * KiB + extent_tree_slack);
         // The freed clusters are reused by new writes, which read back.
         ASSERT_FALSE(s.h.write(5 * MiB, pattern(MiB, 2)));
         ASSERT_FALSE(s.h.flush());
@@ -198,7 +204,7 @@ TEST(Qcow2Discard, InlineFileDefaultsToUnmapAndOtherOptionsAreAccepted) {
         ASSERT_FALSE(h.flush());
         const std::uint64_t full = st_blocks(p) * 512;
         ASSERT_FALSE(h.discard(0, 4 * MiB));
-        EXPECT_LE(st_blocks(p) * 512, full - 4 * MiB);
+        EXPECT_LE(st_blocks(p) * 512, full - 4 * MiB + extent_tree_slack);
     }
     expect_clean(p);
     Harness h;
