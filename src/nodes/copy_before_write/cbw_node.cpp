@@ -152,10 +152,10 @@ std::pair<std::uint64_t, std::uint64_t> CbwNode::copy_ahead_range(std::uint64_t 
 
 // Copies the clusters of [start, end), and with copy-ahead their windows' other clusters:
 // one large read and write instead of one small random copy for each later first write,
-// which on a disk that reads 64 KiB randomly at half its 1 MiB rate halves the time guest
-// writes wait (bench/push_backup_vs_qsd.sh). The extra clusters are best effort: when their
-// copy fails (they are dirty again, copied by whoever needs them next), only the write's
-// own clusters decide the outcome, as without copy-ahead.
+// so far fewer guest writes wait (docs/adr/0003-copy-ahead-in-copy-before-write.md). The
+// extra clusters are best effort: when their copy fails (they are dirty again, copied by
+// whoever needs them next), only the write's own clusters decide the outcome, as without
+// copy-ahead.
 io::Task<std::error_code> CbwNode::copy_clusters(std::uint64_t start, std::uint64_t end,
                                                  CopyOptions opts) {
     const auto [wide_start, wide_end] = copy_ahead_range(start, end);
