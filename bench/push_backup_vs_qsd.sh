@@ -25,6 +25,9 @@ else
     shift
 fi
 mkdir -p "$OUT"
+# The harness appends; results of an earlier run in the same directory would mix into the
+# medians and ratios, so start from empty files.
+rm -f "$OUT"/qsd.jsonl "$OUT"/fleeced.jsonl "$OUT"/fleeced-chunk0.jsonl "$OUT"/fleeced-discard.jsonl
 [[ -x build/bin/fleeced ]] || { echo "missing build/bin/fleeced: bash scripts/build.sh release" >&2; exit 1; }
 echo "results -> $OUT" >&2
 common=(--fleece-fmt "$FLEECE_FMT" "$@")
