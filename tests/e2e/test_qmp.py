@@ -1,4 +1,5 @@
 """End-to-end checks of fleeced's QMP monitor."""
+import json
 import os
 import random
 import signal
@@ -147,3 +148,29 @@ def test_fleece_qmp_cli(daemon, tmp_path):
     r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), "--wait-event",
                         "NEVER", "--timeout", "0.3"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1
+
+
+def test_fleece_qmp_keeps_stdout_parseable_when_events_arrive(daemon, tmp_path):
+    """A backup job's JOB_STATUS_CHANGE events arrive on the same connection before the
+    blockdev-backup reply; stdout must still be the reply alone (a script pipes it to a JSON
+    parser), the events go to stderr, and only an awaited event is printed on stdout."""
+    def qmp(*args):
+        r = subprocess.run([FLEECE, "qmp", "--socket", str(daemon.sock_path), *args],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r
+    qmp("blockdev-add", '{"driver":"null-co","node-name":"src","size":1048576}')
+    qmp("blockdev-add", '{"driver":"null-co","node-name":"dst","size":1048576}')
+    r = qmp("blockdev-backup", '{"device":"src","target":"dst","sync":"full","job-id":"j0",'
+                               '"auto-dismiss":false}')
+    assert json.loads(r.stdout) == {}
+    assert '"JOB_STATUS_CHANGE"' in r.stderr, r.stderr
+    assert "JOB_STATUS_CHANGE" not in r.stdout
+    r = qmp("blockdev-backup", '{"device":"src","target":"dst","sync":"full","job-id":"j1"}',
+            "--wait-event", "BLOCK_JOB_COMPLETED")
+    # The reply and the awaited event, in whichever order they came.
+    printed = [json.loads(line) for line in r.stdout.strip().split("\n")]
+    assert len(printed) == 2, r.stdout
+    assert {} in printed
+    assert [m.get("event") for m in printed if m] == ["BLOCK_JOB_COMPLETED"]
+    assert '"JOB_STATUS_CHANGE"' in r.stderr, r.stderr

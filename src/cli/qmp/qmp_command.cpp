@@ -24,9 +24,16 @@ struct Runner {
     std::string wait_event;
     bool seen_event = false;
 
+    // Standard output carries only what was asked for (replies, and the awaited event), so
+    // that it stays parseable by a script: other events that happen to arrive (a backup
+    // job's status changes while a script polls query-block-exports) go to standard error.
     void print_event(const json& msg) {
-        std::cout << msg.dump() << "\n";
-        if (!wait_event.empty() && msg.value("event", "") == wait_event) seen_event = true;
+        if (!wait_event.empty() && msg.value("event", "") == wait_event) {
+            std::cout << msg.dump() << "\n";
+            seen_event = true;
+        } else {
+            std::cerr << msg.dump() << "\n";
+        }
     }
     // Reads until a reply (not an event) arrives.
     json reply() {
@@ -112,7 +119,8 @@ void add_qmp_command(CLI::App& app, std::function<int()>* action) {
     qmp->add_option("command", a->command, "Command to execute");
     qmp->add_option("args", a->json_args, "Arguments as a JSON object");
     qmp->add_option("--script", a->script, "File of raw QMP messages, one per line ('-' = stdin)");
-    qmp->add_option("--wait-event", a->wait_event, "Wait for this event before exiting");
+    qmp->add_option("--wait-event", a->wait_event,
+                    "Wait for this event before exiting and print it (other events go to stderr)");
     qmp->add_option("--timeout", a->timeout, "Seconds to wait for replies and events");
     qmp->callback([a, action] {
         *action = [a] {
