@@ -120,7 +120,9 @@ echo "   $before IOPS"
 cp "$disk" "$workdir/snapshot-point.raw"
 (
     for _ in $(seq 600); do
-        node=$(qmp query-block-exports | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["node-name"])')
+        # A failed poll (the daemon busy starting the job) just polls again.
+        node=$(qmp query-block-exports 2>/dev/null |
+            /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["node-name"])' 2>/dev/null) || node=
         [[ $node == fleece-backup-* ]] && break
         sleep 0.05
     done
