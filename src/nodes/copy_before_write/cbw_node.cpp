@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fmt/format.h>
 #include <string_view>
+#include <tuple>
 
 namespace fleece::nodes {
 
@@ -103,7 +104,19 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     const bool copies = !bcs_->copy_bitmap().none_set(start / c, div_round_up(end, c) - start / c);
     const auto began =
         copies ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-    std::error_code ec = co_await copy_clusters(start, end, opts);
+    // Copy-ahead (docs/adr/0003-copy-ahead-in-copy-before-write.md): a request that has to
+    // copy also takes its windows' other uncopied clusters along, one large read and write
+    // instead of one small random copy for each later first write. They are best effort:
+    // when that copy fails (they are dirty again, copied by whoever needs them next), only
+    // the request's own clusters decide the outcome, as without copy-ahead.
+    std::uint64_t copied_start = start, copied_end = end;
+    if (copies) std::tie(copied_start, copied_end) = copy_ahead_range(start, end);
+    std::error_code ec = co_await bcs_->copy(copied_start, copied_end - copied_start, opts);
+    if (ec && (copied_start != start || copied_end != end)) {
+        copied_start = start;
+        copied_end = end;
+        ec = co_await bcs_->copy(start, end - start, opts);
+    }
     if (copies) {
         const auto waited =
             static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -118,7 +131,7 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
         if (cfg_.on_error == OnCbwError::break_guest_write) co_return ec;
         if (!snapshot_error_) snapshot_error_ = ec;
     } else {
-        done_.set_range(start / c, (end - start) / c);
+        done_.set_range(copied_start / c, (copied_end - copied_start) / c);
     }
     // Snapshot reads served from the source over this range must finish first.
     co_await source_reads_.wait_idle(start, end - start);
@@ -134,8 +147,6 @@ std::pair<std::uint64_t, std::uint64_t> CbwNode::copy_ahead_range(std::uint64_t 
     const std::uint64_t w = cfg_.copy_window;
     // With a timeout the user bounds each copy's duration: copy no more than asked.
     if (w <= c || cfg_.timeout.count() != 0) return {start, end};
-    const Bitmap& to_copy = bcs_->copy_bitmap();
-    if (to_copy.none_set(start / c, div_round_up(end, c) - start / c)) return {start, end};
     const std::uint64_t limit = align_up(size(), c);
     // A window counts as written in when a write already copied one of its clusters (done_),
     // which random and sequential writers both do long before they finish the window.
@@ -148,26 +159,6 @@ std::pair<std::uint64_t, std::uint64_t> CbwNode::copy_ahead_range(std::uint64_t 
     if (left < start && written_in(left)) start = left;
     if (right + w > end && written_in(right)) end = std::min(right + w, limit);
     return {start, end};
-}
-
-// Copies the clusters of [start, end), and with copy-ahead their windows' other clusters:
-// one large read and write instead of one small random copy for each later first write,
-// so far fewer guest writes wait (docs/adr/0003-copy-ahead-in-copy-before-write.md). The
-// extra clusters are best effort: when their copy fails (they are dirty again, copied by
-// whoever needs them next), only the write's own clusters decide the outcome, as without
-// copy-ahead.
-io::Task<std::error_code> CbwNode::copy_clusters(std::uint64_t start, std::uint64_t end,
-                                                 CopyOptions opts) {
-    const auto [wide_start, wide_end] = copy_ahead_range(start, end);
-    if (wide_start != start || wide_end != end) {
-        const std::error_code wide = co_await bcs_->copy(wide_start, wide_end - wide_start, opts);
-        if (!wide) {
-            const std::uint64_t c = bcs_->cluster_size();
-            done_.set_range(wide_start / c, (wide_end - wide_start) / c);
-            co_return std::error_code{};
-        }
-    }
-    co_return co_await bcs_->copy(start, end - start, opts);
 }
 
 io::Task<std::error_code> CbwNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,

@@ -87,10 +87,8 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
   private:
     block::Node* tracked_source_ = nullptr; // our file's node, reads tracked until close()
     io::Task<std::error_code> copy_before_write(std::uint64_t offset, std::uint64_t length);
-    io::Task<std::error_code> copy_clusters(std::uint64_t start, std::uint64_t end,
-                                            block::CopyOptions opts);
-    // [start, end) grown to whole copy-ahead windows at either edge whose window a write
-    // already copied in; unchanged when the range needs no copy or copy-ahead is off.
+    // [start, end), a range with clusters to copy, grown to whole copy-ahead windows at
+    // either edge whose window a write already copied in; unchanged when copy-ahead is off.
     std::pair<std::uint64_t, std::uint64_t> copy_ahead_range(std::uint64_t start,
                                                              std::uint64_t end) const;
     bool is_fleecing() const;
