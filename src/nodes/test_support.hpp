@@ -5,6 +5,7 @@
 #include "io/event_loop.hpp"
 #include "nodes/registry.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
 #include <filesystem>
@@ -53,6 +54,20 @@ inline std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
     for (std::size_t i = 0; i < n; ++i)
         v[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
     return v;
+}
+
+// Standard output of a shell command (a tool used as an oracle, e.g. qemu-img); the
+// command must succeed.
+inline std::string command_output(const std::string& command) {
+    std::string out;
+    FILE* p = ::popen(command.c_str(), "r");
+    EXPECT_NE(p, nullptr) << command;
+    if (!p) return out;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+        out.append(buf, n);
+    EXPECT_EQ(::pclose(p), 0) << command << ": " << out;
+    return out;
 }
 
 inline std::uint64_t st_blocks(const std::string& path) {

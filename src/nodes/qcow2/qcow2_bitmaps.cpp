@@ -1,6 +1,8 @@
 // The qcow2 bitmaps extension codec (see qcow2_bitmaps.hpp).
 #include "nodes/qcow2/qcow2_bitmaps.hpp"
 
+#include "util/align.hpp"
+
 #include <cstring>
 #include <fmt/format.h>
 #include <optional>
@@ -11,10 +13,6 @@ namespace {
 
 Error bad(std::string what) {
     return make_error("qcow2: " + std::move(what));
-}
-
-std::uint64_t pad8(std::uint64_t n) {
-    return (n + 7) & ~7ull;
 }
 
 } // namespace
@@ -126,7 +124,7 @@ std::vector<std::byte> serialize_bitmap_dir(const std::vector<QBitmap>& bitmaps)
     for (const QBitmap& b : bitmaps) {
         const std::size_t at = out.size();
         const std::uint64_t len = bitmap_entry_fixed_bytes + b.extra_data.size() + b.name.size();
-        out.resize(at + pad8(len), std::byte{0});
+        out.resize(at + align_up(len, 8), std::byte{0});
         std::byte* q = out.data() + at;
         store_be64(q, b.table_offset);
         store_be32(q + 8, b.table_size);

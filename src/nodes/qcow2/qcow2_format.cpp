@@ -1,5 +1,7 @@
 #include "nodes/qcow2/qcow2_format.hpp"
 
+#include "util/align.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <fmt/format.h>
@@ -153,7 +155,7 @@ Result<Header> parse_header(std::span<const std::byte> buf, std::uint64_t file_s
         } else {
             h.extensions.push_back(HeaderExtension{type, {data.begin(), data.end()}});
         }
-        off += (std::uint64_t(len) + 7) & ~7ull;
+        off += align_up(len, 8);
     }
     if (!ended && h.version == 3 && off < limit)
         return bad("header extension list is not terminated");
@@ -278,7 +280,7 @@ BitmapDirectoryLayout decode_bitmap_directory(std::span<const std::byte> dir,
         e.extra_data.assign(extra_data, extra_data + extra);
         e.name.assign(reinterpret_cast<const char*>(extra_data + extra), name_size);
         out.entries.push_back(std::move(e));
-        off += (len + 7) & ~7ull;
+        off += align_up(len, 8);
         out.end = off;
         if (off > dir.size()) {
             out.last_padding_past_end = true;
@@ -314,7 +316,7 @@ Result<std::vector<SnapshotEntry>> parse_snapshot_table(std::span<const std::byt
         s.id.assign(reinterpret_cast<const char*>(q + 40 + extra), id_size);
         s.name.assign(reinterpret_cast<const char*>(q + 40 + extra + id_size), name_size);
         out.push_back(std::move(s));
-        off += (len + 7) & ~7ull;
+        off += align_up(len, 8);
         if (off > table.size()) off = table.size();
     }
     if (consumed) *consumed = off;

@@ -282,17 +282,9 @@ TEST(Qcow2Node, ReleasedClustersAreReused) {
 }
 
 std::uint64_t qemu_img_fully_allocated(std::uint64_t size) {
-    FILE* out = ::popen(
-        fmt::format("qemu-img measure --output=json --size {} -O qcow2", size).c_str(), "r");
-    EXPECT_NE(out, nullptr);
-    std::string text;
-    char buf[256];
-    while (out && std::fgets(buf, sizeof buf, out))
-        text += buf;
-    if (out) {
-        EXPECT_EQ(::pclose(out), 0) << text;
-    }
-    return json::parse(text).at("fully-allocated").get<std::uint64_t>();
+    const std::string out =
+        command_output(fmt::format("qemu-img measure --output=json --size {} -O qcow2", size));
+    return json::parse(out).at("fully-allocated").get<std::uint64_t>();
 }
 
 // Growing ahead stops at the size of the image fully allocated: an image written whole

@@ -59,13 +59,7 @@ TEST(Qcow2Tools, CreatedImagesPassQemuCheck) {
 }
 
 nlohmann::json qemu_info(const std::string& path) {
-    std::string out;
-    FILE* p = ::popen(("qemu-img info --output=json " + path).c_str(), "r");
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
-        out.append(buf, n);
-    ::pclose(p);
-    auto j = nlohmann::json::parse(out);
+    auto j = nlohmann::json::parse(testing::command_output("qemu-img info --output=json " + path));
     for (const char* k : {"filename", "actual-size", "full-backing-filename"})
         j.erase(k);
     return j;
