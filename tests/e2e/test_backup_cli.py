@@ -321,6 +321,8 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(guest, tmp_path):
     ]
     cases.append((['--node', 'disk', '--target', str(tmp_path / 'd.raw'), '--fleecing', existing],
                   'already exists'))
+    cases.append((['--node', 'disk', '--target', str(tmp_path / 'e.raw'), '--copy-window', '3M'],
+                  'x-copy-window needs to be 0 or a power of 2'))
     for args, needle in cases:
         rc, stdout, err = run_cli('--qmp', d.qmp_path, *args)
         assert rc == 1 and needle in err, (args, stdout, err)
@@ -328,9 +330,47 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(guest, tmp_path):
     assert rc == 1 and 'is fleeced running' in err, err
     assert graph_state(q) == before
     no_leftovers(q, str(tmp_path))
-    assert not os.path.exists(str(tmp_path / 'a.raw')) and not os.path.exists(str(tmp_path / 'd.raw'))
+    for name in ('a.raw', 'd.raw', 'e.raw'):
+        assert not os.path.exists(str(tmp_path / name)), name
     assert os.path.exists(existing)  # a file the user named is never deleted
     qemu_io(guest_uri, 'write -P 0x12 0 4k', 'read -P 0x12 0 4k')
+
+
+def cbw_requests(q):
+    stats = [n['x-cbw-stats'] for n in q.execute('query-named-block-nodes')
+             if n['node-name'].startswith('fleece-backup-') and n['node-name'].endswith('-cbw')]
+    assert len(stats) == 1, stats
+    return stats[0]['requests']
+
+
+@pytest.mark.parametrize('extra, waits, fleecing_bytes', [
+    ([], 2, MiB),                                 # default: the 2nd write copies the window
+    (['--copy-window', '0'], 3, 3 * 64 * 1024),   # QEMU's rule: one cluster per first write
+    (['--copy-window', '256K'], 3, 320 * 1024),   # the 3rd write is the first in its window
+])
+def test_copy_window_of_the_cli_filter(guest, tmp_path, extra, waits, fleecing_bytes):
+    """The CLI's filter (cbw-timeout 45 by default) copies ahead: three first writes in one
+    1 MiB window cost the guest two waits, and the fleecing image holds the window."""
+    d, disk, guest_uri, targets = guest
+    q = d.qmp
+    target = Target(tmp_path)
+    targets.append(target)
+    expected = str(tmp_path / 'expected.raw')
+    shutil.copyfile(disk, expected)
+    # The job is held at speed 1 and backs up from offset 0: window 5 MiB is untouched by it.
+    cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1', *extra)
+    cli.wait_for('started')
+    for off in ('5M', '5248k', '5632k'):  # 0, 128 KiB and 512 KiB into window 5
+        qemu_io(guest_uri, 'write -P 0x3c %s 4k' % off)
+    assert cbw_requests(q) == waits
+    fleecing = [f for f in os.listdir(str(tmp_path)) if f.endswith('.fleecing')]
+    assert len(fleecing) == 1, fleecing
+    assert os.stat(str(tmp_path / fleecing[0])).st_blocks * 512 == fleecing_bytes
+    set_job_speed(q, 0)
+    rc, lines, err = cli.finish()
+    assert rc == 0, (lines, err)
+    with open(expected, 'rb') as f:
+        assert target.read_all(str(tmp_path / 'got.raw')) == f.read()
 
 
 def test_help_for_every_subcommand():

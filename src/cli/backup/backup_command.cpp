@@ -56,6 +56,13 @@ void add_backup_command(CLI::App& app, std::function<int()>* action) {
     sub->add_option("--cbw-timeout", o.cbw_timeout_s,
                     "Seconds a guest write may wait for its copy-before-write (default 45, 0 = "
                     "no limit)");
+    sub->add_option("--copy-window", o.copy_window,
+                    "Copy-ahead window of the copy-before-write filter (default 1M): a guest "
+                    "write that has to copy, where an earlier write already copied a cluster "
+                    "of the same window, copies the whole window at once. 0 = copy only the "
+                    "clusters each write touches, as QEMU does (less fleecing space for "
+                    "sparse writers, more waits for the guest)")
+        ->transform(CLI::AsSizeValue(false));
     sub->add_flag("--json", o.json, "JSON lines instead of a progress bar");
     sub->callback([opts, action] { *action = [opts] { return run_backup(*opts); }; });
 }

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace fleece::cli {
@@ -16,6 +17,7 @@ struct BackupOptions {
     std::uint64_t speed = 0;
     std::string on_cbw_error = "break-snapshot";
     std::uint64_t cbw_timeout_s = 45;
+    std::optional<std::uint64_t> copy_window; // unset: the filter's default (1 MiB)
     bool json = false;
 };
 

@@ -388,6 +388,7 @@ void BackupRun::setup() {
              {"target", prefix_ + "-fleecing"},
              {"on-cbw-error", o_.on_cbw_error},
              {"cbw-timeout", o_.cbw_timeout_s}};
+    if (o_.copy_window) cbw["x-copy-window"] = *o_.copy_window;
     qmp_.execute("blockdev-add", cbw);
     check_interrupt();
 

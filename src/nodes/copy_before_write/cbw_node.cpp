@@ -109,13 +109,21 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     // instead of one small random copy for each later first write. They are best effort:
     // when that copy fails (they are dirty again, copied by whoever needs them next), only
     // the request's own clusters decide the outcome, as without copy-ahead.
+    // With cbw-timeout the whole request, copy-ahead and retry together, waits at most that
+    // long: a copy that timed out is not retried, and a retry gets only the time left.
     std::uint64_t copied_start = start, copied_end = end;
     if (copies) std::tie(copied_start, copied_end) = copy_ahead_range(start, end);
     std::error_code ec = co_await bcs_->copy(copied_start, copied_end - copied_start, opts);
     if (ec && (copied_start != start || copied_end != end)) {
         copied_start = start;
         copied_end = end;
-        ec = co_await bcs_->copy(start, end - start, opts);
+        const auto left = cfg_.timeout - (std::chrono::steady_clock::now() - began);
+        if (cfg_.timeout.count() == 0) {
+            ec = co_await bcs_->copy(start, end - start, opts);
+        } else if (ec != errno_code(ETIMEDOUT) && left.count() > 0) {
+            opts.timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(left);
+            ec = co_await bcs_->copy(start, end - start, opts);
+        }
     }
     if (copies) {
         const auto waited =
@@ -145,8 +153,7 @@ std::pair<std::uint64_t, std::uint64_t> CbwNode::copy_ahead_range(std::uint64_t 
                                                                   std::uint64_t end) const {
     const std::uint64_t c = bcs_->cluster_size();
     const std::uint64_t w = cfg_.copy_window;
-    // With a timeout the user bounds each copy's duration: copy no more than asked.
-    if (w <= c || cfg_.timeout.count() != 0) return {start, end};
+    if (w <= c) return {start, end};
     const std::uint64_t limit = align_up(size(), c);
     // A window counts as written in when a write already copied one of its clusters (done_),
     // which random and sequential writers both do long before they finish the window.

@@ -65,9 +65,12 @@ io::Task<void> wait_all(Sim* s) {
         co_await s->idle.wait();
 }
 
-void run_seed(std::uint64_t seed, std::uint64_t copy_window) {
+void run_seed(std::uint64_t seed, std::uint64_t copy_window, bool timeout) {
     std::mt19937_64 rng(seed);
-    Fleece f(disk, {{"x-copy-window", copy_window}});
+    nlohmann::json opts = {{"x-copy-window", copy_window}};
+    // A timeout (never reached here) runs every copy detached from the request that waits.
+    if (timeout) opts["cbw-timeout"] = 60;
+    Fleece f(disk, opts);
     f.src->set_random_delay(seed * 2 + 1, 16);
     f.tgt->set_random_delay(seed * 2 + 2, 6);
     for (std::uint64_t i = 0; i < disk; i += 4096)
@@ -106,14 +109,16 @@ void run_seed(std::uint64_t seed, std::uint64_t copy_window) {
     }
     f.loop.run_until_complete(wait_all(&s));
     for (const auto& msg : s.failures)
-        ADD_FAILURE() << "seed " << seed << ", x-copy-window " << copy_window << ": " << msg;
+        ADD_FAILURE() << "seed " << seed << ", x-copy-window " << copy_window
+                      << (timeout ? ", cbw-timeout 60" : "") << ": " << msg;
 }
 
 TEST(CopyBeforeWriteSim, PointInTimeUnderRandomConcurrency) {
-    // Seeds alternate exact copies, copy-ahead in 256 KiB windows and over the whole disk.
+    // Seeds alternate exact copies, copy-ahead in 256 KiB windows and over the whole disk,
+    // each without and with cbw-timeout.
     const std::uint64_t windows[] = {0, 256 * 1024, disk};
     for (std::uint64_t seed = 1; seed <= 300; ++seed) {
-        run_seed(seed, windows[seed % 3]);
+        run_seed(seed, windows[seed % 3], (seed / 3) % 2 == 1);
         if (HasFailure()) {
             std::cerr << "cbw sim failed with seed " << seed << "\n";
             break;

@@ -238,29 +238,64 @@ TEST(CopyBeforeWrite, CopyAheadFillsWindowsAlreadyWrittenIn) {
     EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x21)));
 }
 
-TEST(CopyBeforeWrite, CopyAheadCanBeTurnedOffAndIsOffWithATimeout) {
-    for (nlohmann::json opts :
-         {nlohmann::json{{"x-copy-window", 0}}, nlohmann::json{{"cbw-timeout", 60}}}) {
-        Fleece f(4 * M, opts);
-        f.fill(0, 4 * M, 0x31);
-        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x32)));
-        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x33)));
-        EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k) << opts.dump();
-        EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x31)));
-    }
+TEST(CopyBeforeWrite, CopyAheadCanBeTurnedOff) {
+    Fleece f(4 * M, {{"x-copy-window", 0}});
+    f.fill(0, 4 * M, 0x31);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x32)));
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x33)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x31)));
+}
+
+// `fleece backup` sets cbw-timeout by default, and its guest gets copy-ahead too.
+TEST(CopyBeforeWrite, CopyAheadWorksWithATimeout) {
+    Fleece f(4 * M, {{"cbw-timeout", 60}});
+    f.fill(0, 4 * M, 0x34);
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x35)));
+    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x36)));
+    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M);
+    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x34)));
 }
 
 // The clusters copied ahead are best effort: when their copy fails, the guest write still
 // succeeds once its own cluster is saved, and the others stay to be copied.
 TEST(CopyBeforeWrite, FailedCopyAheadDoesNotFailTheWrite) {
-    Fleece f(4 * M);
-    f.fill(0, 4 * M, 0x41);
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x42)));
-    f.tgt->fail_writes(EIO, 1); // the window copy (clusters 1-15, one chunk) fails
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
-    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
-    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x41)));
-    EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
+    for (nlohmann::json opts : {nlohmann::json::object(), nlohmann::json{{"cbw-timeout", 60}}}) {
+        Fleece f(4 * M, opts);
+        f.fill(0, 4 * M, 0x41);
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x42)));
+        f.tgt->fail_writes(EIO, 1); // the window copy (clusters 1-15, one chunk) fails
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x43))) << opts.dump();
+        EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
+        EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x41)));
+        EXPECT_FALSE(f.run(read_pattern(f.gc.get(), 300 * k, 4 * k, 0x43)));
+    }
+}
+
+// cbw-timeout bounds the guest's whole wait: the retry of a failed copy-ahead gets only the
+// time left, and a copy-ahead that timed out is not retried at all.
+TEST(CopyBeforeWrite, CopyAheadAndItsRetryShareTheTimeout) {
+    {
+        Fleece f(4 * M, {{"cbw-timeout", 1}});
+        f.fill(0, 4 * M, 0x44);
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x45)));
+        f.tgt->set_write_latency(600ms);
+        f.tgt->fail_writes(EIO, 1); // the window copy fails after 600 ms; the retry is slow too
+        const auto t0 = io::Clock::now();
+        EXPECT_EQ(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x46)),
+                  block::errno_code(ETIMEDOUT));
+        EXPECT_LT(io::Clock::now() - t0, 1150ms);
+    }
+    {
+        Fleece f(4 * M, {{"cbw-timeout", 1}});
+        f.fill(0, 4 * M, 0x47);
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x48)));
+        f.tgt->set_write_latency(1500ms);
+        const auto t0 = io::Clock::now();
+        EXPECT_EQ(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x49)),
+                  block::errno_code(ETIMEDOUT));
+        EXPECT_LT(io::Clock::now() - t0, 1400ms);
+    }
 }
 
 io::Task<void> note_when_done(io::Task<std::error_code> op, std::string name,
