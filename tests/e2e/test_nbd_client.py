@@ -22,10 +22,10 @@ def start_nbdkit(sock, size='16M'):
     return p
 
 
-def wait_log(d, text, timeout=30):
+def wait_log(d, text, timeout=30, count=1):
     deadline = time.monotonic() + timeout
     path = os.path.join(d.workdir, 'fleeced.log')
-    while text not in open(path).read():
+    while open(path).read().count(text) < count:
         assert time.monotonic() < deadline, 'no %r in the log' % text
         time.sleep(0.05)
 
@@ -175,3 +175,76 @@ def test_upstreams_errors_and_delay(tmp_path):
         for p in (qn, slow, bad):
             p.kill()
             p.wait()
+
+
+def test_a_drop_never_hides_changes_the_server_may_have_lost(tmp_path):
+    """The server acknowledged a write but had not flushed it when it went away: the new
+    connection cannot vouch for it, so every later flush fails (a drop after a flush
+    costs nothing)."""
+    import nbd
+    kit_sock = str(tmp_path / 'kit.sock')
+    kit = start_nbdkit(kit_sock)
+    d = Daemon(tmp_path)
+    h = nbd.NBD()
+    try:
+        uri = export_remote(d, tmp_path, kit_sock, **{'reconnect-delay': 60})
+        h.connect_uri(uri)
+        assert h.can_flush()
+        h.pwrite(b'\x5a' * 65536, 0)
+        h.flush()
+        for restart in range(2):
+            kit.kill()
+            kit.wait()
+            kit = start_nbdkit(kit_sock)
+            wait_log(d, 'reconnected', count=restart + 1)
+            if restart == 0:
+                # Everything was flushed before the drop: the node carries on.
+                h.pwrite(b'\x33' * 65536, 1 << 20)
+                h.flush()
+                h.pwrite(b'\x44' * 65536, 2 << 20)  # acknowledged, not flushed
+        wait_log(d, 'acknowledged changes not yet flushed')
+        for _ in range(2):  # and not only once
+            with pytest.raises(nbd.Error) as e:
+                h.flush()
+            assert e.value.errno == 'EIO', e.value
+    finally:
+        h.shutdown()
+        assert d.stop() == 0
+        kit.kill()
+        kit.wait()
+
+
+def test_a_backup_never_completes_over_a_target_that_lost_its_cache(tmp_path):
+    """A backup job's target restarts mid-job as an empty memory server: the node
+    reconnects and the job goes on, but it must fail at its final flush instead of
+    reporting a backup with a hole in it."""
+    from backup_testlib import job_events, until_status
+    disk = str(tmp_path / 'disk.raw')
+    with open(disk, 'wb') as f:
+        f.write(os.urandom(16 << 20))
+    kit_sock = str(tmp_path / 'kit.sock')
+    kit = start_nbdkit(kit_sock)
+    d = Daemon(tmp_path)
+    q = d.qmp
+    try:
+        q.execute('blockdev-add', driver='file', filename=disk, **{'node-name': 'disk'})
+        q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': kit_sock},
+                  **{'node-name': 'r0', 'reconnect-delay': 60})
+        q.execute('blockdev-backup', device='disk', target='r0', sync='full', speed=4 << 20,
+                  **{'job-id': 'bk'})
+        deadline = time.monotonic() + 30
+        while q.execute('query-jobs')[0]['current-progress'] < 4 << 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kit.kill()
+        kit.wait()
+        kit = start_nbdkit(kit_sock)
+        wait_log(d, 'reconnected')
+        q.execute('block-job-set-speed', device='bk', speed=0)
+        evs = job_events(q, 'bk', until_status('null'), timeout=120)
+        done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED']
+        assert len(done) == 1 and done[0].get('error') == 'Input/output error', done
+    finally:
+        assert d.stop() == 0
+        kit.kill()
+        kit.wait()

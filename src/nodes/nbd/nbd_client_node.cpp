@@ -138,7 +138,15 @@ struct Conn {
     int fd;
     bool reading = false;
     bool writing = false;
+    // Changes the server acknowledged on this connection without FUA, and how many of them
+    // a successful flush covered: the rest sit in the server's write cache, and are lost
+    // if the server went away with the connection.
+    std::uint64_t acked_changes = 0;
+    std::uint64_t flushed_changes = 0;
 };
+
+// What a command does to the server's data, for the write-cache bookkeeping above.
+enum class Effect { none, change, flush };
 
 class NbdClientNode final : public block::Node {
   public:
@@ -196,7 +204,7 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) {
                 return nbd_aio_pwrite(h, buf.data(), buf.size(), offset, c.callback(), f);
             },
-            "write");
+            "write", f ? Effect::none : Effect::change);
     }
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               block::ReqFlags flags) override {
@@ -212,7 +220,7 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) {
                 return nbd_aio_zero(h, length, offset, c.callback(), f);
             },
-            "write-zeroes");
+            "write-zeroes", (f & LIBNBD_CMD_FLAG_FUA) ? Effect::none : Effect::change);
     }
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override {
         if (!caps_.trim) co_return std::error_code{};
@@ -220,13 +228,19 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) {
                 return nbd_aio_trim(h, length, offset, c.callback(), 0);
             },
-            "discard");
+            "discard", Effect::change);
     }
     io::Task<std::error_code> do_flush() override {
         if (!caps_.flush) co_return std::error_code{};
-        co_return co_await run(
+        std::error_code ec = co_await run(
             [&](nbd_handle* h, Completion& c) { return nbd_aio_flush(h, c.callback(), 0); },
-            "flush");
+            "flush", Effect::flush);
+        // A flush on a new connection cannot vouch for what the old server cached and lost:
+        // every flush fails from then on (the node must be re-added), so that a backup
+        // never completes over such a gap. Checked after the flush too, since the drop may
+        // have happened while it ran.
+        if (!ec && changes_lost_) ec = block::errno_code(EIO);
+        co_return ec;
     }
     io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
                                                  std::uint64_t length) override {
@@ -254,7 +268,7 @@ class NbdClientNode final : public block::Node {
     // Issues one command and waits for it. A command caught by a dropped connection is
     // issued again on the next connection, as long as the reconnection comes within
     // reconnect-delay seconds of the drop; after that, requests fail with EIO at once.
-    io::Task<std::error_code> run(Issue issue, const char* what) {
+    io::Task<std::error_code> run(Issue issue, const char* what, Effect effect = Effect::none) {
         while (true) {
             if (!conn_) {
                 if (closing_ || io::Clock::now() >= fail_after_) {
@@ -267,6 +281,7 @@ class NbdClientNode final : public block::Node {
             }
             std::shared_ptr<Conn> conn = conn_;
             Completion c;
+            const std::uint64_t acked_before = conn->acked_changes;
             const std::int64_t r = issue(conn->h, c);
             if (r < 0) {
                 const int e = nbd_get_errno() ? nbd_get_errno() : EIO;
@@ -284,6 +299,9 @@ class NbdClientNode final : public block::Node {
                 continue;
             }
             if (c.error) co_return block::errno_code(c.error);
+            if (effect == Effect::change) ++conn->acked_changes;
+            if (effect == Effect::flush)
+                conn->flushed_changes = std::max(conn->flushed_changes, acked_before);
             co_return std::error_code{};
         }
     }
@@ -340,6 +358,13 @@ class NbdClientNode final : public block::Node {
     // waiting requests reconnect-delay seconds.
     void lost(const std::shared_ptr<Conn>& conn) {
         if (conn_ != conn || closing_) return;
+        if (caps_.flush && conn->acked_changes > conn->flushed_changes && !changes_lost_) {
+            changes_lost_ = true;
+            log::error("nbd node '{}': the connection dropped with {} acknowledged changes not "
+                       "yet flushed; the server may have lost them, so every flush of this "
+                       "node fails from now on (re-add the node and write again)",
+                       name(), conn->acked_changes - conn->flushed_changes);
+        }
         conn_.reset();
         fail_after_ = io::Clock::now() + std::chrono::seconds(reconnect_delay_);
         spawn_task(reconnect_loop());
@@ -393,7 +418,8 @@ class NbdClientNode final : public block::Node {
     io::EventLoop::Timer retry_timer_;
     int connecting_fd_ = -1;
     bool closing_ = false;
-    int tasks_ = 0; // pumps and background coroutines; close() waits for them
+    bool changes_lost_ = false; // see lost() and do_flush()
+    int tasks_ = 0;             // pumps and background coroutines; close() waits for them
     io::WaitQueue tasks_done_;
 };
 
