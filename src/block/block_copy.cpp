@@ -1,6 +1,7 @@
 #include "block/block_copy.hpp"
 
 #include "util/align.hpp"
+#include "util/log.hpp"
 
 #include <algorithm>
 #include <vector>
@@ -161,7 +162,11 @@ io::Task<void> BlockCopy::worker(std::shared_ptr<Call> call, RangeLockTable::Gua
         io::Buffer buf = co_await buffers_.get(buffer_size);
         ec = co_await copy_piece(off, len, buf.span(), &is_read);
     }
-    if (!ec && discard_source_) {
+    if (!ec && checkpoint_every_) {
+        // Released (discard_source) at the checkpoint whose flush covers it.
+        const std::uint64_t b = off / cluster_;
+        unflushed_.set_range(b, div_round_up(off + len, cluster_) - b);
+    } else if (!ec && discard_source_) {
         // The chunk is on the target: release it on the source (fleecing space). Advisory,
         // so a failure only means the space stays allocated until the fleecing ends.
         (void)co_await source_.discard(off, len);
@@ -278,11 +283,85 @@ io::Task<std::error_code> BlockCopy::copy_all_background(CopyOptions opts) {
     std::error_code ec;
     for (std::uint64_t off = 0; off < length_ && !cancelled_; off += call->max_chunk * 16) {
         ec = co_await run_call(off, std::min(length_, off + call->max_chunk * 16), call);
-        if (ec) break;
+        if (ec) {
+            last_error_is_read_ = call->error_is_read;
+            co_return ec;
+        }
+        // Checkpoints run beside the copies (a flush round trip must not stall them); one
+        // at a time, and the one that failed ends the loop as a target error.
+        if (checkpoint_error_) {
+            ec = std::exchange(checkpoint_error_, {});
+            last_error_is_read_ = false;
+            co_return ec;
+        }
+        if (checkpoint_every_ && !checkpoint_running_ &&
+            unflushed_.count() * cluster_ >= checkpoint_every_) {
+            io::Gate::Holder cp_hold = gate_.enter();
+            if (cp_hold) io::EventLoop::current().spawn(checkpoint_detached(std::move(cp_hold)));
+        }
     }
-    if (!ec && cancelled_) ec = errno_code(ECANCELED);
-    if (ec) last_error_is_read_ = call->error_is_read;
+    if (cancelled_) ec = errno_code(ECANCELED);
     co_return ec;
+}
+
+io::Task<void> BlockCopy::checkpoint_detached(io::Gate::Holder hold) {
+    if (std::error_code ec = co_await checkpoint()) checkpoint_error_ = ec;
+    hold.leave();
+}
+
+void BlockCopy::enable_checkpoints(std::uint64_t every_bytes) {
+    checkpoint_every_ = std::max<std::uint64_t>(every_bytes, 1);
+    unflushed_ = Bitmap(bitmap_.size());
+    seen_lost_changes_ = target_.node().lost_changes();
+}
+
+io::Task<std::error_code> BlockCopy::checkpoint() {
+    while (checkpoint_running_)
+        co_await checkpoint_idle_.wait();
+    // A background checkpoint that failed since the loop last looked fails this one.
+    std::error_code ec = std::exchange(checkpoint_error_, {});
+    if (!ec) {
+        checkpoint_running_ = true;
+        ec = co_await flush_and_release();
+        checkpoint_running_ = false;
+        checkpoint_idle_.notify_all();
+    }
+    if (ec) last_error_is_read_ = false;
+    co_return ec;
+}
+
+io::Task<std::error_code> BlockCopy::flush_and_release() {
+    // The flush covers the chunks acknowledged before it is issued: those unflushed now.
+    Bitmap covered = unflushed_;
+    std::error_code ec = co_await target_.flush();
+    Node& target = target_.node();
+    if (target.lost_changes() != seen_lost_changes_) {
+        // Changes acknowledged since the last good checkpoint may be gone: copy every one
+        // of them again (their source is still there: discards wait for checkpoints).
+        seen_lost_changes_ = target.lost_changes();
+        target.accept_lost_changes();
+        const std::uint64_t bytes = unflushed_.count() * cluster_;
+        recopied_bytes_ += bytes;
+        log::warn("backup: the target lost up to {} bytes of acknowledged writes; copying "
+                  "them again",
+                  bytes);
+        bitmap_.merge(unflushed_);
+        unflushed_.reset_all();
+        co_return std::error_code{};
+    }
+    if (ec) co_return ec;
+    // Safe on the target now: release them on the source, one run of clusters at a time.
+    const std::uint64_t n = covered.size();
+    for (std::uint64_t b = covered.find_next_set(0); b < n; b = covered.find_next_set(b)) {
+        const std::uint64_t e = covered.find_next_clear(b);
+        unflushed_.reset_range(b, e - b);
+        if (discard_source_) {
+            const std::uint64_t off = b * cluster_;
+            (void)co_await source_.discard(off, std::min(e * cluster_, length_) - off);
+        }
+        b = e;
+    }
+    co_return std::error_code{};
 }
 
 void BlockCopy::set_compress(bool on) {

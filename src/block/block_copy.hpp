@@ -80,6 +80,22 @@ class BlockCopy {
     // req_write_compressed and chunks are one cluster.
     void set_discard_source(bool on) { discard_source_ = on; }
     void set_compress(bool on);
+    // Checkpoints, for a target that may lose acknowledged changes (Node::lost_changes(),
+    // an NBD server that went away with its write cache) and a source that stays as it is,
+    // so that anything lost can be copied again. Copied chunks stay "unflushed" until a
+    // checkpoint's flush covers them, and only then does discard_source release them on the
+    // source. The background loop checkpoints every `every_bytes` of unflushed data; the
+    // job checkpoints once more at the end.
+    void enable_checkpoints(std::uint64_t every_bytes);
+    bool checkpoints() const { return checkpoint_every_ != 0; }
+    // Flushes the target (after a checkpoint the background loop started, if one runs).
+    // When the target lost changes meanwhile, every unflushed cluster is dirty again
+    // (copied once more, its source still there) and the result is {}; else the flush's
+    // error, with last_error_is_read() false. Progress counts the copies again (the total
+    // grows).
+    io::Task<std::error_code> checkpoint();
+    // Bytes the checkpoints found lost and set to copy again.
+    std::uint64_t recopied_bytes() const { return recopied_bytes_; }
     // Whether the last failed background call failed on a source read (else a target write).
     bool last_error_is_read() const { return last_error_is_read_; }
     // sync=top: clears the bits of clusters the source does not allocate in its top layer;
@@ -96,6 +112,8 @@ class BlockCopy {
     io::Task<std::error_code> copy_piece(std::uint64_t offset, std::uint64_t length,
                                          std::span<std::byte> buf, bool* error_is_read);
     io::Task<void> rate_limit(std::uint64_t bytes);
+    io::Task<void> checkpoint_detached(io::Gate::Holder hold);
+    io::Task<std::error_code> flush_and_release();
 
     Child& source_;
     Child& target_;
@@ -123,6 +141,13 @@ class BlockCopy {
     bool discard_source_ = false;
     bool compress_ = false;
     bool last_error_is_read_ = false;
+    std::uint64_t checkpoint_every_ = 0; // 0 = no checkpoints
+    Bitmap unflushed_;                   // copied, not yet covered by a target flush
+    std::uint64_t seen_lost_changes_ = 0;
+    std::uint64_t recopied_bytes_ = 0;
+    bool checkpoint_running_ = false;
+    io::WaitQueue checkpoint_idle_;
+    std::error_code checkpoint_error_;         // of a background checkpoint, for the loop
     io::EventLoop::Timer* sleeping_ = nullptr; // the rate-limit sleep, cancelled by a kick
 };
 

@@ -137,6 +137,16 @@ class Node : public ChildParent {
     virtual bool cache_direct() const { return false; }
     virtual bool cache_no_flush() const { return false; }
 
+    // Write caches that can vanish (docs/nodes/nbd.md): an NBD client whose connection
+    // dropped may have lost changes its server acknowledged but had not flushed, and then
+    // fails every flush. A writer that can write again everything it wrote since its last
+    // successful flush (a backup job with an immutable source) checks lost_changes() after
+    // each flush, rewrites when it grew, and accepts the losses so flushes succeed again.
+    // Nodes that never lose acknowledged changes return false / 0; filters ask their file.
+    virtual bool may_lose_acknowledged_changes() const { return false; }
+    virtual std::uint64_t lost_changes() const { return 0; }
+    virtual void accept_lost_changes() {}
+
     // Called once when the node leaves the graph, after it was drained.
     virtual io::Task<void> close() { co_return; }
     // Graph hooks: the child set or a child's content changed (recompute caps and size).
@@ -237,6 +247,13 @@ class FilterNode : public Node {
     using Node::Node;
     PermPair child_perms(const Child& c, PermSet parent_perm, PermSet parent_shared) const override;
     void refresh_from_children() override;
+    bool may_lose_acknowledged_changes() const override {
+        return file_ && file_->node().may_lose_acknowledged_changes();
+    }
+    std::uint64_t lost_changes() const override { return file_ ? file_->node().lost_changes() : 0; }
+    void accept_lost_changes() override {
+        if (file_) file_->node().accept_lost_changes();
+    }
 
   protected:
     Child& file() const { return *file_; }

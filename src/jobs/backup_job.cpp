@@ -112,6 +112,11 @@ Status BackupJob::prepare_immutable(block::Node& source, block::Node& target) {
         block::BlockCopy::cluster_size_for(target, options_.min_cluster_size);
     own_copy_ = std::make_unique<block::BlockCopy>(*source_, *target_, cluster, false);
     own_copy_->set_discard_source(options_.discard_source);
+    // The source stays as it is, so what a target loses from its write cache (an NBD
+    // server that went away) can be copied again: flush as we go, and release the source
+    // only behind a flush.
+    if (target.may_lose_acknowledged_changes() && options_.sync != SyncMode::none)
+        own_copy_->enable_checkpoints(options_.checkpoint_bytes);
     copy_ = own_copy_.get();
     return {};
 }
@@ -226,7 +231,9 @@ io::Task<std::error_code> BackupJob::run() {
             result = block::errno_code(EACCES);
         }
     }
-    if (!result && !cancelled() && target_) result = co_await target_->flush();
+    // With checkpoints the last one was the final flush.
+    if (!result && !cancelled() && target_ && !copy_->checkpoints())
+        result = co_await target_->flush();
     if (own_copy_) co_await own_copy_->close();
     co_return result;
 }
@@ -254,8 +261,13 @@ io::Task<std::error_code> BackupJob::copy_loop() {
         std::error_code ec = co_await copy_->copy_all_background(opts);
         if (cancelled() || snapshot_broken()) co_return std::error_code{};
         if (!ec || ec.value() == ECANCELED) {
-            if (copy_->copy_bitmap().count() == 0) co_return std::error_code{};
-            continue; // ended early (pause, or a copy failed elsewhere): go on
+            if (copy_->copy_bitmap().count() != 0)
+                continue; // ended early (pause, or a copy failed elsewhere): go on
+            if (!copy_->checkpoints()) co_return std::error_code{};
+            // The final checkpoint: done, unless the target lost what it had not flushed.
+            ec = co_await copy_->checkpoint();
+            if (!ec && copy_->copy_bitmap().count() == 0) co_return std::error_code{};
+            if (!ec) continue;
         }
         const bool is_read = copy_->last_error_is_read();
         const ErrorReaction r =

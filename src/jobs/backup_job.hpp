@@ -36,6 +36,11 @@ enum class SyncMode { full, top, none, bitmap, incremental };
 std::optional<SyncMode> parse_sync_mode(std::string_view name);
 const char* sync_mode_name(SyncMode mode);
 
+// Against a target that may lose acknowledged writes (an NBD server with a write cache),
+// a job with an immutable source flushes after this many copied bytes, and releases them
+// on the source (discard-source) only then: the fleecing image holds up to this much more.
+inline constexpr std::uint64_t default_checkpoint_bytes = 16ull * 1024 * 1024;
+
 struct BackupOptions {
     JobOptions job;
     std::string device;
@@ -53,6 +58,7 @@ struct BackupOptions {
     unsigned max_workers = 64;
     std::uint64_t max_chunk = 0;
     std::uint64_t min_cluster_size = 0;
+    std::uint64_t checkpoint_bytes = default_checkpoint_bytes; // not a QMP option (tests)
 };
 
 class BackupJob final : public Job, public block::ChildParent {

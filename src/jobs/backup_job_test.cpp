@@ -4,6 +4,7 @@
 #include "nodes/testing/memory_node.hpp"
 
 #include <gtest/gtest.h>
+#include <random>
 
 namespace fleece::jobs {
 namespace {
@@ -167,6 +168,57 @@ TEST(BackupJob, SourceWithWritersGetsTheJobsFilterAndTheSnapshotIsExact) {
     EXPECT_EQ(f.graph.find("bk-cbw"), nullptr);
     EXPECT_NE(std::find(f.events.begin(), f.events.end(), "BLOCK_JOB_COMPLETED"), f.events.end());
     f.graph.detach(std::move(*edge));
+}
+
+// The target loses its write cache (an NBD server that went away) at random moments,
+// again and again: the job copies the lost clusters again from its immutable source, and
+// ends with the target equal to the source, with and without discard-source, for
+// checkpoints after every window, every few windows and only at the end.
+io::Task<void> lose_cache_now_and_then(nodes::MemoryNode* target, JobManager* jobs,
+                                       std::uint64_t seed, int* losses) {
+    std::mt19937_64 rng(seed);
+    while (jobs->find("bk")) {
+        const unsigned turns = static_cast<unsigned>(rng() % 150);
+        for (unsigned i = 0; i < turns && jobs->find("bk"); ++i)
+            co_await io::EventLoop::current().yield();
+        if (!jobs->find("bk")) break;
+        target->lose_cache();
+        ++*losses;
+    }
+}
+
+TEST(BackupJob, WhatTheTargetLosesFromItsCacheIsCopiedAgain) {
+    const std::uint64_t intervals[] = {64 * 1024, 1 << 20, default_checkpoint_bytes};
+    int total_losses = 0;
+    for (std::uint64_t seed = 1; seed <= 60; ++seed) {
+        Fixture f;
+        const std::vector<std::byte> original = f.source->data();
+        f.target->set_volatile_cache();
+        f.target->set_random_delay(seed, 5);
+        JobManager jobs;
+        BackupOptions o = bk_options();
+        o.max_workers = 8;
+        o.max_chunk = 64 * 1024;
+        o.discard_source = seed % 2 == 0;
+        o.checkpoint_bytes = intervals[(seed / 2) % 3];
+        auto job = BackupJob::create(f.graph, o, f.sink());
+        ASSERT_TRUE(job.ok()) << job.error().message;
+        ASSERT_TRUE(jobs.start(std::move(*job)).ok());
+        int losses = 0;
+        f.loop.spawn(lose_cache_now_and_then(f.target, &jobs, seed, &losses));
+        f.loop.run_until_complete(wait_gone(&jobs, "bk"));
+        total_losses += losses;
+        EXPECT_NE(std::find(f.events.begin(), f.events.end(), "BLOCK_JOB_COMPLETED"),
+                  f.events.end());
+        EXPECT_EQ(std::find(f.events.begin(), f.events.end(), "aborting"), f.events.end())
+            << "seed " << seed;
+        // What the job left in the target's cache, and what a flush made durable.
+        EXPECT_TRUE(f.target->data() == original) << "seed " << seed << ", losses " << losses;
+        f.target->lose_cache();
+        EXPECT_TRUE(f.target->data() == original) << "seed " << seed << " (durable)";
+        if (HasFailure()) break;
+    }
+    EXPECT_GE(total_losses, 60); // the losses really happened during the jobs
 }
 
 } // namespace

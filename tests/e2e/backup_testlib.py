@@ -244,3 +244,36 @@ class BackupCli:
             self.seen.append(msg)
         self.stderr = self.proc.stderr.read()
         return rc
+
+
+class CachingTarget:
+    """nbdkit serving a file through its cache filter in writeback mode: writes wait in a
+    temporary cache until a flush, and a killed server loses them, as a real server with
+    a volatile write cache does."""
+
+    def __init__(self, tmp_path, size):
+        self.sock = str(tmp_path / 'kit.sock')
+        self.path = str(tmp_path / 'target.raw')
+        with open(self.path, 'wb') as f:
+            f.truncate(size)
+        self.start()
+
+    def start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen(['nbdkit', '-f', '-U', self.sock, '--filter=cache', 'file',
+                                      self.path, 'cache=writeback'],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.sock):
+            assert time.monotonic() < deadline, 'nbdkit did not start'
+            time.sleep(0.02)
+
+    def crash(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()

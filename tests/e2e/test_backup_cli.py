@@ -14,7 +14,7 @@ import time
 import nbd
 import pytest
 
-from backup_testlib import BackupCli
+from backup_testlib import BackupCli, CachingTarget
 from fleece_testlib import FLEECE, Daemon, qemu_io
 
 MiB = 1024 * 1024
@@ -245,7 +245,9 @@ def test_ctrl_c_cancels_restores_the_graph_and_the_guest_keeps_running(guest, tm
 def test_a_dead_target_fails_the_backup_cleanly_and_not_the_guest(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target, before, writer, cli = start_slow_backup_under_writes(guest, tmp_path)
+    # Not waiting the default 120 s for it to come back.
+    target, before, writer, cli = start_slow_backup_under_writes(guest, tmp_path,
+                                                                 '--target-reconnect', '0')
     target.kill()
     set_job_speed(q, 0)
     rc, lines, err = cli.finish()
@@ -253,6 +255,47 @@ def test_a_dead_target_fails_the_backup_cleanly_and_not_the_guest(guest, tmp_pat
     summary = events(lines, 'summary')[-1]
     assert not summary['ok'] and summary['error'] and summary['graph-restored'], summary
     assert_guest_unharmed_and_graph_restored(q, writer, before, str(tmp_path))
+
+
+def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
+    """The NBD target crashes mid-backup, losing the writes in its cache, and comes back:
+    the backup waits for it (--target-reconnect), copies again what it lost, and completes
+    with the disk as it was at the snapshot point, while the guest writes on."""
+    d, disk, guest_uri, _ = guest
+    q = d.qmp
+    target = CachingTarget(tmp_path, SIZE)
+    try:
+        writer = GuestWriter(guest_uri)
+        writer.start()
+        writer.resume()
+        writer.wait_for_writes(100)
+        writer.pause()
+        shutil.copyfile(disk, str(tmp_path / 'expected.raw'))
+        cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target',
+                  'nbd+unix:///?socket=' + target.sock, '--speed', str(2 * MiB))
+        cli.wait_for('started')
+        writer.resume()
+        deadline = time.monotonic() + 60
+        while q.execute('query-jobs')[0]['current-progress'] < 3 * MiB:
+            assert time.monotonic() < deadline, 'the job does not progress'
+            time.sleep(0.05)
+        target.crash()
+        writer.wait_for_writes(300)  # the guest is not held up by the missing target
+        target.start()
+        set_job_speed(q, 0)
+        rc, lines, err = cli.finish()
+        writer.stop.set()
+        writer.join(30)
+        assert not writer.errors, writer.errors
+        assert rc == 0, (lines, err)
+        assert events(lines, 'summary')[-1]['ok']
+    finally:
+        target.stop()
+    with open(str(tmp_path / 'expected.raw'), 'rb') as f, open(target.path, 'rb') as g:
+        assert f.read() == g.read(), 'the target is not the disk at the snapshot point'
+    log = open(os.path.join(d.workdir, 'fleeced.log')).read()
+    assert 'copying them again' in log, log
+    no_leftovers(q, str(tmp_path))
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(guest, tmp_path):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from backup_testlib import CachingTarget
 from fleece_testlib import Daemon, QmpError, qemu_io
 
 
@@ -214,37 +215,62 @@ def test_a_drop_never_hides_changes_the_server_may_have_lost(tmp_path):
         kit.wait()
 
 
-def test_a_backup_never_completes_over_a_target_that_lost_its_cache(tmp_path):
-    """A backup job's target restarts mid-job as an empty memory server: the node
-    reconnects and the job goes on, but it must fail at its final flush instead of
-    reporting a backup with a hole in it."""
+def backup_through_a_target_crash(tmp_path, guest_export):
+    """Backs up a 32 MiB disk at 4 MiB/s to a CachingTarget (reconnect-delay 60), crashes
+    and restarts the target once 20 MiB were copied, then lets the job finish. Returns the
+    disk's path, the target and the job's BLOCK_JOB_COMPLETED data."""
     from backup_testlib import job_events, until_status
+    size = 32 << 20
     disk = str(tmp_path / 'disk.raw')
     with open(disk, 'wb') as f:
-        f.write(os.urandom(16 << 20))
-    kit_sock = str(tmp_path / 'kit.sock')
-    kit = start_nbdkit(kit_sock)
+        f.write(os.urandom(size))
+    target = CachingTarget(tmp_path, size)
     d = Daemon(tmp_path)
     q = d.qmp
     try:
         q.execute('blockdev-add', driver='file', filename=disk, **{'node-name': 'disk'})
-        q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': kit_sock},
+        if guest_export:  # a writer on the disk: the job inserts its own filter
+            sock = str(tmp_path / 'nbd.sock')
+            q.execute('nbd-server-start', addr={'type': 'unix', 'data': {'path': sock}})
+            q.execute('block-export-add', type='nbd', id='g', writable=True, **{'node-name': 'disk'})
+        q.execute('blockdev-add', driver='nbd', server={'type': 'unix', 'path': target.sock},
                   **{'node-name': 'r0', 'reconnect-delay': 60})
         q.execute('blockdev-backup', device='disk', target='r0', sync='full', speed=4 << 20,
                   **{'job-id': 'bk'})
-        deadline = time.monotonic() + 30
-        while q.execute('query-jobs')[0]['current-progress'] < 4 << 20:
+        deadline = time.monotonic() + 60
+        while q.execute('query-jobs')[0]['current-progress'] < 20 << 20:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        kit.kill()
-        kit.wait()
-        kit = start_nbdkit(kit_sock)
+        target.crash()
+        target.start()
         wait_log(d, 'reconnected')
         q.execute('block-job-set-speed', device='bk', speed=0)
         evs = job_events(q, 'bk', until_status('null'), timeout=120)
         done = [e['data'] for e in evs if e['event'] == 'BLOCK_JOB_COMPLETED']
-        assert len(done) == 1 and done[0].get('error') == 'Input/output error', done
+        assert len(done) == 1, evs
+        log = open(os.path.join(d.workdir, 'fleeced.log')).read()
+        assert 'acknowledged changes not yet flushed' in log, log
+        return disk, target, done[0], log
     finally:
         assert d.stop() == 0
-        kit.kill()
-        kit.wait()
+        target.stop()
+
+
+def test_a_backup_copies_again_what_a_crashed_target_lost(tmp_path):
+    """The job's source is immutable, so what the target lost from its write cache is
+    copied again: the backup completes and equals the disk."""
+    disk, target, done, log = backup_through_a_target_crash(tmp_path, guest_export=False)
+    assert 'error' not in done, done
+    assert 'copying them again' in log, log
+    # The work done twice shows in the total (QEMU's progress semantics: it may grow).
+    assert done['offset'] == done['len'] > 32 << 20, done
+    assert subprocess.run(['cmp', disk, target.path]).returncode == 0
+
+
+def test_a_backup_that_cannot_copy_again_fails_instead_of_leaving_a_hole(tmp_path):
+    """With a writer on the disk (the job's own copy-before-write filter) the old data of
+    a lost cluster may be gone from the source: the job must fail, not complete with a
+    hole."""
+    disk, target, done, log = backup_through_a_target_crash(tmp_path, guest_export=True)
+    assert done.get('error') == 'Input/output error', done
+    assert 'copying them again' not in log

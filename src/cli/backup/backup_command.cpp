@@ -63,6 +63,12 @@ void add_backup_command(CLI::App& app, std::function<int()>* action) {
                     "clusters each write touches, as QEMU does (less fleecing space for "
                     "sparse writers, more waits for the guest)")
         ->transform(CLI::AsSizeValue(false));
+    sub->add_option("--target-reconnect", o.target_reconnect_s,
+                    "Seconds an NBD target may be away (connection dropped, server "
+                    "restarting) before the backup fails (default 120, 0 = fail at once). "
+                    "The guest is not affected meanwhile: the fleecing image keeps the old "
+                    "data. Writes the server acknowledged but may have lost with its cache "
+                    "are copied again.");
     sub->add_flag("--json", o.json, "JSON lines instead of a progress bar");
     sub->callback([opts, action] { *action = [opts] { return run_backup(*opts); }; });
 }

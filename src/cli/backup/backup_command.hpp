@@ -18,6 +18,7 @@ struct BackupOptions {
     std::string on_cbw_error = "break-snapshot";
     std::uint64_t cbw_timeout_s = 45;
     std::optional<std::uint64_t> copy_window; // unset: the filter's default (1 MiB)
+    std::uint64_t target_reconnect_s = 120;
     bool json = false;
 };
 

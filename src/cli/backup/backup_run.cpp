@@ -702,6 +702,7 @@ int run_backup(const BackupOptions& o) {
             target_format.empty())
             target_format = "qcow2";
         TargetSpec target = parse_target(o.target, target_format, o.tls_creds);
+        target.reconnect_delay_s = o.target_reconnect_s;
         if (o.sync == "incremental" && target.kind == TargetSpec::Kind::file) {
             if (o.base.empty())
                 throw std::runtime_error(

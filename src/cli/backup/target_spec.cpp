@@ -201,6 +201,7 @@ json target_blockdev(const TargetSpec& t, const std::string& node_name) {
         json nbd{{"driver", "nbd"}, {"node-name", node_name}, {"server", t.server}};
         if (!t.export_name.empty()) nbd["export"] = t.export_name;
         if (!t.tls_creds.empty()) nbd["tls-creds"] = t.tls_creds;
+        if (t.reconnect_delay_s) nbd["reconnect-delay"] = t.reconnect_delay_s;
         return nbd;
     }
     json file{{"driver", "file"}, {"filename", t.path}};

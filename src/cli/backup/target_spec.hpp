@@ -20,6 +20,9 @@ struct TargetSpec {
     nlohmann::json server;   // nbd: SocketAddress (unix path or inet host/port)
     std::string export_name; // nbd
     std::string tls_creds;   // nbds: the tls-creds object id in fleeced
+    // nbd: seconds requests wait for the server to come back after the connection dropped
+    // (the node's reconnect-delay; 0 = they fail at once).
+    std::uint64_t reconnect_delay_s = 0;
 };
 
 // Parses TARGET; throws std::runtime_error with a message naming the problem.

@@ -36,6 +36,9 @@ TEST(TargetSpec, NbdOverUnixSocket) {
     EXPECT_EQ(node["driver"], "nbd");
     EXPECT_EQ(node["export"], "my export");
     EXPECT_FALSE(node.contains("tls-creds"));
+    EXPECT_FALSE(node.contains("reconnect-delay"));
+    t.reconnect_delay_s = 120;
+    EXPECT_EQ(target_blockdev(t, "n")["reconnect-delay"], 120);
     // The default export has no name.
     EXPECT_FALSE(
         target_blockdev(parse_target("nbd+unix:///?socket=/s", "", ""), "n").contains("export"));

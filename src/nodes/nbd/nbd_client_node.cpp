@@ -173,6 +173,10 @@ class NbdClientNode final : public block::Node {
 
     std::string filename() const override { return description_; }
 
+    bool may_lose_acknowledged_changes() const override { return caps_.flush; }
+    std::uint64_t lost_changes() const override { return lost_changes_; }
+    void accept_lost_changes() override { accepted_lost_changes_ = lost_changes_; }
+
     io::Task<void> close() override {
         closing_ = true;
         deadline_timer_.cancel();
@@ -236,10 +240,10 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) { return nbd_aio_flush(h, c.callback(), 0); },
             "flush", Effect::flush);
         // A flush on a new connection cannot vouch for what the old server cached and lost:
-        // every flush fails from then on (the node must be re-added), so that a backup
-        // never completes over such a gap. Checked after the flush too, since the drop may
-        // have happened while it ran.
-        if (!ec && changes_lost_) ec = block::errno_code(EIO);
+        // every flush fails from then on, unless the writer accepted the loss (it wrote
+        // everything again), so that a backup never completes over such a gap. Checked
+        // after the flush too, since the drop may have happened while it ran.
+        if (!ec && lost_changes_ != accepted_lost_changes_) ec = block::errno_code(EIO);
         co_return ec;
     }
     io::Task<block::BlockStatus> do_block_status(std::uint64_t offset,
@@ -358,12 +362,13 @@ class NbdClientNode final : public block::Node {
     // waiting requests reconnect-delay seconds.
     void lost(const std::shared_ptr<Conn>& conn) {
         if (conn_ != conn || closing_) return;
-        if (caps_.flush && conn->acked_changes > conn->flushed_changes && !changes_lost_) {
-            changes_lost_ = true;
-            log::error("nbd node '{}': the connection dropped with {} acknowledged changes not "
-                       "yet flushed; the server may have lost them, so every flush of this "
-                       "node fails from now on (re-add the node and write again)",
-                       name(), conn->acked_changes - conn->flushed_changes);
+        if (caps_.flush && conn->acked_changes > conn->flushed_changes) {
+            lost_changes_ += conn->acked_changes - conn->flushed_changes;
+            log::warn("nbd node '{}': the connection dropped with {} acknowledged changes not "
+                      "yet flushed; the server may have lost them, so flushes fail until "
+                      "the writer wrote them again (a backup job with an immutable source "
+                      "does; otherwise re-add the node and write again)",
+                      name(), conn->acked_changes - conn->flushed_changes);
         }
         conn_.reset();
         fail_after_ = io::Clock::now() + std::chrono::seconds(reconnect_delay_);
@@ -418,8 +423,11 @@ class NbdClientNode final : public block::Node {
     io::EventLoop::Timer retry_timer_;
     int connecting_fd_ = -1;
     bool closing_ = false;
-    bool changes_lost_ = false; // see lost() and do_flush()
-    int tasks_ = 0;             // pumps and background coroutines; close() waits for them
+    // Changes acknowledged but not flushed when their connection dropped, and how many of
+    // them the writer accepted (see lost(), do_flush() and Node::lost_changes()).
+    std::uint64_t lost_changes_ = 0;
+    std::uint64_t accepted_lost_changes_ = 0;
+    int tasks_ = 0; // pumps and background coroutines; close() waits for them
     io::WaitQueue tasks_done_;
 };
 

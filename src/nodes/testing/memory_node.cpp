@@ -71,6 +71,13 @@ io::Task<std::error_code> MemoryNode::do_discard(std::uint64_t offset, std::uint
 }
 
 io::Task<std::error_code> MemoryNode::do_flush() {
+    if (!volatile_cache_) co_return std::error_code{};
+    // Durable: what was written when the flush arrived (no more, however long it takes).
+    std::vector<std::byte> covered = data_;
+    const std::uint64_t lost_before = lost_changes_;
+    co_await delay();
+    if (lost_changes_ != accepted_lost_changes_) co_return errno_code(EIO);
+    if (lost_changes_ == lost_before) durable_ = std::move(covered);
     co_return std::error_code{};
 }
 

@@ -29,6 +29,21 @@ class MemoryNode final : public block::Node {
     }
     void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
     void set_read_latency(std::chrono::nanoseconds d) { read_latency_ = d; }
+    // A volatile write cache, as an NBD server has one: a flush makes what was written
+    // before it durable, and lose_cache() goes back to the durable data, as a server that
+    // went away with its cache; flushes then fail until the loss is accepted
+    // (Node::lost_changes()).
+    void set_volatile_cache() {
+        volatile_cache_ = true;
+        durable_ = data_;
+    }
+    void lose_cache() {
+        data_ = durable_;
+        ++lost_changes_;
+    }
+    bool may_lose_acknowledged_changes() const override { return volatile_cache_; }
+    std::uint64_t lost_changes() const override { return lost_changes_; }
+    void accept_lost_changes() override { accepted_lost_changes_ = lost_changes_; }
     std::uint64_t writes() const { return writes_; }
     std::uint64_t bytes_written() const { return bytes_written_; } // data + zeroes
     // Data writes whose buffer is not page aligned (O_DIRECT would need a bounce copy).
@@ -61,6 +76,10 @@ class MemoryNode final : public block::Node {
     std::uint64_t writes_ = 0;
     std::uint64_t bytes_written_ = 0;
     std::uint64_t unaligned_buffer_writes_ = 0;
+    bool volatile_cache_ = false;
+    std::vector<std::byte> durable_;
+    std::uint64_t lost_changes_ = 0;
+    std::uint64_t accepted_lost_changes_ = 0;
 };
 
 } // namespace fleece::nodes
