@@ -146,6 +146,10 @@ class Node : public ChildParent {
     virtual bool may_lose_acknowledged_changes() const { return false; }
     virtual std::uint64_t lost_changes() const { return 0; }
     virtual void accept_lost_changes() {}
+    // A cancelled job's requests must not wait for a server to come back (an NBD client
+    // waiting up to reconnect-delay): those waiting fail now, as do new ones until the
+    // connection is back (QEMU's bdrv_cancel_in_flight). Filters pass it to their file.
+    virtual void cancel_in_flight() {}
 
     // Called once when the node leaves the graph, after it was drained.
     virtual io::Task<void> close() { co_return; }
@@ -253,6 +257,9 @@ class FilterNode : public Node {
     std::uint64_t lost_changes() const override { return file_ ? file_->node().lost_changes() : 0; }
     void accept_lost_changes() override {
         if (file_) file_->node().accept_lost_changes();
+    }
+    void cancel_in_flight() override {
+        if (file_) file_->node().cancel_in_flight();
     }
 
   protected:

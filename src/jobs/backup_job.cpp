@@ -301,6 +301,8 @@ void BackupJob::on_interrupt() {
     // Ends the running background call; in-flight chunks finish, the rest stays dirty.
     stop_reset_ = cancelled();
     if (copy_) copy_->cancel_background();
+    // Nothing of a cancelled job waits for a target that is away (reconnect-delay).
+    if (cancelled() && target_) target_->node().cancel_in_flight();
 }
 
 // The sync bitmap's fate (see backup_bitmap.hpp); run() has waited for every copy.

@@ -242,6 +242,35 @@ def test_ctrl_c_cancels_restores_the_graph_and_the_guest_keeps_running(guest, tm
     qemu_io(guest_uri, 'write -P 0x33 1M 64k', 'read -P 0x33 1M 64k')
 
 
+def test_ctrl_c_while_the_target_is_away_does_not_wait_for_it(guest, tmp_path):
+    """The job's requests wait for the target to come back (here up to an hour); Ctrl-C
+    cancels them at once, as QEMU cancels a force-cancelled job's in-flight requests."""
+    d, disk, guest_uri, _ = guest
+    q = d.qmp
+    before = graph_state(q)
+    target = CachingTarget(tmp_path, SIZE)
+    try:
+        cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target',
+                  'nbd+unix:///?socket=' + target.sock, '--speed', str(MiB),
+                  '--target-reconnect', '3600')
+        cli.wait_for('started')
+        target.crash()
+        wait_for_log = time.monotonic() + 30
+        log = os.path.join(d.workdir, 'fleeced.log')
+        while 'connection lost' not in open(log).read():
+            assert time.monotonic() < wait_for_log
+            time.sleep(0.05)
+        cli.proc.send_signal(signal.SIGINT)
+        rc, lines, err = cli.finish(timeout=60)  # not the hour
+        assert rc == 128 + signal.SIGINT, (rc, lines, err)
+        assert events(lines, 'summary')[-1]['graph-restored']
+        assert graph_state(q) == before
+        no_leftovers(q, str(tmp_path))
+        qemu_io(guest_uri, 'write -P 0x33 1M 64k', 'read -P 0x33 1M 64k')
+    finally:
+        target.stop()
+
+
 def test_a_dead_target_fails_the_backup_cleanly_and_not_the_guest(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp

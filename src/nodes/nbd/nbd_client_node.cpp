@@ -176,6 +176,11 @@ class NbdClientNode final : public block::Node {
     bool may_lose_acknowledged_changes() const override { return caps_.flush; }
     std::uint64_t lost_changes() const override { return lost_changes_; }
     void accept_lost_changes() override { accepted_lost_changes_ = lost_changes_; }
+    void cancel_in_flight() override {
+        if (conn_) return; // requests on a live connection end as the server answers
+        fail_after_ = io::Clock::now();
+        reconnected_.notify_all();
+    }
 
     io::Task<void> close() override {
         closing_ = true;
