@@ -182,19 +182,25 @@ def assert_guest_unharmed_and_graph_restored(q, writer, before, *dirs):
     no_leftovers(q, *dirs)
 
 
+def writer_paused_after_some_writes(guest_uri, disk, tmp_path):
+    """A guest writer that wrote for a while and is paused: the disk, copied to
+    expected.raw, is what a snapshot taken before it resumes must hold."""
+    writer = GuestWriter(guest_uri)
+    writer.start()
+    writer.resume()
+    writer.wait_for_writes(100)
+    writer.pause()
+    shutil.copyfile(disk, str(tmp_path / 'expected.raw'))
+    return writer
+
+
 def test_backup_pushes_the_point_in_time_while_the_guest_writes(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
     target = Target(tmp_path)
     targets.append(target)
     before = graph_state(q)
-    writer = GuestWriter(guest_uri)
-    writer.start()
-    writer.resume()
-    writer.wait_for_writes(100)
-    # Pause the guest, keep the disk as it is now, and take the snapshot before it resumes.
-    writer.pause()
-    shutil.copyfile(disk, str(tmp_path / 'expected.raw'))
+    writer = writer_paused_after_some_writes(guest_uri, disk, tmp_path)
     # speed=1 holds the job still until the guest has rewritten the disk.
     cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1')
     snap = cli.wait_for('snapshot')
@@ -294,12 +300,7 @@ def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
     q = d.qmp
     target = CachingTarget(tmp_path, SIZE)
     try:
-        writer = GuestWriter(guest_uri)
-        writer.start()
-        writer.resume()
-        writer.wait_for_writes(100)
-        writer.pause()
-        shutil.copyfile(disk, str(tmp_path / 'expected.raw'))
+        writer = writer_paused_after_some_writes(guest_uri, disk, tmp_path)
         cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target',
                   'nbd+unix:///?socket=' + target.sock, '--speed', str(2 * MiB))
         cli.wait_for('started')

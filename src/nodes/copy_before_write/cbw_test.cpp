@@ -238,23 +238,20 @@ TEST(CopyBeforeWrite, CopyAheadFillsWindowsAlreadyWrittenIn) {
     EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x21)));
 }
 
-TEST(CopyBeforeWrite, CopyAheadCanBeTurnedOff) {
-    Fleece f(4 * M, {{"x-copy-window", 0}});
-    f.fill(0, 4 * M, 0x31);
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x32)));
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x33)));
-    EXPECT_EQ(f.cbw->block_copy().progress_done(), 128 * k);
-    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x31)));
-}
-
-// `fleece backup` sets cbw-timeout by default, and its guest gets copy-ahead too.
-TEST(CopyBeforeWrite, CopyAheadWorksWithATimeout) {
-    Fleece f(4 * M, {{"cbw-timeout", 60}});
-    f.fill(0, 4 * M, 0x34);
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x35)));
-    ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x36)));
-    EXPECT_EQ(f.cbw->block_copy().progress_done(), 1 * M);
-    EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x34)));
+// Copy-ahead is off with x-copy-window 0, and on with a cbw-timeout (`fleece backup` sets
+// one by default, and its guest gets copy-ahead too).
+TEST(CopyBeforeWrite, CopyAheadCanBeTurnedOffAndWorksWithATimeout) {
+    const std::pair<nlohmann::json, std::uint64_t> cases[] = {
+        {nlohmann::json{{"x-copy-window", 0}}, 128 * k},
+        {nlohmann::json{{"cbw-timeout", 60}}, 1 * M}};
+    for (const auto& [opts, copied] : cases) {
+        Fleece f(4 * M, opts);
+        f.fill(0, 4 * M, 0x31);
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 0, 4 * k, 0x32)));
+        ASSERT_FALSE(f.run(write_pattern(f.gc.get(), 300 * k, 4 * k, 0x33)));
+        EXPECT_EQ(f.cbw->block_copy().progress_done(), copied) << opts.dump();
+        EXPECT_FALSE(f.run(read_pattern(f.rc.get(), 0, 4 * M, 0x31)));
+    }
 }
 
 // The clusters copied ahead are best effort: when their copy fails, the guest write still
