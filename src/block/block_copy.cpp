@@ -341,7 +341,6 @@ io::Task<std::error_code> BlockCopy::flush_and_release() {
         seen_lost_changes_ = target.lost_changes();
         target.accept_lost_changes();
         const std::uint64_t bytes = unflushed_.count() * cluster_;
-        recopied_bytes_ += bytes;
         log::warn("backup: the target lost up to {} bytes of acknowledged writes; copying "
                   "them again",
                   bytes);

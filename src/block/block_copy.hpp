@@ -1,7 +1,8 @@
 #pragma once
 // BlockCopy: copies clusters from a source child to a target child exactly once, for the
 // copy-before-write filter (synchronous calls with a timeout, ignoring the rate limit) and
-// for the backup job (one long background call with a rate limit and cancellation).
+// for the backup job (one long background call with a rate limit and cancellation). Once
+// more only when the target lost them (checkpoints, below).
 //
 // State: the copy bitmap (set bit = cluster still to copy) and the in-flight lock table. A
 // cluster is claimed by locking it, re-checking its bit under the lock and clearing it, so it
@@ -94,8 +95,6 @@ class BlockCopy {
     // error, with last_error_is_read() false. Progress counts the copies again (the total
     // grows).
     io::Task<std::error_code> checkpoint();
-    // Bytes the checkpoints found lost and set to copy again.
-    std::uint64_t recopied_bytes() const { return recopied_bytes_; }
     // Whether the last failed background call failed on a source read (else a target write).
     bool last_error_is_read() const { return last_error_is_read_; }
     // sync=top: clears the bits of clusters the source does not allocate in its top layer;
@@ -144,7 +143,6 @@ class BlockCopy {
     std::uint64_t checkpoint_every_ = 0; // 0 = no checkpoints
     Bitmap unflushed_;                   // copied, not yet covered by a target flush
     std::uint64_t seen_lost_changes_ = 0;
-    std::uint64_t recopied_bytes_ = 0;
     bool checkpoint_running_ = false;
     io::WaitQueue checkpoint_idle_;
     std::error_code checkpoint_error_;         // of a background checkpoint, for the loop
