@@ -30,7 +30,15 @@ all | release | asan | ci | bins) ;;
 esac
 case $what in
 all | release) build_tree build -DFLEECE_UNIT_TESTS=ON ;;
-ci | bins) build_tree build -DFLEECE_UNIT_TESTS=OFF ;;
+ci | bins)
+    # A developer's build/ that has unit tests keeps them: switching them off there would
+    # leave stale test binaries behind and rebuild everything on the next `all`.
+    if grep -q '^FLEECE_UNIT_TESTS:BOOL=ON' build/CMakeCache.txt 2>/dev/null; then
+        build_tree build
+    else
+        build_tree build -DFLEECE_UNIT_TESTS=OFF
+    fi
+    ;;
 esac
 case $what in
 all | asan | ci) build_tree build-asan -DFLEECE_SANITIZE=ON -DFLEECE_BENCH=OFF -DFLEECE_UNIT_TESTS=ON ;;
