@@ -15,8 +15,10 @@
 #include "io/sync.hpp"
 #include "io/task.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -150,6 +152,11 @@ class Node : public ChildParent {
     // waiting up to reconnect-delay): those waiting fail now, as do new ones until the
     // connection is back (QEMU's bdrv_cancel_in_flight). Filters pass it to their file.
     virtual void cancel_in_flight() {}
+    // A network node whose connection dropped: for how long (query-named-block-nodes'
+    // x-disconnected-for-ms, so `fleece backup` can say why its target went quiet).
+    virtual std::optional<std::chrono::milliseconds> disconnected_for() const {
+        return std::nullopt;
+    }
 
     // Called once when the node leaves the graph, after it was drained.
     virtual io::Task<void> close() { co_return; }

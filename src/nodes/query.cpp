@@ -66,6 +66,7 @@ json node_info(const block::Node& n) {
         {"image", image}};
     if (!n.dirty_bitmaps().empty()) info["dirty-bitmaps"] = dirty_bitmaps_info(n);
     if (const auto* cbw = dynamic_cast<const CbwNode*>(&n)) info["x-cbw-stats"] = cbw_stats(*cbw);
+    if (auto away = n.disconnected_for()) info["x-disconnected-for-ms"] = away->count();
     return info;
 }
 } // namespace

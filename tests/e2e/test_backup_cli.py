@@ -311,6 +311,9 @@ def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
             time.sleep(0.05)
         target.crash()
         writer.wait_for_writes(300)  # the guest is not held up by the missing target
+        # The progress says why the job went quiet.
+        while 'target-away-s' not in cli.wait_for('progress'):
+            pass
         target.start()
         set_job_speed(q, 0)
         rc, lines, err = cli.finish()
@@ -325,6 +328,8 @@ def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
         assert f.read() == g.read(), 'the target is not the disk at the snapshot point'
     log = open(os.path.join(d.workdir, 'fleeced.log')).read()
     assert 'copying them again' in log, log
+    # Connected again: the last progress lines have no target-away-s.
+    assert 'target-away-s' not in events(lines, 'progress')[-1]
     no_leftovers(q, str(tmp_path))
 
 

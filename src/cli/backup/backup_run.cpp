@@ -269,7 +269,7 @@ class BackupRun {
   private:
     void setup();
     json monitor(); // the job's query-jobs entry at its end
-    void read_cbw_stats(ProgressSample& s);
+    void read_node_stats(ProgressSample& s);
     std::string snapshot_broken_reason() const;
     std::string choose_fleecing_file(const NodeInfo& disk);
     void create_fleecing_file(std::uint64_t size);
@@ -433,9 +433,12 @@ std::string BackupRun::snapshot_broken_reason() const {
            "full or slower than --cbw-timeout; the guest was not affected)";
 }
 
-// The filter's copy-before-write figures (x-cbw-stats of query-named-block-nodes).
-void BackupRun::read_cbw_stats(ProgressSample& s) {
+// The filter's copy-before-write figures (x-cbw-stats of query-named-block-nodes), and
+// whether the target is unreachable (x-disconnected-for-ms).
+void BackupRun::read_node_stats(ProgressSample& s) {
     for (const json& n : qmp_.execute("query-named-block-nodes")) {
+        if (n.value("node-name", "") == prefix_ + "-target" && n.contains("x-disconnected-for-ms"))
+            s.target_away_ms = n["x-disconnected-for-ms"].get<std::int64_t>();
         if (n.value("node-name", "") != prefix_ + "-cbw" || !n.contains("x-cbw-stats")) continue;
         const json& c = n["x-cbw-stats"];
         s.cbw_count = c.value("requests", std::uint64_t{0});
@@ -564,7 +567,7 @@ json BackupRun::monitor() {
             s.done = mine.value("current-progress", std::uint64_t{0});
             s.total = mine.value("total-progress", std::uint64_t{0});
             s.fleecing_bytes = allocated_bytes(fleecing_file_);
-            read_cbw_stats(s);
+            read_node_stats(s);
             out_.progress(s);
         }
         if (concluded) return mine;

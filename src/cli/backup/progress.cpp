@@ -56,6 +56,10 @@ std::string cbw_text(const ProgressSample& s) {
         t += " (avg " + human_latency(avg_us(s)) + ", max " +
              human_latency(static_cast<double>(s.cbw_max_ns) / 1e3) + ")";
     if (s.cbw_errors) t += " " + std::to_string(s.cbw_errors) + " failed";
+    // Why the rate fell to nothing: the job waits for its target (--target-reconnect).
+    if (s.target_away_ms >= 0)
+        t += "  TARGET AWAY " + human_duration(static_cast<double>(s.target_away_ms) / 1e3) +
+             ", waiting for it";
     return t;
 }
 } // namespace
@@ -133,6 +137,7 @@ void ProgressReporter::progress(const ProgressSample& s) {
         j["rate"] = static_cast<std::uint64_t>(rate);
         j["eta"] = eta;
         j["fleecing-bytes"] = s.fleecing_bytes;
+        if (s.target_away_ms >= 0) j["target-away-s"] = static_cast<double>(s.target_away_ms) / 1e3;
         j.update(cbw_json());
         emit_json(std::move(j));
         return;

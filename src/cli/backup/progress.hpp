@@ -16,6 +16,9 @@ struct ProgressSample {
     // Guest requests that waited for a copy-before-write, and their wait (x-cbw-stats).
     std::uint64_t cbw_count = 0, cbw_errors = 0;
     std::uint64_t cbw_total_ns = 0, cbw_max_ns = 0;
+    // How long an NBD target has been unreachable (its node's x-disconnected-for-ms); -1
+    // while it is connected.
+    std::int64_t target_away_ms = -1;
 };
 
 class ProgressReporter {

@@ -176,6 +176,11 @@ class NbdClientNode final : public block::Node {
     bool may_lose_acknowledged_changes() const override { return caps_.flush; }
     std::uint64_t lost_changes() const override { return lost_changes_; }
     void accept_lost_changes() override { accepted_lost_changes_ = lost_changes_; }
+    std::optional<std::chrono::milliseconds> disconnected_for() const override {
+        if (conn_) return std::nullopt;
+        return std::chrono::duration_cast<std::chrono::milliseconds>(io::Clock::now() -
+                                                                     disconnected_at_);
+    }
     void cancel_in_flight() override {
         if (conn_) return; // requests on a live connection end as the server answers
         fail_after_ = io::Clock::now();
@@ -376,7 +381,8 @@ class NbdClientNode final : public block::Node {
                       name(), conn->acked_changes - conn->flushed_changes);
         }
         conn_.reset();
-        fail_after_ = io::Clock::now() + std::chrono::seconds(reconnect_delay_);
+        disconnected_at_ = io::Clock::now();
+        fail_after_ = disconnected_at_ + std::chrono::seconds(reconnect_delay_);
         spawn_task(reconnect_loop());
         if (reconnect_delay_ > 0) spawn_task(wake_at_deadline());
     }
@@ -423,6 +429,7 @@ class NbdClientNode final : public block::Node {
     std::string description_;
     std::uint64_t reconnect_delay_;
     io::Clock::time_point fail_after_{};
+    io::Clock::time_point disconnected_at_{};
     io::WaitQueue reconnected_;
     io::EventLoop::Timer deadline_timer_;
     io::EventLoop::Timer retry_timer_;
