@@ -302,7 +302,7 @@ def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
     try:
         writer = writer_paused_after_some_writes(guest_uri, disk, tmp_path)
         cli = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target',
-                  'nbd+unix:///?socket=' + target.sock, '--speed', str(2 * MiB))
+                  'nbd+unix:///?socket=' + target.sock, '--speed', '2M')  # size suffixes work
         cli.wait_for('started')
         writer.resume()
         deadline = time.monotonic() + 60

@@ -49,7 +49,9 @@ void add_backup_command(CLI::App& app, std::function<int()>* action) {
                     "For --sync incremental to a local file: the previous backup of the chain "
                     "(full or incremental); TARGET is created as a qcow2 overlay backed by it. "
                     "For an NBD target, export such an overlay yourself.");
-    sub->add_option("--speed", o.speed, "Rate limit of the backup job in bytes/s (0 = none)");
+    sub->add_option("--speed", o.speed,
+                    "Rate limit of the backup job in bytes/s, e.g. 50M (0 = none)")
+        ->transform(CLI::AsSizeValue(false));
     sub->add_option("--on-cbw-error", o.on_cbw_error,
                     "break-snapshot (default: a failed copy fails the backup, never the "
                     "guest) or break-guest-write (fail the guest's write instead)");
