@@ -50,7 +50,8 @@ std::string human_latency(double us) {
     return buf;
 }
 
-std::string cbw_text(const ProgressSample& s) {
+// The end of a progress line: what fleecing costs the guest, and a target that is away.
+std::string status_tail(const ProgressSample& s) {
     std::string t = "CBW " + std::to_string(s.cbw_count);
     if (s.cbw_count)
         t += " (avg " + human_latency(avg_us(s)) + ", max " +
@@ -153,7 +154,7 @@ void ProgressReporter::progress(const ProgressSample& s) {
             bar.c_str(), frac * 100, human_bytes(static_cast<double>(s.done)).c_str(),
             human_bytes(static_cast<double>(s.total)).c_str(), human_bytes(rate).c_str(),
             human_duration(eta).c_str(), human_bytes(static_cast<double>(s.fleecing_bytes)).c_str(),
-            cbw_text(s).c_str());
+            status_tail(s).c_str());
         std::cout << line << std::flush;
         bar_drawn_ = true;
         return;
@@ -163,7 +164,8 @@ void ProgressReporter::progress(const ProgressSample& s) {
     std::snprintf(line, sizeof line, "progress %5.1f%%  %s / %s  %s/s  fleecing %s  %s", frac * 100,
                   human_bytes(static_cast<double>(s.done)).c_str(),
                   human_bytes(static_cast<double>(s.total)).c_str(), human_bytes(rate).c_str(),
-                  human_bytes(static_cast<double>(s.fleecing_bytes)).c_str(), cbw_text(s).c_str());
+                  human_bytes(static_cast<double>(s.fleecing_bytes)).c_str(),
+                  status_tail(s).c_str());
     std::cout << line << std::endl;
 }
 
