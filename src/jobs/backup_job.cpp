@@ -108,6 +108,7 @@ Status BackupJob::prepare_immutable(block::Node& source, block::Node& target) {
                              block::perm_consistent_read | block::perm_write_unchanged, "target");
     if (!tgt) return tgt.error();
     target_ = std::move(*tgt);
+    target_lost_changes_at_start_ = target.lost_changes();
     const std::uint64_t cluster =
         block::BlockCopy::cluster_size_for(target, options_.min_cluster_size);
     own_copy_ = std::make_unique<block::BlockCopy>(*source_, *target_, cluster, false);
@@ -137,6 +138,7 @@ Status BackupJob::prepare_filter(block::Node& source, block::Node& target,
     auto tgt = graph_.attach(*this, target, 0, block::perm_all, "target");
     if (!tgt) return tgt.error();
     target_ = std::move(*tgt);
+    target_lost_changes_at_start_ = target.lost_changes();
     BackupFilterRequest req;
     req.name = name;
     req.source = &source;
@@ -232,8 +234,16 @@ io::Task<std::error_code> BackupJob::run() {
         }
     }
     // With checkpoints the last one was the final flush.
-    if (!result && !cancelled() && target_ && !copy_->checkpoints())
+    if (!result && !cancelled() && target_ && !copy_->checkpoints()) {
         result = co_await target_->flush();
+        // Without checkpoints nothing lost can be copied again (docs/backup-jobs.md).
+        if (result && target_->node().lost_changes() != target_lost_changes_at_start_)
+            set_error_text(
+                fmt::format("{} (the target's connection dropped while it held writes it had "
+                            "acknowledged but not flushed; they may be lost, so this backup is "
+                            "incomplete: run it again)",
+                            result.message()));
+    }
     if (own_copy_) co_await own_copy_->close();
     co_return result;
 }

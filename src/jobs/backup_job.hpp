@@ -109,6 +109,7 @@ class BackupJob final : public Job, public block::ChildParent {
     block::Node* source_node_ = nullptr;
     std::unique_ptr<block::Child> source_; // immutable source, or the job's edge on the filter
     std::unique_ptr<block::Child> target_;
+    std::uint64_t target_lost_changes_at_start_ = 0; // Node::lost_changes() at create()
     std::unique_ptr<block::BlockCopy> own_copy_;
     block::BlockCopy* copy_ = nullptr; // own_copy_ or the filter's engine
     BackupFilter filter_;

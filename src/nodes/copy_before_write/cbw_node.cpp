@@ -117,13 +117,12 @@ io::Task<std::error_code> CbwNode::copy_before_write(std::uint64_t offset, std::
     if (ec && (copied_start != start || copied_end != end)) {
         copied_start = start;
         copied_end = end;
-        const auto left = cfg_.timeout - (std::chrono::steady_clock::now() - began);
-        if (cfg_.timeout.count() == 0) {
-            ec = co_await bcs_->copy(start, end - start, opts);
-        } else if (ec != errno_code(ETIMEDOUT) && left.count() > 0) {
-            opts.timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(left);
-            ec = co_await bcs_->copy(start, end - start, opts);
+        bool retry = true;
+        if (cfg_.timeout.count() != 0) {
+            opts.timeout = cfg_.timeout - (std::chrono::steady_clock::now() - began);
+            retry = ec != errno_code(ETIMEDOUT) && opts.timeout.count() > 0;
         }
+        if (retry) ec = co_await bcs_->copy(start, end - start, opts);
     }
     if (copies) {
         const auto waited =

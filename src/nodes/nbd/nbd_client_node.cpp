@@ -147,6 +147,10 @@ struct Conn {
 
 // What a command does to the server's data, for the write-cache bookkeeping above.
 enum class Effect { none, change, flush };
+// A write with FUA is durable when acknowledged: it cannot be lost with the cache.
+Effect effect_of(std::uint32_t nbd_flags) {
+    return (nbd_flags & LIBNBD_CMD_FLAG_FUA) ? Effect::none : Effect::change;
+}
 
 class NbdClientNode final : public block::Node {
   public:
@@ -218,7 +222,7 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) {
                 return nbd_aio_pwrite(h, buf.data(), buf.size(), offset, c.callback(), f);
             },
-            "write", f ? Effect::none : Effect::change);
+            "write", effect_of(f));
     }
     io::Task<std::error_code> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                               block::ReqFlags flags) override {
@@ -234,7 +238,7 @@ class NbdClientNode final : public block::Node {
             [&](nbd_handle* h, Completion& c) {
                 return nbd_aio_zero(h, length, offset, c.callback(), f);
             },
-            "write-zeroes", (f & LIBNBD_CMD_FLAG_FUA) ? Effect::none : Effect::change);
+            "write-zeroes", effect_of(f));
     }
     io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length) override {
         if (!caps_.trim) co_return std::error_code{};
