@@ -131,6 +131,13 @@ class Target:
         self.proc.wait()
 
 
+def new_target(targets, tmp_path):
+    """A fresh nbdkit target, stopped with the `guest` fixture (its `targets` list)."""
+    target = Target(tmp_path)
+    targets.append(target)
+    return target
+
+
 @pytest.fixture
 def guest(tmp_path):
     """fleeced serving `disk` (random data) to a guest over NBD export `guest`."""
@@ -160,8 +167,7 @@ def start_slow_backup_under_writes(guest, tmp_path, *extra):
     """A held-back (--speed 1) backup of 'disk' to a fresh nbdkit target, started while
     the guest writes. Returns the target, the graph before, the writer and the CLI."""
     d, disk, guest_uri, targets = guest
-    target = Target(tmp_path)
-    targets.append(target)
+    target = new_target(targets, tmp_path)
     before = graph_state(d.qmp)
     writer = GuestWriter(guest_uri)
     writer.start()
@@ -197,8 +203,7 @@ def writer_paused_after_some_writes(guest_uri, disk, tmp_path):
 def test_backup_pushes_the_point_in_time_while_the_guest_writes(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
+    target = new_target(targets, tmp_path)
     before = graph_state(q)
     writer = writer_paused_after_some_writes(guest_uri, disk, tmp_path)
     # speed=1 holds the job still until the guest has rewritten the disk.
@@ -336,8 +341,7 @@ def test_the_backup_rides_out_a_target_restart(guest, tmp_path):
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(guest, tmp_path):
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
+    target = new_target(targets, tmp_path)
     before = graph_state(q)
     crashed = Cli('--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri, '--speed', '1')
     crashed.wait_for('started')
@@ -431,8 +435,7 @@ def test_copy_window_of_the_cli_filter(guest, tmp_path, extra, waits, fleecing_b
     1 MiB window cost the guest two waits, and the fleecing image holds the window."""
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
+    target = new_target(targets, tmp_path)
     expected = str(tmp_path / 'expected.raw')
     shutil.copyfile(disk, expected)
     # The job is held at speed 1 and backs up from offset 0: window 5 MiB is untouched by it.
@@ -480,8 +483,7 @@ def test_progress_bar_on_a_terminal(guest, tmp_path):
     import pty
     d, disk, guest_uri, targets = guest
     q = d.qmp
-    target = Target(tmp_path)
-    targets.append(target)
+    target = new_target(targets, tmp_path)
     master, slave = pty.openpty()
     proc = subprocess.Popen([FLEECE, 'backup', '--qmp', d.qmp_path, '--node', 'disk', '--target', target.uri,
                              '--speed', '1'], stdin=slave, stdout=slave, stderr=slave)
