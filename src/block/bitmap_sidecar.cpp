@@ -14,7 +14,7 @@ namespace fleece::block {
 namespace {
 
 constexpr char magic[8] = {'F', 'L', 'E', 'E', 'C', 'E', 'B', 'M'};
-constexpr std::uint32_t version = 1;
+constexpr std::uint32_t version = 2;
 
 // Bytes, not std::string: GCC 12 reports a false -Wrestrict on string appends here.
 using Bytes = std::vector<unsigned char>;
@@ -78,9 +78,15 @@ Result<SidecarContent> read_sidecar(const std::string& path) {
     SidecarContent c;
     if (!r.bytes(sizeof magic, &m) || std::memcmp(m.data(), magic, sizeof magic) != 0)
         return make_error(fmt::format("'{}' is not a fleece bitmap sidecar", path));
-    if (!r.get(&ver) || ver != version || !r.get(&state) || state > 1 || !r.get(&c.disk_size) ||
-        !r.get(&count))
+    if (!r.get(&ver) || (ver != 1 && ver != version) || !r.get(&state) || state > 1 ||
+        !r.get(&c.disk_size))
         return bad;
+    if (ver >= 2) {
+        std::uint32_t flags = 0;
+        if (!r.get(&flags) || !r.get(&c.journal_epoch)) return bad;
+        c.write_ahead = (flags & 1) != 0;
+    }
+    if (!r.get(&count)) return bad;
     c.clean = state == 0;
     for (std::uint32_t i = 0; i < count; ++i) {
         SidecarContent::Entry e;
@@ -103,12 +109,14 @@ Result<SidecarContent> read_sidecar(const std::string& path) {
     return c;
 }
 
-Status write_sidecar(const std::string& path, std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
-                     bool clean) {
+std::vector<unsigned char> encode_sidecar(std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
+                                          SidecarState state) {
     Bytes out(magic, magic + sizeof magic);
     put<std::uint32_t>(out, version);
-    put<std::uint32_t>(out, clean ? 0 : 1);
+    put<std::uint32_t>(out, state.clean ? 0 : 1);
     put<std::uint64_t>(out, disk_size);
+    put<std::uint32_t>(out, state.write_ahead ? 1 : 0);
+    put<std::uint64_t>(out, state.journal_epoch);
     std::vector<const DirtyBitmap*> list;
     for (const auto& b : bitmaps.list())
         if (b->persistent()) list.push_back(b.get());
@@ -128,28 +136,36 @@ Status write_sidecar(const std::string& path, std::uint64_t disk_size, const Dir
         for (std::uint64_t w : bits.words())
             put<std::uint64_t>(out, w);
     }
+    return out;
+}
+
+Status write_sidecar(const std::string& path, std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
+                     SidecarState state) {
+    return write_file_durably(path, encode_sidecar(disk_size, bitmaps, state));
+}
+
+Status write_file_durably(const std::string& path, const std::vector<unsigned char>& out) {
     const std::string tmp = path + ".tmp";
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return io_error("Cannot create bitmap sidecar", tmp);
+    if (fd < 0) return io_error("Cannot create", tmp);
     std::size_t done = 0;
     while (done < out.size()) {
         ssize_t n = ::write(fd, out.data() + done, out.size() - done);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            Error e = io_error("Cannot write bitmap sidecar", tmp);
+            Error e = io_error("Cannot write", tmp);
             ::close(fd);
             return e;
         }
         done += static_cast<std::size_t>(n);
     }
     if (::fsync(fd) != 0) {
-        Error e = io_error("Cannot sync bitmap sidecar", tmp);
+        Error e = io_error("Cannot sync", tmp);
         ::close(fd);
         return e;
     }
     ::close(fd);
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-        return io_error("Cannot replace bitmap sidecar", path);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return io_error("Cannot replace", path);
     // The rename itself must be durable before the caller relies on the new state.
     const std::filesystem::path parent = std::filesystem::path(path).parent_path();
     const std::string dir = parent.empty() ? std::string(".") : parent.string();

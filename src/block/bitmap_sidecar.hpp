@@ -9,10 +9,14 @@
 //   saving (kill -9, power loss): its bitmaps load as inconsistent, so every incremental
 //   backup with them is refused ("take a full backup") instead of silently missing writes.
 //
-// Format (little-endian): "FLEECEBM", u32 version 1, u32 state (0 clean, 1 in use),
-// u64 disk size, u32 bitmap count, then per bitmap: u32 name length, name, u64 granularity,
-// u8 flags (1 enabled, 2 inconsistent), u64 word count, the 64-bit words. Written to a temporary
-// file, fsynced and renamed over the old one, so a crash leaves either the old or the new file.
+// Format (little-endian): "FLEECEBM", u32 version (1 or 2), u32 state (0 clean, 1 in use),
+// u64 disk size, [version 2: u32 flags (1 = write-ahead), u64 journal epoch], u32 bitmap
+// count, then per bitmap: u32 name length, name, u64 granularity, u8 flags (1 enabled,
+// 2 inconsistent), u64 word count, the 64-bit words. Written to a temporary file, fsynced and
+// renamed over the old one, so a crash leaves either the old or the new file.
+//
+// Write-ahead mode (block/bitmap_sidecar_store.hpp): an in-use sidecar names the epoch of its
+// change journal (block/change_journal.hpp) from which its bitmaps are complete.
 
 #include "block/dirty_bitmap.hpp"
 #include "util/result.hpp"
@@ -24,6 +28,8 @@ namespace fleece::block {
 struct SidecarContent {
     bool clean = false;
     std::uint64_t disk_size = 0;
+    bool write_ahead = false;
+    std::uint64_t journal_epoch = 0;
     struct Entry {
         std::string name;
         std::uint64_t granularity = 0;
@@ -36,8 +42,18 @@ struct SidecarContent {
 
 // Reads a sidecar; an error names the problem (missing file, bad magic, truncation).
 Result<SidecarContent> read_sidecar(const std::string& path);
-// Writes `bitmaps` (the persistent ones) with the given state, atomically and durably.
+// The file's bytes for `bitmaps` (the persistent ones) in the given state.
+struct SidecarState {
+    bool clean = false;
+    bool write_ahead = false;
+    std::uint64_t journal_epoch = 0;
+};
+std::vector<unsigned char> encode_sidecar(std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
+                                          SidecarState state);
+// Replaces the file at `path` with `bytes`, atomically and durably (blocking).
+Status write_file_durably(const std::string& path, const std::vector<unsigned char>& bytes);
+// Both in one (blocking).
 Status write_sidecar(const std::string& path, std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
-                     bool clean);
+                     SidecarState state);
 
 } // namespace fleece::block

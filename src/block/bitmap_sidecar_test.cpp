@@ -31,7 +31,7 @@ TEST(BitmapSidecar, RoundTripKeepsPersistentBitmapsOnly) {
     // A frozen bitmap is saved with its successor's writes (over-approximation).
     a->create_successor();
     a->record(100 * 65536, 1);
-    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, true));
+    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, SidecarState{true}));
     auto c = read_sidecar(path);
     ASSERT_TRUE(c) << c.error().message;
     EXPECT_TRUE(c->clean);
@@ -49,7 +49,7 @@ TEST(BitmapSidecar, RoundTripKeepsPersistentBitmapsOnly) {
     EXPECT_TRUE(c->bitmaps[1].inconsistent);
     EXPECT_FALSE(c->bitmaps[0].inconsistent);
 
-    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, false));
+    ASSERT_TRUE(write_sidecar(path, 10'000'000, set, SidecarState{false}));
     EXPECT_FALSE(read_sidecar(path)->clean);
     std::remove(path.c_str());
 }
@@ -59,7 +59,7 @@ TEST(BitmapSidecar, DamagedFilesAreErrors) {
     EXPECT_FALSE(read_sidecar(path)); // missing
     DirtyBitmaps set;
     (*set.add("a", 1 << 20, 65536))->set_persistent(true);
-    ASSERT_TRUE(write_sidecar(path, 1 << 20, set, true));
+    ASSERT_TRUE(write_sidecar(path, 1 << 20, set, SidecarState{true}));
     std::filesystem::resize_file(path, std::filesystem::file_size(path) - 1);
     auto r = read_sidecar(path);
     ASSERT_FALSE(r);

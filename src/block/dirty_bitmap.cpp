@@ -33,10 +33,19 @@ void DirtyBitmap::record(std::uint64_t offset, std::uint64_t length) {
         successor_->record(offset, length);
         return;
     }
-    if (enabled_) set_dirty(offset, length);
+    if (enabled_) set_bits(offset, length);
+}
+
+void DirtyBitmap::changed() {
+    if (owner_) owner_->notify_changed();
 }
 
 void DirtyBitmap::set_dirty(std::uint64_t offset, std::uint64_t length) {
+    set_bits(offset, length);
+    changed();
+}
+
+void DirtyBitmap::set_bits(std::uint64_t offset, std::uint64_t length) {
     if (length == 0 || offset >= disk_size_) return;
     const std::uint64_t end = std::min(disk_size_, offset + length);
     const std::uint64_t first = offset / granularity_;
@@ -50,21 +59,24 @@ void DirtyBitmap::reset_dirty(std::uint64_t offset, std::uint64_t length) {
     const std::uint64_t first = offset / granularity_;
     const std::uint64_t last = div_round_up(end, granularity_);
     bits_.reset_range(first, last - first);
+    changed();
 }
 
 void DirtyBitmap::merge_bits(const Bitmap& src, std::uint64_t src_granularity) {
     if (src_granularity == granularity_ && src.size() == bits_.size()) {
         bits_.merge(src);
+        changed();
         return;
     }
     // Different granularity: walk the source's dirty runs and mark their bytes.
     std::uint64_t bit = src.find_next_set(0);
     while (bit < src.size()) {
         const std::uint64_t end_bit = src.find_next_clear(bit);
-        set_dirty(bit * src_granularity, (end_bit - bit) * src_granularity);
+        set_bits(bit * src_granularity, (end_bit - bit) * src_granularity);
         if (end_bit >= src.size()) break;
         bit = src.find_next_set(end_bit);
     }
+    changed();
 }
 
 void DirtyBitmap::merge(const DirtyBitmap& src) {
@@ -101,6 +113,7 @@ void DirtyBitmap::create_successor() {
     successor_ = std::make_unique<DirtyBitmap>(name_, disk_size_, granularity_);
     successor_->enabled_ = enabled_;
     enabled_ = false;
+    changed();
 }
 
 void DirtyBitmap::abdicate() {
@@ -108,6 +121,7 @@ void DirtyBitmap::abdicate() {
     bits_ = std::move(successor_->bits_);
     enabled_ = successor_->enabled_;
     successor_.reset();
+    changed();
 }
 
 void DirtyBitmap::reclaim() {
@@ -115,6 +129,7 @@ void DirtyBitmap::reclaim() {
     bits_.merge(successor_->bits_);
     enabled_ = successor_->enabled_;
     successor_.reset();
+    changed();
 }
 
 Status check_bitmap(const DirtyBitmap& bitmap, unsigned checks) {
@@ -157,11 +172,14 @@ Result<DirtyBitmap*> DirtyBitmaps::add(std::string name, std::uint64_t disk_size
     if (find(name)) return make_error("Bitmap already exists: " + name);
     list_.insert(list_.begin(),
                  std::make_unique<DirtyBitmap>(std::move(name), disk_size, granularity));
+    list_.front()->owner_ = this;
+    notify_changed();
     return list_.front().get();
 }
 
 void DirtyBitmaps::remove(const DirtyBitmap* bitmap) {
     std::erase_if(list_, [&](const auto& b) { return b.get() == bitmap; });
+    notify_changed();
 }
 
 void DirtyBitmaps::record(std::uint64_t offset, std::uint64_t length) {

@@ -18,6 +18,7 @@
 #include "util/result.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,7 @@
 namespace fleece::block {
 
 class Node;
+class DirtyBitmaps;
 
 inline constexpr std::uint64_t min_bitmap_granularity = 512;
 inline constexpr std::uint64_t max_bitmap_granularity = 1ull << 31;
@@ -52,7 +54,10 @@ class DirtyBitmap {
     const Bitmap& bits() const { return bits_; }
 
     bool enabled() const { return enabled_; }
-    void set_enabled(bool on) { enabled_ = on; }
+    void set_enabled(bool on) {
+        enabled_ = on;
+        changed();
+    }
     // What query shows as "recording": enabled, or frozen with a recording successor.
     bool recording() const { return enabled_ || (successor_ && successor_->enabled_); }
     // In use by an export or a job (set_busy), or frozen by a backup.
@@ -60,10 +65,16 @@ class DirtyBitmap {
     void set_busy(bool on) { busy_ = on; }
     bool frozen() const { return successor_ != nullptr; }
     bool persistent() const { return persistent_; }
-    void set_persistent(bool on) { persistent_ = on; }
+    void set_persistent(bool on) {
+        persistent_ = on;
+        changed();
+    }
     // Content cannot be trusted (e.g. not stored cleanly before a crash): unusable.
     bool inconsistent() const { return inconsistent_; }
-    void set_inconsistent(bool on) { inconsistent_ = on; }
+    void set_inconsistent(bool on) {
+        inconsistent_ = on;
+        changed();
+    }
     // Loaded from a read-only image: content must not change.
     bool readonly() const { return readonly_; }
     void set_readonly(bool on) { readonly_ = on; }
@@ -78,14 +89,20 @@ class DirtyBitmap {
     void set_dirty(std::uint64_t offset, std::uint64_t length);
     // Clears every bit the range touches (callers pass granularity-aligned ranges).
     void reset_dirty(std::uint64_t offset, std::uint64_t length);
-    void clear() { bits_.reset_all(); }
+    void clear() {
+        bits_.reset_all();
+        changed();
+    }
     // this |= src, byte-wise: a coarser destination rounds outwards (over-approximates).
     // Disk sizes must match (checked by callers, see merge_check).
     void merge(const DirtyBitmap& src);
     void merge_bits(const Bitmap& src, std::uint64_t src_granularity);
     // Content backup and restore (transaction abort).
     Bitmap copy_bits() const { return bits_; }
-    void restore_bits(Bitmap saved) { bits_ = std::move(saved); }
+    void restore_bits(Bitmap saved) {
+        bits_ = std::move(saved);
+        changed();
+    }
 
     // First dirty extent starting at or after `offset` and ending at most at `end`, in
     // bytes clipped to the disk size; nullopt when clean.
@@ -102,6 +119,12 @@ class DirtyBitmap {
     const DirtyBitmap* successor() const { return successor_.get(); }
 
   private:
+    friend class DirtyBitmaps;
+    void set_bits(std::uint64_t offset, std::uint64_t length);
+    // Every change but a recorded write tells the owning set (its change listener).
+    void changed();
+
+    DirtyBitmaps* owner_ = nullptr;
     std::string name_;
     std::uint64_t disk_size_;
     std::uint64_t granularity_;
@@ -140,8 +163,17 @@ class DirtyBitmaps {
     // The write hook: every bitmap records the range.
     void record(std::uint64_t offset, std::uint64_t length);
 
+    // Called after every change of the set or of a bitmap's content other than a recorded
+    // write (add, remove, clear, merge, enable, freeze, abdicate, ...): a store keeping the
+    // bitmaps outside the node's image saves them then. One listener; empty = none.
+    void set_change_listener(std::function<void()> listener) { listener_ = std::move(listener); }
+    void notify_changed() {
+        if (listener_) listener_();
+    }
+
   private:
     std::vector<std::unique_ptr<DirtyBitmap>> list_;
+    std::function<void()> listener_;
 };
 
 // Validates a granularity from the user (QEMU's wording).

@@ -186,7 +186,7 @@ io::Task<Status> Graph::remove(std::string name) {
         if (!node->parents_.empty())
             co_return make_error(fmt::format("Node '{}' is busy: it is used by {}", name,
                                              user_description(*node->parents_.front())));
-        co_await node->close();
+        co_await node->close_with_store();
         drained.end();
     }
     std::vector<Node*> implicit_children;
@@ -350,7 +350,7 @@ io::Task<void> Graph::close_all() {
         auto order = topological_order();
         FLEECE_ASSERT(order.ok());
         for (Node* n : *order)
-            co_await n->close();
+            co_await n->close_with_store();
     }
     while (!order_.empty()) {
         auto order = topological_order();

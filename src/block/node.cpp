@@ -213,7 +213,15 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     if (auto e = check_writable()) co_return e;
     if (buf.empty()) co_return std::error_code{};
     InFlight guard(this);
-    dirty_bitmaps_.record(offset, buf.size());
+    bool needs_cover = false;
+    ExternalBitmapStore* const store = begin_change(offset, buf.size(), &needs_cover);
+    if (needs_cover) {
+        const std::error_code cover_ec = co_await store->cover(offset, buf.size());
+        if (cover_ec) {
+            end_change(store, offset, buf.size());
+            co_return cover_ec;
+        }
+    }
     std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
         // No native FUA: write, then flush, before the request completes.
@@ -222,8 +230,7 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     } else {
         ec = co_await do_write(offset, buf, flags);
     }
-    // Recorded before and after: a bitmap frozen mid-request still sees it.
-    dirty_bitmaps_.record(offset, buf.size());
+    end_change(store, offset, buf.size());
     co_return ec;
 }
 
@@ -233,7 +240,15 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
-    dirty_bitmaps_.record(offset, length);
+    bool needs_cover = false;
+    ExternalBitmapStore* const store = begin_change(offset, length, &needs_cover);
+    if (needs_cover) {
+        const std::error_code cover_ec = co_await store->cover(offset, length);
+        if (cover_ec) {
+            end_change(store, offset, length);
+            co_return cover_ec;
+        }
+    }
     std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
         ec = co_await do_write_zeroes(offset, length, flags & ~req_fua);
@@ -241,7 +256,7 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     } else {
         ec = co_await do_write_zeroes(offset, length, flags);
     }
-    dirty_bitmaps_.record(offset, length);
+    end_change(store, offset, length);
     co_return ec;
 }
 
@@ -250,10 +265,43 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     if (auto e = check_writable()) co_return e;
     if (length == 0) co_return std::error_code{};
     InFlight guard(this);
-    dirty_bitmaps_.record(offset, length);
+    bool needs_cover = false;
+    ExternalBitmapStore* const store = begin_change(offset, length, &needs_cover);
+    if (needs_cover) {
+        const std::error_code cover_ec = co_await store->cover(offset, length);
+        if (cover_ec) {
+            end_change(store, offset, length);
+            co_return cover_ec;
+        }
+    }
     std::error_code ec = co_await do_discard(offset, length);
-    dirty_bitmaps_.record(offset, length);
+    end_change(store, offset, length);
     co_return ec;
+}
+
+ExternalBitmapStore* Node::begin_change(std::uint64_t offset, std::uint64_t length,
+                                        bool* needs_cover) {
+    // Recorded first, in the same step as the store hears of it: a bitmap snapshot the
+    // store saves from now on holds this change, or the store knows it is in flight
+    // (block/change_journal.hpp).
+    dirty_bitmaps_.record(offset, length);
+    ExternalBitmapStore* store = bitmap_store_.get();
+    *needs_cover = store && !store->change_starts(offset, length);
+    return store;
+}
+
+void Node::end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uint64_t length) {
+    // Recorded before and after: a bitmap frozen or cleared mid-request still sees it.
+    dirty_bitmaps_.record(offset, length);
+    if (store) store->change_ends(offset, length);
+}
+
+io::Task<void> Node::close_with_store() {
+    co_await close();
+    if (bitmap_store_) {
+        co_await bitmap_store_->close();
+        bitmap_store_.reset();
+    }
 }
 
 io::Task<std::error_code> Node::truncate(std::uint64_t size, Prealloc prealloc) {

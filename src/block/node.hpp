@@ -31,6 +31,27 @@ class Node;
 class Graph;
 class DrainedSection;
 
+// Keeps a node's persistent bitmaps outside its image (a bitmap sidecar file,
+// block/bitmap_sidecar_store.hpp). The node owns it and closes it when it leaves the graph.
+class ExternalBitmapStore {
+  public:
+    virtual ~ExternalBitmapStore() = default;
+    // Write-ahead. Every write, write-zeroes and discard, after the node recorded it in its
+    // bitmaps and before the driver runs, calls change_starts(); when that returns false
+    // (the change is not yet durably accounted for) the node awaits cover() before the
+    // driver runs, and an error fails the request (nothing reached the disk).
+    // change_ends() follows every change_starts(), when the driver is done and the bitmaps
+    // recorded the change again (or the request failed); a change that started before the
+    // store was attached never reaches it.
+    virtual bool change_starts(std::uint64_t offset, std::uint64_t length) = 0;
+    virtual io::Task<std::error_code> cover(std::uint64_t offset, std::uint64_t length) = 0;
+    virtual void change_ends(std::uint64_t offset, std::uint64_t length) = 0;
+    // Until the bitmaps as they are now are saved (a QMP bitmap command returns after).
+    virtual io::Task<void> wait_saved() = 0;
+    // The node leaves the graph, drained: save the bitmaps for the next start, clean.
+    virtual io::Task<void> close() = 0;
+};
+
 // How the new space of a growing truncate is backed (two of QEMU's PreallocMode values).
 // falloc reserves it on the host: later O_DIRECT writes into it are then overwrites, which
 // Linux filesystems serve inline instead of punting them to a worker thread behind the
@@ -175,6 +196,12 @@ class Node : public ChildParent {
     virtual void persistent_bitmap_removed(const std::string& name) { (void)name; }
     // Waits until such image updates are done (block-dirty-bitmap-remove returns after).
     virtual io::Task<void> wait_bitmap_updates() { co_return; }
+    // A store for the persistent bitmaps of a node that cannot keep them in its image
+    // (set once, before the node takes writes; closed with the node).
+    void set_external_bitmap_store(std::unique_ptr<ExternalBitmapStore> store) {
+        bitmap_store_ = std::move(store);
+    }
+    ExternalBitmapStore* external_bitmap_store() const { return bitmap_store_.get(); }
 
     // Read tracking, for the seed's fleecing scheme: a fleecing image whose backing is this
     // node reads unallocated clusters straight from here, past the copy-before-write filter.
@@ -236,6 +263,15 @@ class Node : public ChildParent {
     class InFlight;
     std::error_code check_range(std::uint64_t offset, std::uint64_t length) const;
     std::error_code check_writable() const;
+    // Every change is recorded in the bitmaps and announced to the external bitmap store
+    // (if any) before the driver runs, and recorded again and announced done after. The
+    // store that heard the start (null: none) hears the end, even if it was attached in
+    // between. `*needs_cover`: await store->cover() before the driver runs.
+    ExternalBitmapStore* begin_change(std::uint64_t offset, std::uint64_t length,
+                                      bool* needs_cover);
+    void end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uint64_t length);
+    // Node::close() plus the external bitmap store, for the graph.
+    io::Task<void> close_with_store();
 
     std::string name_;
     std::string driver_;
@@ -248,6 +284,7 @@ class Node : public ChildParent {
     io::WaitQueue idle_;          // notified when in_flight_ drops to zero
     io::WaitQueue quiesce_ended_; // notified when quiesce_counter_ drops to zero
     DirtyBitmaps dirty_bitmaps_;
+    std::unique_ptr<ExternalBitmapStore> bitmap_store_;
     int track_reads_ = 0;
     RangeLockTable reads_; // shared holds by tracked reads in flight
 };

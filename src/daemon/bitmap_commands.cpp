@@ -2,7 +2,7 @@
 
 #include "daemon/bitmap_commands.hpp"
 
-#include "block/bitmap_sidecar.hpp"
+#include "block/bitmap_sidecar_store.hpp"
 #include "block/dirty_bitmap.hpp"
 #include "block/graph.hpp"
 #include "daemon/services.hpp"
@@ -72,12 +72,6 @@ Result<DirtyBitmap*> lookup(block::Graph& graph, const std::string& node, const 
     return b;
 }
 
-// Node name -> sidecar path, for nodes whose persistent bitmaps live in a sidecar file.
-std::map<std::string, std::string>& sidecars() {
-    static std::map<std::string, std::string> m;
-    return m;
-}
-
 // ---- actions ----------------------------------------------------------------------------
 
 // What every action works from: the graph and the arguments (a command's, or the data of a
@@ -115,7 +109,7 @@ class AddAction final : public ActionOnArgs {
         const bool persistent = data_.value("persistent", false);
         const std::string name = data_["name"].get<std::string>();
         if (persistent && !name.empty() && !node.supports_persistent_bitmaps() &&
-            !sidecars().count(node.name()))
+            !node.external_bitmap_store())
             return make_error(fmt::format(
                 "Can't store persistent bitmaps to {}: Operation not supported", node.name()));
         auto b = node.dirty_bitmaps().add(name, node.size(), granularity);
@@ -263,49 +257,8 @@ block::Graph& graph_of(control::CommandContext& ctx) {
     return *static_cast<Services*>(ctx.services)->graph;
 }
 
-Status attach_sidecar(block::Graph& graph, const std::string& node_name, const std::string& path) {
-    auto n = find_node(graph, node_name);
-    if (!n) return n.error();
-    block::Node& node = **n;
-    if (sidecars().count(node.name()))
-        return make_error(fmt::format("Node '{}' already has a bitmap sidecar", node.name()));
-    const bool exists = ::access(path.c_str(), F_OK) == 0;
-    if (!exists && errno != ENOENT)
-        return make_error(
-            fmt::format("Cannot access bitmap sidecar '{}': {}", path, std::strerror(errno)));
-    if (exists) {
-        auto content = block::read_sidecar(path);
-        if (!content) return content.error();
-        if (content->disk_size != node.size())
-            return make_error(fmt::format("Bitmap sidecar '{}' is for a disk of {} bytes, node "
-                                          "'{}' has {}",
-                                          path, content->disk_size, node.name(), node.size()));
-        for (const auto& e : content->bitmaps)
-            if (node.dirty_bitmaps().find(e.name))
-                return make_error("Bitmap already exists: " + e.name);
-        for (auto& e : content->bitmaps) {
-            auto b = node.dirty_bitmaps().add(e.name, node.size(), e.granularity);
-            if (!b) return b.error();
-            Bitmap bits((*b)->bits().size());
-            bits.load_words(e.words);
-            (*b)->restore_bits(std::move(bits));
-            (*b)->set_persistent(true);
-            (*b)->set_enabled(e.enabled);
-            // Not saved at the last shutdown: writes after the last save are unknown.
-            (*b)->set_inconsistent(!content->clean || e.inconsistent);
-        }
-    }
-    // In use from now on, durably, before the node takes another write.
-    if (Status st = block::write_sidecar(path, node.size(), node.dirty_bitmaps(), false); !st)
-        return st;
-    sidecars()[node.name()] = path;
-    return {};
-}
-
 io::Task<Result<json>> sidecar_command(control::CommandContext& ctx, const json& args) {
-    Status st = attach_sidecar(graph_of(ctx), args.at("node").get<std::string>(),
-                               args.at("path").get<std::string>());
-    if (!st) co_return st.error();
+    if (Status st = attach_sidecar(graph_of(ctx), args); !st) co_return st.error();
     co_return json::object();
 }
 
@@ -314,10 +267,14 @@ io::Task<Result<json>> bitmap_command(control::CommandContext& ctx, const json& 
     std::unique_ptr<BitmapAction> action = make_bitmap_action(graph_of(ctx), Type, args);
     if (Status st = action->prepare(); !st) co_return st.error();
     action->commit();
-    // A removed persistent bitmap leaves the node's image before the command returns.
-    if (std::string_view(Type) == "block-dirty-bitmap-remove")
-        if (block::Node* n = graph_of(ctx).find(args.at("node").get<std::string>()))
+    // A removed persistent bitmap leaves the node's image before the command returns, and
+    // a sidecar holds the change.
+    if (block::Node* n = graph_of(ctx).find(args.at("node").get<std::string>())) {
+        if (std::string_view(Type) == "block-dirty-bitmap-remove")
             co_await n->wait_bitmap_updates();
+        if (block::ExternalBitmapStore* store = n->external_bitmap_store())
+            co_await store->wait_saved();
+    }
     co_return json::object();
 }
 
@@ -347,18 +304,6 @@ std::unique_ptr<BitmapAction> make_bitmap_action(block::Graph& graph, std::strin
     if (type == merge_type) return std::make_unique<MergeAction>(graph, std::move(data));
     FLEECE_ASSERT(!"not a bitmap action");
     return nullptr;
-}
-
-Status save_bitmap_sidecars(block::Graph& graph) {
-    Status result;
-    for (const auto& [name, path] : sidecars()) {
-        // A node deleted meanwhile leaves its sidecar in use: loads inconsistent (safe).
-        block::Node* n = graph.find(name);
-        if (!n) continue;
-        Status st = block::write_sidecar(path, n->size(), n->dirty_bitmaps(), true);
-        if (!st && result) result = st;
-    }
-    return result;
 }
 
 namespace {
@@ -402,6 +347,22 @@ void register_bitmap_transaction_action(const char* type,
 
 } // namespace
 
+Status attach_sidecar(block::Graph& graph, const json& args) {
+    auto node = find_node(graph, args.at("node").get<std::string>());
+    if (!node) return node.error();
+    block::SidecarOptions options;
+    options.write_ahead = args.value("write-ahead", false);
+    if (args.contains("journal-granularity")) {
+        const json& g = args["journal-granularity"];
+        if (!g.is_number_unsigned())
+            return make_error("Parameter 'journal-granularity' expects uint64");
+        options.journal_granularity = g.get<std::uint64_t>();
+        if (!options.write_ahead)
+            return make_error("Parameter 'journal-granularity' needs 'write-ahead': true");
+    }
+    return block::SidecarStore::attach(**node, args.at("path").get<std::string>(), options);
+}
+
 void register_bitmap_commands(control::CommandRegistry& registry) {
     register_bitmap_transaction_action(add_type, add_args());
     register_bitmap_transaction_action(remove_type, name_args());
@@ -412,7 +373,10 @@ void register_bitmap_commands(control::CommandRegistry& registry) {
     registry.add({"x-block-dirty-bitmap-sidecar",
                   "Keeps a node's persistent bitmaps in a sidecar file (loads it, marks it in "
                   "use; saved clean at shutdown)",
-                  {{"node", ArgType::str, true}, {"path", ArgType::str, true}},
+                  {{"node", ArgType::str, true},
+                   {"path", ArgType::str, true},
+                   {"write-ahead", ArgType::boolean, false},
+                   {"journal-granularity", ArgType::any, false}},
                   false,
                   sidecar_command});
     registry.add({add_type, "Creates a dirty bitmap on a node", add_args(), false,

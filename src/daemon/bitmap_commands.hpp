@@ -41,10 +41,8 @@ std::unique_ptr<BitmapAction> make_bitmap_action(block::Graph& graph, std::strin
 
 void register_bitmap_commands(control::CommandRegistry& registry);
 
-// Sidecar files (ADR 0002, clean-shutdown mode): x-block-dirty-bitmap-sidecar attaches one
-// to a node (loading its bitmaps, inconsistent if the last run did not save them, and
-// marking it in use); the daemon calls this on a clean shutdown to save them and mark the
-// files clean. Returns the first error (every sidecar is still attempted).
-Status save_bitmap_sidecars(block::Graph& graph);
+// x-block-dirty-bitmap-sidecar {node, path, write-ahead?, journal-granularity?} (arguments
+// already of their types), also for fleeced's --bitmap-sidecar (ADR 0002).
+Status attach_sidecar(block::Graph& graph, const nlohmann::json& args);
 
 } // namespace fleece::daemon

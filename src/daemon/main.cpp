@@ -58,10 +58,41 @@ io::Task<void> shut_down(Services* services) {
         co_await services->nbd_server->stop();
         services->nbd_server.reset();
     }
-    // No writer is left (exports stopped, their requests done): the bitmaps are final.
-    if (Status st = save_bitmap_sidecars(*services->graph); !st)
-        log::error("fleeced: {}", st.error().message);
+    // Closing a node saves its bitmap sidecar, after the node is drained.
     co_await services->graph->close_all();
+}
+
+// --bitmap-sidecar node=N,path=P[,write-ahead=on][,journal-granularity=BYTES] as the
+// arguments of x-block-dirty-bitmap-sidecar (keyval values are strings).
+Result<nlohmann::json> sidecar_args_from_keyval(const std::string& raw) {
+    auto kv = control::parse_keyval(raw, "");
+    if (!kv) return kv.error();
+    nlohmann::json args = nlohmann::json::object();
+    for (auto& [key, value] : kv->items()) {
+        if (!value.is_string()) return make_error("invalid parameter '" + key + "'");
+        const std::string v = value.get<std::string>();
+        if (key == "node" || key == "path") {
+            args[key] = v;
+        } else if (key == "write-ahead") {
+            if (v == "on" || v == "true" || v == "yes")
+                args[key] = true;
+            else if (v == "off" || v == "false" || v == "no")
+                args[key] = false;
+            else
+                return make_error("parameter 'write-ahead' expects 'on' or 'off'");
+        } else if (key == "journal-granularity") {
+            if (v.empty() || v.size() > 18 ||
+                v.find_first_not_of("0123456789") != std::string::npos)
+                return make_error("parameter 'journal-granularity' expects a number of bytes");
+            args[key] = std::stoull(v);
+        } else {
+            return make_error("unknown parameter '" + key + "'");
+        }
+    }
+    for (const char* required : {"node", "path"})
+        if (!args.contains(required))
+            return make_error(std::string("parameter '") + required + "' is missing");
+    return args;
 }
 
 // Applies --nbd-server and --export in that order, after the --blockdev options.
@@ -127,6 +158,12 @@ int run(const Options& options) {
         if (!opts) return fail("fleeced: --blockdev: " + opts.error().message);
         if (Status st = services.blockdev_add(opts.value()); !st)
             return fail("fleeced: --blockdev: " + st.error().message);
+    }
+    for (const auto& raw : options.bitmap_sidecars) {
+        auto args = sidecar_args_from_keyval(raw);
+        if (!args) return fail("fleeced: --bitmap-sidecar: " + args.error().message);
+        if (Status st = attach_sidecar(*services.graph, args.value()); !st)
+            return fail("fleeced: --bitmap-sidecar: " + st.error().message);
     }
     if (Status st = apply_exports(services, options); !st)
         return fail("fleeced: " + st.error().message);

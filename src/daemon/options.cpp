@@ -14,6 +14,9 @@ const char* usage_text() {
            "  --monitor [chardev=]ID[,mode=control]                QMP monitor on a chardev\n"
            "  --blockdev OPTIONS      add a block node (key=value or JSON)\n"
            "  --object TYPE,id=ID,... add an object (tls-creds-x509, tls-creds-psk)\n"
+           "  --bitmap-sidecar node=NODE,path=PATH[,write-ahead=on][,journal-granularity=BYTES]\n"
+           "                          keep NODE's persistent dirty bitmaps in a sidecar file\n"
+           "                          (write-ahead: they survive a crash); before the exports\n"
            "  --pidfile PATH          write the daemon's pid to PATH\n"
            "  --daemonize             detach once the monitors are listening\n"
            "  -h, --help              show this help\n"
@@ -113,7 +116,7 @@ Result<std::string> parse_monitor(const std::string& text) {
 
 bool takes_value(const std::string& name) {
     return name == "chardev" || name == "monitor" || name == "pidfile" || name == "blockdev" ||
-           name == "nbd-server" || name == "export" || name == "object";
+           name == "nbd-server" || name == "export" || name == "object" || name == "bitmap-sidecar";
 }
 
 } // namespace
@@ -159,6 +162,10 @@ Result<Options> parse_options(const std::vector<std::string>& args) {
         }
         if (name == "export") {
             o.exports.push_back(value);
+            continue;
+        }
+        if (name == "bitmap-sidecar") {
+            o.bitmap_sidecars.push_back(value);
             continue;
         }
         if (name == "chardev") {

@@ -20,6 +20,9 @@ struct Options {
     std::vector<std::string> nbd_servers;
     std::vector<std::string> exports;
     std::vector<std::string> objects; // --object, created before the block nodes
+    // --bitmap-sidecar, attached after the block nodes and before the exports (fleeced's
+    // own option: x-block-dirty-bitmap-sidecar before any guest can write)
+    std::vector<std::string> bitmap_sidecars;
     std::string pidfile;
     bool daemonize = false;
     bool help = false;

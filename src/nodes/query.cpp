@@ -1,5 +1,6 @@
 #include "nodes/query.hpp"
 
+#include "block/bitmap_sidecar_store.hpp"
 #include "nodes/copy_before_write/cbw_node.hpp"
 
 #include <map>
@@ -35,6 +36,19 @@ json dirty_bitmaps_info(const block::Node& n) {
 }
 
 // fleeced's own addition (QEMU has no such field): what copy-before-write cost the guest.
+// Where a node's persistent bitmaps live outside its image, and what write-ahead cost.
+json sidecar_info(const block::SidecarStore& store) {
+    const block::SidecarInfo i = store.info();
+    json j = {{"path", i.path}, {"write-ahead", i.write_ahead}, {"saves", i.saves}};
+    if (i.write_ahead)
+        j["journal"] = {{"degraded", i.degraded},
+                        {"epoch", i.journal.epoch},
+                        {"syncs", i.journal.syncs},
+                        {"marked-regions", i.journal.marked},
+                        {"waits", i.journal.waits}};
+    return j;
+}
+
 json cbw_stats(const CbwNode& cbw) {
     const CbwStats& s = cbw.stats();
     return json{{"requests", s.requests},
@@ -67,6 +81,8 @@ json node_info(const block::Node& n) {
     if (!n.dirty_bitmaps().empty()) info["dirty-bitmaps"] = dirty_bitmaps_info(n);
     if (const auto* cbw = dynamic_cast<const CbwNode*>(&n)) info["x-cbw-stats"] = cbw_stats(*cbw);
     if (auto away = n.disconnected_for()) info["x-disconnected-for-ms"] = away->count();
+    if (const auto* sidecar = dynamic_cast<const block::SidecarStore*>(n.external_bitmap_store()))
+        info["x-bitmap-sidecar"] = sidecar_info(*sidecar);
     return info;
 }
 } // namespace

@@ -70,6 +70,9 @@ template <ByteLike B> constexpr std::uint32_t load_be32(const B* p) {
 template <ByteLike B> constexpr std::uint64_t load_be64(const B* p) {
     return endian_detail::load<std::uint64_t>(p, std::endian::big);
 }
+template <ByteLike B> constexpr std::uint32_t load_le32(const B* p) {
+    return endian_detail::load<std::uint32_t>(p, std::endian::little);
+}
 template <ByteLike B> constexpr std::uint64_t load_le64(const B* p) {
     return endian_detail::load<std::uint64_t>(p, std::endian::little);
 }
@@ -82,6 +85,9 @@ template <ByteLike B> constexpr void store_be32(B* p, std::uint32_t v) {
 }
 template <ByteLike B> constexpr void store_be64(B* p, std::uint64_t v) {
     endian_detail::store(p, v, std::endian::big);
+}
+template <ByteLike B> constexpr void store_le32(B* p, std::uint32_t v) {
+    endian_detail::store(p, v, std::endian::little);
 }
 template <ByteLike B> constexpr void store_le64(B* p, std::uint64_t v) {
     endian_detail::store(p, v, std::endian::little);

@@ -19,6 +19,7 @@ import threading
 import time
 
 import nbd
+import pytest
 
 from backup_testlib import BackupCli, random_fill
 from fleece_testlib import FLEECE, Daemon, clusters_of, make_raw
@@ -142,8 +143,9 @@ class Host:
     """fleeced serving `disk.raw` over the NBD export `guest`, its persistent bitmaps in a
     sidecar. start() may be called again after stop() or crash() (same files)."""
 
-    def __init__(self, tmp_path, size, sidecar=True, seed=None):
-        """Creates the disk: random content from `seed`, or zeroes without one."""
+    def __init__(self, tmp_path, size, sidecar=True, seed=None, write_ahead=False):
+        """Creates the disk: random content from `seed`, or zeroes without one. With
+        `write_ahead` the sidecar keeps a change journal (bitmaps that survive a crash)."""
         self.dir = tmp_path
         self.disk = str(tmp_path / 'disk.raw')
         if seed is None:
@@ -153,6 +155,7 @@ class Host:
         self.sock = str(tmp_path / 'nbd.sock')
         self.size = size
         self.sidecar = sidecar
+        self.write_ahead = write_ahead
         self.d = None
 
     @property
@@ -164,12 +167,17 @@ class Host:
         for name in ('qmp.sock', 'nbd.sock'):
             if os.path.exists(str(self.dir / name)):
                 os.unlink(str(self.dir / name))
-        self.d = Daemon(self.dir, ['--blockdev', 'driver=file,node-name=disk,filename=' + self.disk,
-                                   '--nbd-server', 'addr.type=unix,addr.path=' + self.sock])
+        args = ['--blockdev', 'driver=file,node-name=disk,filename=' + self.disk,
+                '--nbd-server', 'addr.type=unix,addr.path=' + self.sock]
+        sidecar = self.disk + '.fleece-bitmaps'
+        if self.write_ahead:
+            # fleeced's own option: attached before any export exists.
+            args += ['--bitmap-sidecar', 'node=disk,path=%s,write-ahead=on' % sidecar]
+        self.d = Daemon(self.dir, args)
         q = self.d.qmp
-        if self.sidecar:
+        if self.sidecar and not self.write_ahead:
             # Before the guest writes: loads the saved bitmaps, marks the sidecar in use.
-            q.execute('x-block-dirty-bitmap-sidecar', node='disk', path=self.disk + '.fleece-bitmaps')
+            q.execute('x-block-dirty-bitmap-sidecar', node='disk', path=sidecar)
         q.execute('block-export-add', type='nbd', id='guest', name='guest', writable=True,
                   **{'node-name': 'disk'})
         return q
@@ -433,9 +441,10 @@ def test_bitmap_reset_is_atomic_with_the_snapshot_while_the_guest_never_pauses(t
 
 # ---- 2. kill -9 rounds: restore equals the disk, or "take a full backup" -----------------
 
-def test_crash_rounds_never_restore_wrong_data(tmp_path):
+@pytest.mark.parametrize('write_ahead', [False, True], ids=['clean-shutdown', 'write-ahead'])
+def test_crash_rounds_never_restore_wrong_data(tmp_path, write_ahead):
     size = 8 * MiB
-    host = Host(tmp_path, size, seed=5)
+    host = Host(tmp_path, size, seed=5, write_ahead=write_ahead)
     rng = random.Random(2026)
     host.start()
     chain = []  # backups of the current chain, oldest first
@@ -512,11 +521,17 @@ def test_crash_rounds_never_restore_wrong_data(tmp_path):
                 assert info['recording'] and not info.get('inconsistent') and info['persistent']
     finally:
         host.stop()
-    # Clean restarts keep the chain; crashes (clean-shutdown sidecar, ADR 0002) ask for a
-    # full backup, or restore correctly should the bitmap survive them.
     print('crash rounds:', outcomes)
-    assert outcomes['restored'] >= 5, outcomes
-    assert outcomes['restored'] + outcomes['full-required'] == 20
+    if write_ahead:
+        # The change journal vouches for every write that reached the disk, crash or not:
+        # the chain never breaks.
+        assert outcomes == {'restored': 20, 'full-required': 0}, outcomes
+    else:
+        # Clean restarts keep the chain; crashes (clean-shutdown sidecar, ADR 0002) ask for
+        # a full backup, or restore correctly should the bitmap survive them.
+        assert outcomes['restored'] >= 5, outcomes
+        assert outcomes['full-required'] >= 5, outcomes
+        assert outcomes['restored'] + outcomes['full-required'] == 20
 
 
 # ---- 3. the CLI refuses what it cannot do right -------------------------------------------

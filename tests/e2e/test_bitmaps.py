@@ -368,11 +368,29 @@ def test_full_then_incremental_restores_the_second_snapshot(tmp_path):
 
 # ---- 4. Raw disks: persistent bitmaps in a sidecar; a crash makes them inconsistent -----
 
-def sidecar_daemon(tmp_path, disk, sock):
+def sidecar_daemon(tmp_path, disk, sock, **sidecar_args):
+    # A killed daemon leaves its unix sockets behind; a service manager removes them.
+    for name in ('qmp.sock', os.path.basename(sock)):
+        if os.path.exists(str(tmp_path / name)):
+            os.unlink(str(tmp_path / name))
     d = Daemon(tmp_path, ['--blockdev', 'driver=file,node-name=disk,filename=' + disk,
                           '--nbd-server', 'addr.type=unix,addr.path=' + sock])
-    d.qmp.execute('x-block-dirty-bitmap-sidecar', node='disk', path=disk + '.bitmaps')
+    d.qmp.execute('x-block-dirty-bitmap-sidecar', node='disk', path=disk + '.bitmaps',
+                  **sidecar_args)
     return d
+
+
+def crash(d):
+    d.proc.kill()
+    d.proc.wait()
+    d.log.close()
+
+
+def sidecar_of(q, node):
+    for n in q.execute('query-named-block-nodes', flat=True):
+        if n['node-name'] == node:
+            return n.get('x-bitmap-sidecar')
+    return None
 
 
 def guest_writes(q, sock, cmds):
@@ -447,5 +465,96 @@ def test_sidecar_survives_restart_and_crash_needs_full_backup(tmp_path):
         # The way out: drop it, start a new chain.
         q.execute('block-dirty-bitmap-remove', node='disk', name='b0')
         q.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
+    finally:
+        assert d.stop() == 0
+
+
+# ---- 5. Raw disks, write-ahead sidecar: a crash keeps the bitmaps exact -------------------
+
+def test_write_ahead_sidecar_keeps_bitmaps_through_crashes(tmp_path):
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    sock = str(tmp_path / 'nbd.sock')
+    # Journal regions of one bitmap cluster: after a crash the bitmap is exact.
+    wa = {'write-ahead': True, 'journal-granularity': K64}
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        q = d.qmp
+        q.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True,
+                  granularity=K64)
+        guest_writes(q, sock, ['write -P 1 0 4k', 'write -P 2 3M 128k', 'write -z 5M 64k'])
+        side = sidecar_of(q, 'disk')
+        assert side['write-ahead'] is True and side['path'] == disk + '.bitmaps'
+        # Four clusters were written for the first time: each write waited for its marks
+        # (the 128k write for two, in one sync).
+        assert side['journal']['marked-regions'] == 4, side
+        assert 1 <= side['journal']['syncs'] <= 3, side
+        assert side['journal']['degraded'] is False
+        crash(d)
+    finally:
+        d.stop()
+    written = clusters_of([(0, 4096), (3 * MiB, 128 * 1024), (5 * MiB, 64 * 1024)])
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        q = d.qmp
+        info = {b['name']: b for b in bitmaps_of(q, 'disk')}
+        assert 'inconsistent' not in info['b0'], info
+        assert info['b0']['recording'] and info['b0']['persistent']
+        assert info['b0']['count'] == len(written) * K64
+        q.execute('block-dirty-bitmap-disable', node='disk', name='b0')
+        q.execute('block-export-add', type='nbd', id='bm', name='bm', bitmaps=['b0'],
+                  **{'node-name': 'disk'})
+        assert clusters_of(dirty_map(nbd_uri(sock, 'bm'), 'b0')) == written
+        q.execute('block-export-del', id='bm')
+        q.wait_event('BLOCK_EXPORT_DELETED')
+        q.execute('block-dirty-bitmap-enable', node='disk', name='b0')
+        # Cleared, written again, crashed: only the new write is left (the clear was saved
+        # before the command returned).
+        q.execute('block-dirty-bitmap-clear', node='disk', name='b0')
+        guest_writes(q, sock, ['write -P 5 7M 4k'])
+        crash(d)
+    finally:
+        d.stop()
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert 'inconsistent' not in info['b0'], info
+        assert info['b0']['count'] == K64
+        guest_writes(d.qmp, sock, ['write -P 6 1M 4k'])
+        crash(d)
+    finally:
+        d.stop()
+    # Without its journal a crashed sidecar cannot vouch for anything: inconsistent, and
+    # the log says why.
+    os.unlink(disk + '.bitmaps.journal')
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert info['b0']['inconsistent'] is True
+    finally:
+        assert d.stop() == 0
+    with open(str(tmp_path / 'fleeced.log')) as f:
+        log = f.read()
+    assert 'Cannot open change journal' in log and 'load inconsistent' in log, log
+
+
+def test_write_ahead_sidecar_argument_errors(tmp_path):
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    d = Daemon(tmp_path, ['--blockdev', 'driver=file,node-name=disk,filename=' + disk])
+    try:
+        q = d.qmp
+        for args, message in [
+                ({'journal-granularity': K64}, "needs 'write-ahead': true"),
+                ({'write-ahead': True, 'journal-granularity': 1000}, 'not a power of two'),
+                ({'write-ahead': True, 'journal-granularity': 'big'}, 'expects uint64'),
+                ({'write-ahead': 'yes'}, "'write-ahead'")]:
+            with pytest.raises(QmpError) as e:
+                q.execute('x-block-dirty-bitmap-sidecar', node='disk', path=disk + '.bitmaps',
+                          **args)
+            assert message in e.value.desc, (args, e.value.desc)
+        assert not os.path.exists(disk + '.bitmaps')
+        assert not os.path.exists(disk + '.bitmaps.journal')
+        assert sidecar_of(q, 'disk') is None
     finally:
         assert d.stop() == 0

@@ -23,7 +23,8 @@ io::Task<void> MemoryNode::delay() {
         co_await io::EventLoop::current().yield();
 }
 
-io::Task<std::error_code> MemoryNode::before_write(std::uint64_t bytes) {
+io::Task<std::error_code> MemoryNode::before_write(std::uint64_t offset, std::uint64_t bytes) {
+    if (on_change_) on_change_(offset, bytes);
     co_await delay();
     if (write_latency_.count() > 0) co_await io::sleep_for(write_latency_);
     if (fail_errno_ && fail_count_ != 0) {
@@ -50,7 +51,7 @@ io::Task<std::error_code> MemoryNode::do_read(std::uint64_t offset, std::span<st
 
 io::Task<std::error_code> MemoryNode::do_write(std::uint64_t offset, std::span<const std::byte> buf,
                                                ReqFlags) {
-    if (auto ec = co_await before_write(buf.size())) co_return ec;
+    if (auto ec = co_await before_write(offset, buf.size())) co_return ec;
     if (reinterpret_cast<std::uintptr_t>(buf.data()) % 4096 != 0) ++unaligned_buffer_writes_;
     std::memcpy(data_.data() + offset, buf.data(), buf.size());
     co_return std::error_code{};
@@ -58,14 +59,14 @@ io::Task<std::error_code> MemoryNode::do_write(std::uint64_t offset, std::span<c
 
 io::Task<std::error_code> MemoryNode::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                       ReqFlags) {
-    if (auto ec = co_await before_write(length)) co_return ec;
+    if (auto ec = co_await before_write(offset, length)) co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};
 }
 
 // Discard really drops the data (reads back zeroes), so tests notice a premature discard.
 io::Task<std::error_code> MemoryNode::do_discard(std::uint64_t offset, std::uint64_t length) {
-    if (auto ec = co_await before_write(length)) co_return ec;
+    if (auto ec = co_await before_write(offset, length)) co_return ec;
     std::memset(data_.data() + offset, 0, length);
     co_return std::error_code{};
 }

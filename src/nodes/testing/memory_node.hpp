@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -28,6 +29,11 @@ class MemoryNode final : public block::Node {
         fail_count_ = count;
     }
     void set_write_latency(std::chrono::nanoseconds d) { write_latency_ = d; }
+    // Called when a write, write-zeroes or discard reaches the driver (before its delay):
+    // from here on its data may be on the disk.
+    void on_change(std::function<void(std::uint64_t, std::uint64_t)> f) {
+        on_change_ = std::move(f);
+    }
     void set_read_latency(std::chrono::nanoseconds d) { read_latency_ = d; }
     // A volatile write cache, as an NBD server has one: a flush makes what was written
     // before it durable, and lose_cache() goes back to the durable data, as a server that
@@ -64,9 +70,10 @@ class MemoryNode final : public block::Node {
 
   private:
     io::Task<void> delay();
-    io::Task<std::error_code> before_write(std::uint64_t bytes);
+    io::Task<std::error_code> before_write(std::uint64_t offset, std::uint64_t bytes);
 
     std::vector<std::byte> data_;
+    std::function<void(std::uint64_t, std::uint64_t)> on_change_;
     std::mt19937_64 rng_{0};
     unsigned max_turns_ = 0;
     int fail_errno_ = 0;
