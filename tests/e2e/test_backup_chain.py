@@ -454,6 +454,7 @@ def test_crash_rounds_never_restore_wrong_data(tmp_path, write_ahead):
         b = Backup(host, '--target', target, '--bitmap', 'chain')
         assert b.finish() == 0, (b.seen, b.stderr)
         assert b.summary['bitmap-persistent'] is True
+        assert b.summary['bitmap-survives-crash'] is write_ahead
         chain[:] = [target]
 
     def guest_writes(count):

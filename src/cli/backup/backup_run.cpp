@@ -485,9 +485,11 @@ void BackupRun::take_snapshot(const std::vector<ParentEdge>& parents) {
                 out_.warning("node '" + o_.node + "' cannot store persistent dirty bitmaps (" +
                              why + "); bitmap '" + o_.bitmap +
                              "' lives in fleeced's memory only. For chains that survive a "
-                             "restart use a qcow2 disk, or attach a sidecar to a raw disk: "
-                             "fleece qmp x-block-dirty-bitmap-sidecar '{\"node\":\"" +
-                             o_.node + "\",\"path\":\"DISK.fleece-bitmaps\"}'");
+                             "restart use a qcow2 disk, or attach a sidecar to a raw disk "
+                             "(fleeced --bitmap-sidecar node=" +
+                             o_.node +
+                             ",path=DISK.fleece-bitmaps,write-ahead=on, or fleece "
+                             "qmp x-block-dirty-bitmap-sidecar)");
                 persistent = false;
             }
         }
@@ -672,7 +674,9 @@ int BackupRun::run() {
         if (tracking_)
             text +=
                 std::string("; dirty bitmap '") + o_.bitmap + "' tracks changes from this point" +
-                (details.value("bitmap-persistent", false) ? " (persistent)" : " (in memory only)");
+                (!details.value("bitmap-persistent", false)      ? " (in memory only)"
+                 : details.value("bitmap-survives-crash", false) ? " (persistent, survives a crash)"
+                                                                 : " (persistent)");
         out_.summary(true, text, details);
         return 0;
     }

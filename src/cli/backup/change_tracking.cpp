@@ -122,9 +122,22 @@ void ChangeTracking::before_snapshot() {
         qmp_.execute("block-dirty-bitmap-remove", json{{"node", node_}, {"name", name_}});
 }
 
+// Whether the node keeps its bitmaps in a write-ahead sidecar that has not fallen back
+// (x-bitmap-sidecar of query-named-block-nodes, docs/dirty-bitmaps.md).
+bool write_ahead_sidecar(QmpClient& qmp, const std::string& node) {
+    for (const json& n : qmp.execute("query-named-block-nodes", json{{"flat", true}})) {
+        if (n.value("node-name", "") != node || !n.contains("x-bitmap-sidecar")) continue;
+        const json& s = n["x-bitmap-sidecar"];
+        return s.value("write-ahead", false) &&
+               !s.value("journal", json::object()).value("degraded", false);
+    }
+    return false;
+}
+
 void ChangeTracking::snapshot_taken(bool persistent) {
     taken_ = true;
     persistent_ = action_ == Action::freeze ? before_->persistent : persistent;
+    survives_crash_ = persistent_ && write_ahead_sidecar(qmp_, node_);
     if (action_ == Action::freeze)
         if (auto f = find_bitmap(qmp_, node_, frozen_name())) dirty_bytes_ = f->count;
     std::string text;
@@ -205,6 +218,7 @@ json ChangeTracking::describe() const {
     if (!taken_) return out; // stopped before the snapshot: nothing was done to it
     out["bitmap-action"] = names[static_cast<int>(action_)];
     out["bitmap-persistent"] = persistent_;
+    out["bitmap-survives-crash"] = survives_crash_;
     out["dirty-bytes"] = dirty_bytes_;
     return out;
 }

@@ -79,7 +79,8 @@ class ChangeTracking {
     // Safe to call when nothing was done.
     void rollback();
 
-    // Summary fields: bitmap, bitmap-action, bitmap-persistent, dirty-bytes.
+    // Summary fields: bitmap, bitmap-action, bitmap-persistent, bitmap-survives-crash,
+    // dirty-bytes.
     nlohmann::json describe() const;
     std::uint64_t dirty_bytes() const { return dirty_bytes_; }
 
@@ -95,6 +96,8 @@ class ChangeTracking {
     std::optional<BitmapInfo> before_; // NAME as it was at check()
     enum class Action { create, recreate, freeze } action_ = Action::create;
     bool taken_ = false, persistent_ = false, done_ = false;
+    // Persistent in a write-ahead sidecar: a crash of fleeced keeps the chain.
+    bool survives_crash_ = false;
     std::uint64_t dirty_bytes_ = 0;
 
     std::string frozen_name() const { return prefix_ + "-frozen-" + name_; }
