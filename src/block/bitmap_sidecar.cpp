@@ -83,8 +83,11 @@ Result<SidecarContent> read_sidecar(const std::string& path) {
         return bad;
     if (ver >= 2) {
         std::uint32_t flags = 0;
-        if (!r.get(&flags) || !r.get(&c.journal_epoch)) return bad;
+        DiskIdentity id;
+        if (!r.get(&flags) || !r.get(&c.journal_epoch) || !r.get(&id.size) || !r.get(&id.mtime_ns))
+            return bad;
         c.write_ahead = (flags & 1) != 0;
+        if (flags & 2) c.identity = id;
     }
     if (!r.get(&count)) return bad;
     c.clean = state == 0;
@@ -115,8 +118,10 @@ std::vector<unsigned char> encode_sidecar(std::uint64_t disk_size, const DirtyBi
     put<std::uint32_t>(out, version);
     put<std::uint32_t>(out, state.clean ? 0 : 1);
     put<std::uint64_t>(out, disk_size);
-    put<std::uint32_t>(out, state.write_ahead ? 1 : 0);
+    put<std::uint32_t>(out, (state.write_ahead ? 1 : 0) | (state.identity ? 2 : 0));
     put<std::uint64_t>(out, state.journal_epoch);
+    put<std::uint64_t>(out, state.identity ? state.identity->size : 0);
+    put<std::int64_t>(out, state.identity ? state.identity->mtime_ns : 0);
     std::vector<const DirtyBitmap*> list;
     for (const auto& b : bitmaps.list())
         if (b->persistent()) list.push_back(b.get());

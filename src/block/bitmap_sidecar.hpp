@@ -10,7 +10,8 @@
 //   backup with them is refused ("take a full backup") instead of silently missing writes.
 //
 // Format (little-endian): "FLEECEBM", u32 version (1 or 2), u32 state (0 clean, 1 in use),
-// u64 disk size, [version 2: u32 flags (1 = write-ahead), u64 journal epoch], u32 bitmap
+// u64 disk size, [version 2: u32 flags (1 = write-ahead, 2 = disk identity follows), u64
+// journal epoch, u64 identity size, i64 identity mtime in ns], u32 bitmap
 // count, then per bitmap: u32 name length, name, u64 granularity, u8 flags (1 enabled,
 // 2 inconsistent), u64 word count, the 64-bit words. Written to a temporary file, fsynced and
 // renamed over the old one, so a crash leaves either the old or the new file.
@@ -19,6 +20,7 @@
 // change journal (block/change_journal.hpp) from which its bitmaps are complete.
 
 #include "block/dirty_bitmap.hpp"
+#include "block/node.hpp"
 #include "util/result.hpp"
 
 #include <string>
@@ -30,6 +32,8 @@ struct SidecarContent {
     std::uint64_t disk_size = 0;
     bool write_ahead = false;
     std::uint64_t journal_epoch = 0;
+    // The disk file's size and mtime at the clean save: the disk must still have them.
+    std::optional<DiskIdentity> identity;
     struct Entry {
         std::string name;
         std::uint64_t granularity = 0;
@@ -47,6 +51,7 @@ struct SidecarState {
     bool clean = false;
     bool write_ahead = false;
     std::uint64_t journal_epoch = 0;
+    std::optional<DiskIdentity> identity; // with a clean save
 };
 std::vector<unsigned char> encode_sidecar(std::uint64_t disk_size, const DirtyBitmaps& bitmaps,
                                           SidecarState state);

@@ -51,6 +51,20 @@ Status SidecarStore::attach(Node& node, const std::string& path, SidecarOptions 
             if (node.dirty_bitmaps().find(e.name))
                 return make_error("Bitmap already exists: " + e.name);
     }
+    // Saved clean, but the disk file changed since (written while fleeced was not running,
+    // or by this daemon before the sidecar was attached): those writes are in no bitmap.
+    bool changed_offline = false;
+    if (content.clean && content.identity) {
+        const std::optional<DiskIdentity> now = node.disk_identity();
+        if (now && *now != *content.identity) {
+            changed_offline = true;
+            log::warn("bitmap sidecar '{}': the disk changed after the bitmaps were saved (size "
+                      "{} -> {}, mtime {} -> {} ns), so they may miss writes and load "
+                      "inconsistent",
+                      path, content.identity->size, now->size, content.identity->mtime_ns,
+                      now->mtime_ns);
+        }
+    }
     // Left in use by a process that died: with a journal, the saved bits plus the regions it
     // marked cover every change since the save; without one (or a journal that cannot vouch
     // for that save) the bitmaps may miss changes and load inconsistent.
@@ -97,11 +111,11 @@ Status SidecarStore::attach(Node& node, const std::string& path, SidecarOptions 
         }
         (*b)->set_persistent(true);
         (*b)->set_enabled(e.enabled);
-        (*b)->set_inconsistent(e.inconsistent || !(content.clean || recovered));
+        (*b)->set_inconsistent(e.inconsistent || changed_offline || !(content.clean || recovered));
     }
     // In use from now on, durably, before the node takes another write.
     if (Status st = write_sidecar(path, node.size(), node.dirty_bitmaps(),
-                                  SidecarState{false, options.write_ahead, epoch});
+                                  SidecarState{false, options.write_ahead, epoch, std::nullopt});
         !st) {
         for (DirtyBitmap* a : added)
             node.dirty_bitmaps().remove(a);
@@ -188,7 +202,8 @@ io::Task<void> SidecarStore::save_loop() {
         // No suspension since the switch: this is the bitmaps at the epoch boundary. After
         // a failed save (no switch) it is a later state, complete for the current epoch.
         const bool write_ahead = journal_ && !degraded_;
-        const SidecarState state{false, write_ahead, write_ahead ? journal_->epoch() : 0};
+        const SidecarState state{false, write_ahead, write_ahead ? journal_->epoch() : 0,
+                                 std::nullopt};
         std::vector<unsigned char> bytes =
             encode_sidecar(node_.size(), node_.dirty_bitmaps(), state);
         if (advance) {
@@ -223,7 +238,7 @@ io::Task<bool> SidecarStore::fall_back(std::error_code why) {
                "clean-shutdown mode: after a crash the bitmaps load inconsistent",
                path_, why.message());
     // (GCC 12: no braced initialisers inside a co_await expression.)
-    const SidecarState in_use{false, false, 0};
+    const SidecarState in_use{false, false, 0, std::nullopt};
     const Status st = co_await save(in_use);
     if (!st) {
         log::error("bitmap sidecar '{}': {}; writes to node '{}' fail until it can be saved", path_,
@@ -253,8 +268,9 @@ io::Task<void> SidecarStore::close() {
     co_await idle_.wait();
     if (journal_) co_await journal_->close();
     io::AsyncMutex::Guard guard = co_await file_.lock();
-    // The node is drained: these are the final bitmaps.
-    const SidecarState clean{true, false, 0};
+    // The node is drained: these are the final bitmaps, and the disk's size and mtime as
+    // they are now (checked at the next attach).
+    const SidecarState clean{true, false, 0, node_.disk_identity()};
     const Status st = co_await save(clean);
     if (!st)
         log::error("bitmap sidecar '{}': {}; its bitmaps load inconsistent at the next start",

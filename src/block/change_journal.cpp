@@ -153,27 +153,30 @@ ChangeJournal::recover(const std::string& path, std::uint64_t disk_size, std::ui
         data.insert(data.end(), buf, buf + n);
     }
     ::close(fd);
-    // Slot 0's header gives the geometry; slot 1's header may be torn or absent.
-    if (data.size() < page_size)
+    // Two slots of equal size; either header may be torn (its slot was being prepared) or
+    // absent (never used), so the geometry comes from the file size and any intact header.
+    const std::uint64_t span = data.size() / 2;
+    if (data.size() < 2 * page_size || data.size() % (2 * page_size) != 0)
         return make_error(fmt::format("Change journal '{}' is truncated", path));
-    auto first = parse_header(data.data());
-    if (!first) return make_error(fmt::format("Change journal '{}' is damaged", path));
-    if (first->disk_size != disk_size)
-        return make_error(fmt::format("Change journal '{}' is for a disk of {} bytes, not {}", path,
-                                      first->disk_size, disk_size));
     Recovered out;
-    out.granularity = first->granularity;
+    for (unsigned slot = 0; slot < 2 && out.granularity == 0; ++slot)
+        if (auto h = parse_header(data.data() + slot * span)) out.granularity = h->granularity;
+    if (out.granularity == 0)
+        return make_error(fmt::format("Change journal '{}' is damaged", path));
     const std::uint64_t regions = region_count(disk_size, out.granularity);
-    const std::uint64_t pages = page_count(regions);
-    const std::uint64_t span = slot_span(pages);
-    if (data.size() < 2 * span)
-        return make_error(fmt::format("Change journal '{}' is truncated", path));
+    if (slot_span(page_count(regions)) != span)
+        return make_error(
+            fmt::format("Change journal '{}' does not match a disk of {} bytes", path, disk_size));
     out.words.assign(div_round_up(regions, 64), 0);
     bool holds_epoch = false;
     for (unsigned slot = 0; slot < 2; ++slot) {
         const unsigned char* base = data.data() + slot * span;
         auto h = parse_header(base);
-        if (!h || h->disk_size != disk_size || h->granularity != out.granularity) continue;
+        if (!h) continue;
+        if (h->disk_size != disk_size)
+            return make_error(fmt::format("Change journal '{}' is for a disk of {} bytes, not {}",
+                                          path, h->disk_size, disk_size));
+        if (h->granularity != out.granularity) continue;
         out.max_epoch = std::max(out.max_epoch, h->epoch);
         if (h->epoch < epoch) continue;
         holds_epoch = holds_epoch || h->epoch == epoch;

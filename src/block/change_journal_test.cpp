@@ -86,6 +86,15 @@ struct EpochSteps {
         journal->switch_epoch();
         EXPECT_FALSE(ChangeJournal::recover(path, 16 * MiB, 1));
         EXPECT_TRUE(ChangeJournal::recover(path, 16 * MiB, 2));
+        // A torn header of the other slot (as if a crash hit its preparation) does not
+        // hide the slot a sidecar of epoch 3 needs.
+        {
+            std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+            f.seekp(2 * 4096 + 20); // slot 1 (one header page, one bit page per slot)
+            f.put('\x55');
+        }
+        EXPECT_TRUE(ChangeJournal::recover(path, 16 * MiB, 3));
+        EXPECT_FALSE(ChangeJournal::recover(path, 16 * MiB, 2));
         co_await journal->close();
     }
 };

@@ -297,11 +297,14 @@ void Node::end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uin
 }
 
 io::Task<void> Node::close_with_store() {
-    co_await close();
+    // The store first: it records the disk file's identity, which needs the file still
+    // open. The bitmaps may then name a write whose data the node's closing flush has not
+    // made durable yet; that only over-approximates.
     if (bitmap_store_) {
         co_await bitmap_store_->close();
         bitmap_store_.reset();
     }
+    co_await close();
 }
 
 io::Task<std::error_code> Node::truncate(std::uint64_t size, Prealloc prealloc) {

@@ -33,6 +33,12 @@ class DrainedSection;
 
 // Keeps a node's persistent bitmaps outside its image (a bitmap sidecar file,
 // block/bitmap_sidecar_store.hpp). The node owns it and closes it when it leaves the graph.
+struct DiskIdentity {
+    std::uint64_t size = 0;
+    std::int64_t mtime_ns = 0;
+    bool operator==(const DiskIdentity&) const = default;
+};
+
 class ExternalBitmapStore {
   public:
     virtual ~ExternalBitmapStore() = default;
@@ -156,6 +162,10 @@ class Node : public ChildParent {
     // What query-named-block-nodes shows as "file": a path for protocol nodes, the
     // file child's filename for filters and formats.
     virtual std::string filename() const;
+    // What tells whether the image file changed between two runs (a bitmap sidecar's check
+    // for writes made while fleeced was not running): its size and modification time.
+    // nullopt where there is no such thing (block devices, memory, network).
+    virtual std::optional<DiskIdentity> disk_identity() const { return std::nullopt; }
     // Driver-specific cache mode for queries.
     virtual bool cache_direct() const { return false; }
     virtual bool cache_no_flush() const { return false; }
@@ -299,6 +309,9 @@ class FilterNode : public Node {
         return file_ && file_->node().may_lose_acknowledged_changes();
     }
     std::uint64_t lost_changes() const override { return file_ ? file_->node().lost_changes() : 0; }
+    std::optional<DiskIdentity> disk_identity() const override {
+        return file_ ? file_->node().disk_identity() : std::nullopt;
+    }
     void accept_lost_changes() override {
         if (file_) file_->node().accept_lost_changes();
     }

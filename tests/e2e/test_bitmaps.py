@@ -558,3 +558,57 @@ def test_write_ahead_sidecar_argument_errors(tmp_path):
         assert sidecar_of(q, 'disk') is None
     finally:
         assert d.stop() == 0
+
+
+# ---- 6. A clean sidecar notices writes it could not see -------------------------------------
+
+@pytest.mark.parametrize('write_ahead', [False, True], ids=['clean-shutdown', 'write-ahead'])
+def test_sidecar_notices_writes_made_while_fleeced_was_not_watching(tmp_path, write_ahead):
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    sock = str(tmp_path / 'nbd.sock')
+    args = {'write-ahead': True} if write_ahead else {}
+    d = sidecar_daemon(tmp_path, disk, sock, **args)
+    try:
+        d.qmp.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
+        guest_writes(d.qmp, sock, ['write -P 1 0 4k'])
+    finally:
+        assert d.stop() == 0
+    # Nothing touched the disk: the next start trusts the bitmap.
+    d = sidecar_daemon(tmp_path, disk, sock, **args)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert 'inconsistent' not in info['b0'] and info['b0']['count'] == K64
+    finally:
+        assert d.stop() == 0
+    # Another program writes the disk while fleeced is stopped: no bitmap saw it.
+    qemu_io(disk, 'write -P 9 6M 4k')
+    d = sidecar_daemon(tmp_path, disk, sock, **args)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert info['b0']['inconsistent'] is True
+    finally:
+        assert d.stop() == 0
+    with open(str(tmp_path / 'fleeced.log')) as f:
+        assert 'the disk changed after the bitmaps were saved' in f.read()
+
+
+def test_sidecar_attached_after_the_guest_wrote_loads_inconsistent(tmp_path):
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    sock = str(tmp_path / 'nbd.sock')
+    d = sidecar_daemon(tmp_path, disk, sock)
+    try:
+        d.qmp.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)
+    finally:
+        assert d.stop() == 0
+    d = Daemon(tmp_path, ['--blockdev', 'driver=file,node-name=disk,filename=' + disk,
+                          '--nbd-server', 'addr.type=unix,addr.path=' + sock])
+    try:
+        q = d.qmp
+        guest_writes(q, sock, ['write -P 2 1M 4k'])  # before the sidecar: in no bitmap
+        q.execute('x-block-dirty-bitmap-sidecar', node='disk', path=disk + '.bitmaps')
+        info = {b['name']: b for b in bitmaps_of(q, 'disk')}
+        assert info['b0']['inconsistent'] is True
+    finally:
+        assert d.stop() == 0

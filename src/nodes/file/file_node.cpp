@@ -72,6 +72,13 @@ class FileNode final : public block::Node {
     }
 
     std::string filename() const override { return path_; }
+    std::optional<block::DiskIdentity> disk_identity() const override {
+        struct stat st {};
+        if (fd_ < 0 || is_block_device_ || ::fstat(fd_, &st) != 0) return std::nullopt;
+        return block::DiskIdentity{static_cast<std::uint64_t>(st.st_size),
+                                   static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
+                                       st.st_mtim.tv_nsec};
+    }
     bool cache_direct() const override { return direct_; }
     bool cache_no_flush() const override { return no_flush_; }
 
