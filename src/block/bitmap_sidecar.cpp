@@ -1,6 +1,7 @@
 #include "block/bitmap_sidecar.hpp"
 
 #include "util/align.hpp"
+#include "util/blocking_io.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -55,22 +56,9 @@ Error io_error(const std::string& what, const std::string& path) {
 } // namespace
 
 Result<SidecarContent> read_sidecar(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return io_error("Cannot open bitmap sidecar", path);
-    std::string data;
-    char buf[65536];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            Error e = io_error("Cannot read bitmap sidecar", path);
-            ::close(fd);
-            return e;
-        }
-        if (n == 0) break;
-        data.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
+    const std::optional<std::string> file = read_whole_file(path);
+    if (!file) return io_error("Cannot read bitmap sidecar", path);
+    const std::string& data = *file;
     const Error bad = make_error(fmt::format("Bitmap sidecar '{}' is damaged or truncated", path));
     Reader r(data);
     std::string m;

@@ -2,6 +2,7 @@
 
 #include "io/file_io.hpp"
 #include "util/align.hpp"
+#include "util/blocking_io.hpp"
 #include "util/endian.hpp"
 #include "util/log.hpp"
 
@@ -71,18 +72,6 @@ Error errno_error(const std::string& what, const std::string& path) {
     return make_error(fmt::format("{} '{}': {}", what, path, std::strerror(errno)));
 }
 
-bool write_all(int fd, const unsigned char* p, std::size_t n, std::uint64_t off) {
-    while (n > 0) {
-        ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        p += w;
-        n -= static_cast<std::size_t>(w);
-        off += static_cast<std::uint64_t>(w);
-    }
-    return true;
-}
-
 } // namespace
 
 ChangeJournal::ChangeJournal(int fd, std::uint64_t disk_size, std::uint64_t granularity,
@@ -116,7 +105,7 @@ Result<std::unique_ptr<ChangeJournal>> ChangeJournal::create(const std::string& 
     std::vector<unsigned char> image(2 * slot_span(pages), 0);
     const auto h0 = header_page(epoch, disk_size, granularity);
     std::memcpy(image.data(), h0.data(), h0.size()); // slot 1 stays all zero: no header
-    if (!write_all(fd, image.data(), image.size(), 0) || ::fsync(fd) != 0) {
+    if (!pwrite_all(fd, image.data(), image.size(), 0) || ::fsync(fd) != 0) {
         Error e = errno_error("Cannot write change journal", tmp);
         ::close(fd);
         return e;
@@ -137,22 +126,10 @@ Result<std::unique_ptr<ChangeJournal>> ChangeJournal::create(const std::string& 
 
 Result<ChangeJournal::Recovered>
 ChangeJournal::recover(const std::string& path, std::uint64_t disk_size, std::uint64_t epoch) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno_error("Cannot open change journal", path);
-    std::vector<unsigned char> data;
-    unsigned char buf[65536];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            Error e = errno_error("Cannot read change journal", path);
-            ::close(fd);
-            return e;
-        }
-        if (n == 0) break;
-        data.insert(data.end(), buf, buf + n);
-    }
-    ::close(fd);
+    const std::optional<std::string> file = read_whole_file(path);
+    if (!file) return errno_error("Cannot read change journal", path);
+    const auto* bytes = reinterpret_cast<const unsigned char*>(file->data());
+    const std::vector<unsigned char> data(bytes, bytes + file->size());
     // Two slots of equal size; either header may be torn (its slot was being prepared) or
     // absent (never used), so the geometry comes from the file size and any intact header.
     const std::uint64_t span = data.size() / 2;

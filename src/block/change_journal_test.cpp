@@ -131,7 +131,7 @@ TEST(ChangeJournal, RecoveryRefusesWhatItCannotVouchFor) {
     std::remove(path.c_str());
     auto missing = ChangeJournal::recover(path, 16 * MiB, 4);
     ASSERT_FALSE(missing);
-    EXPECT_NE(missing.error().message.find("Cannot open change journal"), std::string::npos);
+    EXPECT_NE(missing.error().message.find("Cannot read change journal"), std::string::npos);
     EXPECT_FALSE(ChangeJournal::create(path, 16 * MiB, 1000, 1)) << "not a power of two";
 }
 

@@ -216,11 +216,8 @@ io::Task<std::error_code> Node::write(std::uint64_t offset, std::span<const std:
     bool needs_cover = false;
     ExternalBitmapStore* const store = begin_change(offset, buf.size(), &needs_cover);
     if (needs_cover) {
-        const std::error_code cover_ec = co_await store->cover(offset, buf.size());
-        if (cover_ec) {
-            end_change(store, offset, buf.size());
-            co_return cover_ec;
-        }
+        const std::error_code cover_ec = co_await cover_change(store, offset, buf.size());
+        if (cover_ec) co_return cover_ec;
     }
     std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
@@ -243,11 +240,8 @@ io::Task<std::error_code> Node::write_zeroes(std::uint64_t offset, std::uint64_t
     bool needs_cover = false;
     ExternalBitmapStore* const store = begin_change(offset, length, &needs_cover);
     if (needs_cover) {
-        const std::error_code cover_ec = co_await store->cover(offset, length);
-        if (cover_ec) {
-            end_change(store, offset, length);
-            co_return cover_ec;
-        }
+        const std::error_code cover_ec = co_await cover_change(store, offset, length);
+        if (cover_ec) co_return cover_ec;
     }
     std::error_code ec;
     if ((flags & req_fua) && !caps_.fua) {
@@ -268,11 +262,8 @@ io::Task<std::error_code> Node::discard(std::uint64_t offset, std::uint64_t leng
     bool needs_cover = false;
     ExternalBitmapStore* const store = begin_change(offset, length, &needs_cover);
     if (needs_cover) {
-        const std::error_code cover_ec = co_await store->cover(offset, length);
-        if (cover_ec) {
-            end_change(store, offset, length);
-            co_return cover_ec;
-        }
+        const std::error_code cover_ec = co_await cover_change(store, offset, length);
+        if (cover_ec) co_return cover_ec;
     }
     std::error_code ec = co_await do_discard(offset, length);
     end_change(store, offset, length);
@@ -288,6 +279,13 @@ ExternalBitmapStore* Node::begin_change(std::uint64_t offset, std::uint64_t leng
     ExternalBitmapStore* store = bitmap_store_.get();
     *needs_cover = store && !store->change_starts(offset, length);
     return store;
+}
+
+io::Task<std::error_code> Node::cover_change(ExternalBitmapStore* store, std::uint64_t offset,
+                                             std::uint64_t length) {
+    const std::error_code ec = co_await store->cover(offset, length);
+    if (ec) end_change(store, offset, length); // failed: nothing reached the disk
+    co_return ec;
 }
 
 void Node::end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uint64_t length) {

@@ -279,6 +279,9 @@ class Node : public ChildParent {
     // between. `*needs_cover`: await store->cover() before the driver runs.
     ExternalBitmapStore* begin_change(std::uint64_t offset, std::uint64_t length,
                                       bool* needs_cover);
+    // The store's cover(); on failure the change ends here (the request fails).
+    io::Task<std::error_code> cover_change(ExternalBitmapStore* store, std::uint64_t offset,
+                                           std::uint64_t length);
     void end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uint64_t length);
     // Node::close() plus the external bitmap store, for the graph.
     io::Task<void> close_with_store();

@@ -368,6 +368,13 @@ def test_full_then_incremental_restores_the_second_snapshot(tmp_path):
 
 # ---- 4. Raw disks: persistent bitmaps in a sidecar; a crash makes them inconsistent -----
 
+def raw_disk(tmp_path):
+    """An 8 MiB raw disk and the NBD socket path for its daemon."""
+    disk = str(tmp_path / 'disk.raw')
+    make_raw(disk, 8 * MiB)
+    return disk, str(tmp_path / 'nbd.sock')
+
+
 def sidecar_daemon(tmp_path, disk, sock, **sidecar_args):
     # A killed daemon leaves its unix sockets behind; a service manager removes them.
     for name in ('qmp.sock', os.path.basename(sock)):
@@ -386,6 +393,20 @@ def crash(d):
     d.log.close()
 
 
+def assert_restart_loads_inconsistent(tmp_path, disk, sock, why, **sidecar_args):
+    """Starts fleeced on the disk's sidecar: bitmap b0 loads inconsistent, and the daemon
+    log says `why`."""
+    d = sidecar_daemon(tmp_path, disk, sock, **sidecar_args)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert info['b0']['inconsistent'] is True
+    finally:
+        assert d.stop() == 0
+    with open(str(tmp_path / 'fleeced.log')) as f:
+        log = f.read()
+    assert why in log, log
+
+
 def sidecar_of(q, node):
     for n in q.execute('query-named-block-nodes', flat=True):
         if n['node-name'] == node:
@@ -402,9 +423,7 @@ def guest_writes(q, sock, cmds):
 
 
 def test_sidecar_survives_restart_and_crash_needs_full_backup(tmp_path):
-    disk = str(tmp_path / 'disk.raw')
-    make_raw(disk, 8 * MiB)
-    sock = str(tmp_path / 'nbd.sock')
+    disk, sock = raw_disk(tmp_path)
     d = sidecar_daemon(tmp_path, disk, sock)
     try:
         q = d.qmp
@@ -472,9 +491,7 @@ def test_sidecar_survives_restart_and_crash_needs_full_backup(tmp_path):
 # ---- 5. Raw disks, write-ahead sidecar: a crash keeps the bitmaps exact -------------------
 
 def test_write_ahead_sidecar_keeps_bitmaps_through_crashes(tmp_path):
-    disk = str(tmp_path / 'disk.raw')
-    make_raw(disk, 8 * MiB)
-    sock = str(tmp_path / 'nbd.sock')
+    disk, sock = raw_disk(tmp_path)
     # Journal regions of one bitmap cluster: after a crash the bitmap is exact.
     wa = {'write-ahead': True, 'journal-granularity': K64}
     d = sidecar_daemon(tmp_path, disk, sock, **wa)
@@ -527,15 +544,8 @@ def test_write_ahead_sidecar_keeps_bitmaps_through_crashes(tmp_path):
     # Without its journal a crashed sidecar cannot vouch for anything: inconsistent, and
     # the log says why.
     os.unlink(disk + '.bitmaps.journal')
-    d = sidecar_daemon(tmp_path, disk, sock, **wa)
-    try:
-        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
-        assert info['b0']['inconsistent'] is True
-    finally:
-        assert d.stop() == 0
-    with open(str(tmp_path / 'fleeced.log')) as f:
-        log = f.read()
-    assert 'Cannot open change journal' in log and 'load inconsistent' in log, log
+    assert_restart_loads_inconsistent(tmp_path, disk, sock,
+                                      'Cannot read change journal', **wa)
 
 
 def test_write_ahead_sidecar_argument_errors(tmp_path):
@@ -564,9 +574,7 @@ def test_write_ahead_sidecar_argument_errors(tmp_path):
 
 @pytest.mark.parametrize('write_ahead', [False, True], ids=['clean-shutdown', 'write-ahead'])
 def test_sidecar_notices_writes_made_while_fleeced_was_not_watching(tmp_path, write_ahead):
-    disk = str(tmp_path / 'disk.raw')
-    make_raw(disk, 8 * MiB)
-    sock = str(tmp_path / 'nbd.sock')
+    disk, sock = raw_disk(tmp_path)
     args = {'write-ahead': True} if write_ahead else {}
     d = sidecar_daemon(tmp_path, disk, sock, **args)
     try:
@@ -583,20 +591,12 @@ def test_sidecar_notices_writes_made_while_fleeced_was_not_watching(tmp_path, wr
         assert d.stop() == 0
     # Another program writes the disk while fleeced is stopped: no bitmap saw it.
     qemu_io(disk, 'write -P 9 6M 4k')
-    d = sidecar_daemon(tmp_path, disk, sock, **args)
-    try:
-        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
-        assert info['b0']['inconsistent'] is True
-    finally:
-        assert d.stop() == 0
-    with open(str(tmp_path / 'fleeced.log')) as f:
-        assert 'the disk changed after the bitmaps were saved' in f.read()
+    assert_restart_loads_inconsistent(tmp_path, disk, sock,
+                                      'the disk changed after the bitmaps were saved', **args)
 
 
 def test_sidecar_attached_after_the_guest_wrote_loads_inconsistent(tmp_path):
-    disk = str(tmp_path / 'disk.raw')
-    make_raw(disk, 8 * MiB)
-    sock = str(tmp_path / 'nbd.sock')
+    disk, sock = raw_disk(tmp_path)
     d = sidecar_daemon(tmp_path, disk, sock)
     try:
         d.qmp.execute('block-dirty-bitmap-add', node='disk', name='b0', persistent=True)

@@ -3,6 +3,7 @@
 #include "nodes/qcow2/qcow2_format.hpp"
 #include "nodes/qcow2/qcow2_tools.hpp"
 #include "util/align.hpp"
+#include "util/blocking_io.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -99,17 +100,6 @@ struct Fd {
 
 Error os_error(const char* what, const std::string& path) {
     return make_error(fmt::format("Could not {} '{}': {}", what, path, std::strerror(errno)));
-}
-
-bool pwrite_all(int fd, const std::byte* p, std::size_t n, std::uint64_t off) {
-    while (n > 0) {
-        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-        if (w <= 0) return false;
-        p += w;
-        n -= static_cast<std::size_t>(w);
-        off += static_cast<std::uint64_t>(w);
-    }
-    return true;
 }
 
 } // namespace

@@ -2,6 +2,7 @@
 #include "nodes/qcow2/qcow2_tools.hpp"
 
 #include "nodes/qcow2/qcow2_format.hpp"
+#include "util/blocking_io.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -42,19 +43,6 @@ bool pread_all(int fd, void* buf, std::size_t len, std::uint64_t off) {
             if (n == 0) errno = EIO;
             return false;
         }
-        p += n;
-        len -= static_cast<std::size_t>(n);
-        off += static_cast<std::uint64_t>(n);
-    }
-    return true;
-}
-
-bool pwrite_all(int fd, const void* buf, std::size_t len, std::uint64_t off) {
-    const auto* p = static_cast<const char*>(buf);
-    while (len > 0) {
-        const ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(off));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
         p += n;
         len -= static_cast<std::size_t>(n);
         off += static_cast<std::uint64_t>(n);
