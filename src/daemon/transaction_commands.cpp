@@ -73,6 +73,11 @@ io::Task<Result<json>> transaction_command(control::CommandContext& ctx, const j
     if (!actions) co_return actions.error();
     Status st = co_await run_transaction(&ctx, std::move(*actions), grouped);
     if (!st) co_return st.error();
+    // As the bitmap commands do: return once bitmap sidecars hold what the actions changed
+    // (a bitmap added at a backup's snapshot point survives a crash right after).
+    for (block::Node* n : services_of(ctx).graph->nodes())
+        if (block::ExternalBitmapStore* store = n->external_bitmap_store())
+            co_await store->wait_saved();
     co_return json::object();
 }
 

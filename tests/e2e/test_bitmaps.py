@@ -612,3 +612,26 @@ def test_sidecar_attached_after_the_guest_wrote_loads_inconsistent(tmp_path):
         assert info['b0']['inconsistent'] is True
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize('how', ['command', 'transaction'])
+def test_a_bitmap_is_in_the_sidecar_when_its_command_returns(tmp_path, how):
+    disk, sock = raw_disk(tmp_path)
+    wa = {'write-ahead': True}
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        add = {'node': 'disk', 'name': 'b0', 'persistent': True}
+        if how == 'command':
+            d.qmp.execute('block-dirty-bitmap-add', **add)
+        else:
+            d.qmp.execute('transaction', actions=[{'type': 'block-dirty-bitmap-add',
+                                                   'data': add}])
+        crash(d)  # at once: only what the reply promised is on disk
+    finally:
+        d.stop()
+    d = sidecar_daemon(tmp_path, disk, sock, **wa)
+    try:
+        info = {b['name']: b for b in bitmaps_of(d.qmp, 'disk')}
+        assert 'b0' in info and 'inconsistent' not in info['b0'], info
+    finally:
+        assert d.stop() == 0
