@@ -31,14 +31,15 @@ class Node;
 class Graph;
 class DrainedSection;
 
-// Keeps a node's persistent bitmaps outside its image (a bitmap sidecar file,
-// block/bitmap_sidecar_store.hpp). The node owns it and closes it when it leaves the graph.
+// An image file's size and modification time (Node::disk_identity()).
 struct DiskIdentity {
     std::uint64_t size = 0;
     std::int64_t mtime_ns = 0;
     bool operator==(const DiskIdentity&) const = default;
 };
 
+// Keeps a node's persistent bitmaps outside its image (a bitmap sidecar file,
+// block/bitmap_sidecar_store.hpp). The node owns it and closes it when it leaves the graph.
 class ExternalBitmapStore {
   public:
     virtual ~ExternalBitmapStore() = default;
@@ -207,7 +208,7 @@ class Node : public ChildParent {
     // Waits until such image updates are done (block-dirty-bitmap-remove returns after).
     virtual io::Task<void> wait_bitmap_updates() { co_return; }
     // A store for the persistent bitmaps of a node that cannot keep them in its image
-    // (set once, before the node takes writes; closed with the node).
+    // (set once, best before the node takes writes; closed with the node).
     void set_external_bitmap_store(std::unique_ptr<ExternalBitmapStore> store) {
         bitmap_store_ = std::move(store);
     }
