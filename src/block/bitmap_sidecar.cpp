@@ -5,8 +5,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fcntl.h>
-#include <filesystem>
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -138,36 +136,7 @@ Status write_sidecar(const std::string& path, std::uint64_t disk_size, const Dir
 }
 
 Status write_file_durably(const std::string& path, const std::vector<unsigned char>& out) {
-    const std::string tmp = path + ".tmp";
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return io_error("Cannot create", tmp);
-    std::size_t done = 0;
-    while (done < out.size()) {
-        ssize_t n = ::write(fd, out.data() + done, out.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            Error e = io_error("Cannot write", tmp);
-            ::close(fd);
-            return e;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    if (::fsync(fd) != 0) {
-        Error e = io_error("Cannot sync", tmp);
-        ::close(fd);
-        return e;
-    }
-    ::close(fd);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) return io_error("Cannot replace", path);
-    // The rename itself must be durable before the caller relies on the new state.
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    const std::string dir = parent.empty() ? std::string(".") : parent.string();
-    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-    }
-    return {};
+    return replace_file_durably(path, out.data(), out.size());
 }
 
 } // namespace fleece::block

@@ -20,9 +20,8 @@ std::string journal_path(const std::string& sidecar) {
 
 } // namespace
 
-SidecarStore::SidecarStore(Node& node, std::string path, SidecarOptions options,
-                           std::unique_ptr<ChangeJournal> journal)
-    : node_(node), path_(std::move(path)), options_(options), journal_(std::move(journal)) {
+SidecarStore::SidecarStore(Node& node, std::string path, std::unique_ptr<ChangeJournal> journal)
+    : node_(node), path_(std::move(path)), journal_(std::move(journal)) {
     idle_.set();
 }
 
@@ -33,6 +32,11 @@ SidecarStore::~SidecarStore() {
 Status SidecarStore::attach(Node& node, const std::string& path, SidecarOptions options) {
     if (node.external_bitmap_store())
         return make_error(fmt::format("Node '{}' already has a bitmap sidecar", node.name()));
+    if (node.supports_persistent_bitmaps())
+        return make_error(fmt::format("Node '{}' keeps persistent bitmaps in its image ({}); a "
+                                      "sidecar is for nodes that cannot (raw files, block "
+                                      "devices)",
+                                      node.name(), node.driver()));
     const bool exists = ::access(path.c_str(), F_OK) == 0;
     if (!exists && errno != ENOENT)
         return make_error(
@@ -122,7 +126,7 @@ Status SidecarStore::attach(Node& node, const std::string& path, SidecarOptions 
         return st;
     }
     if (!options.write_ahead) ::unlink(journal_path(path).c_str()); // named by no sidecar now
-    auto* store = new SidecarStore(node, path, options, std::move(journal));
+    auto* store = new SidecarStore(node, path, std::move(journal));
     store->sidecar_epoch_ = epoch;
     if (store->journal_)
         store->in_flight_.assign(div_round_up(node.size(), options.journal_granularity), 0);
@@ -281,7 +285,7 @@ io::Task<void> SidecarStore::close() {
 SidecarInfo SidecarStore::info() const {
     SidecarInfo i;
     i.path = path_;
-    i.write_ahead = options_.write_ahead;
+    i.write_ahead = journal_ != nullptr;
     i.degraded = degraded_;
     if (journal_) i.journal = journal_->stats();
     i.saves = saves_;

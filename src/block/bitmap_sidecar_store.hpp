@@ -58,8 +58,7 @@ class SidecarStore final : public ExternalBitmapStore {
     ChangeJournal* journal() { return journal_.get(); } // null in clean-shutdown mode
 
   private:
-    SidecarStore(Node& node, std::string path, SidecarOptions options,
-                 std::unique_ptr<ChangeJournal> journal);
+    SidecarStore(Node& node, std::string path, std::unique_ptr<ChangeJournal> journal);
     void bitmaps_changed();
     io::Task<void> save_loop();
     io::Task<Status> save(SidecarState state); // with file_ held
@@ -68,7 +67,6 @@ class SidecarStore final : public ExternalBitmapStore {
 
     Node& node_;
     std::string path_;
-    SidecarOptions options_;
     std::unique_ptr<ChangeJournal> journal_; // null in clean-shutdown mode
     // Changes between change_starts() and change_ends(), per journal region: a checkpoint
     // marks these regions in its new epoch.

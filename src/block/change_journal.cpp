@@ -8,8 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fcntl.h>
-#include <filesystem>
 #include <fmt/format.h>
 #include <unistd.h>
 #include <utility>
@@ -99,28 +97,12 @@ Result<std::unique_ptr<ChangeJournal>> ChangeJournal::create(const std::string& 
     // Written whole to a temporary file and renamed, so the old journal stays intact until
     // the new one is complete; every page exists, so marks later overwrite in place and
     // their syncs allocate nothing.
-    const std::string tmp = path + ".tmp";
-    int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return errno_error("Cannot create change journal", tmp);
     std::vector<unsigned char> image(2 * slot_span(pages), 0);
     const auto h0 = header_page(epoch, disk_size, granularity);
     std::memcpy(image.data(), h0.data(), h0.size()); // slot 1 stays all zero: no header
-    if (!pwrite_all(fd, image.data(), image.size(), 0) || ::fsync(fd) != 0) {
-        Error e = errno_error("Cannot write change journal", tmp);
-        ::close(fd);
-        return e;
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        Error e = errno_error("Cannot replace change journal", path);
-        ::close(fd);
-        return e;
-    }
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    const std::string dir = parent.empty() ? std::string(".") : parent.string();
-    if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-    }
+    int fd = -1;
+    if (Status st = replace_file_durably(path, image.data(), image.size(), &fd); !st)
+        return make_error("Change journal: " + st.error().message);
     return std::unique_ptr<ChangeJournal>(new ChangeJournal(fd, disk_size, granularity, epoch));
 }
 

@@ -294,6 +294,11 @@ void Node::end_change(ExternalBitmapStore* store, std::uint64_t offset, std::uin
     if (store) store->change_ends(offset, length);
 }
 
+io::Task<void> Node::wait_bitmap_updates() {
+    co_await wait_image_bitmap_updates();
+    if (bitmap_store_) co_await bitmap_store_->wait_saved();
+}
+
 io::Task<void> Node::close_with_store() {
     // The store first: it records the disk file's identity, which needs the file still
     // open. The bitmaps may then name a write whose data the node's closing flush has not

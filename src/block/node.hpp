@@ -205,8 +205,10 @@ class Node : public ChildParent {
     // A persistent bitmap of this node was removed: a node storing bitmaps in its image
     // drops it there too (qcow2 does, in the background).
     virtual void persistent_bitmap_removed(const std::string& name) { (void)name; }
-    // Waits until such image updates are done (block-dirty-bitmap-remove returns after).
-    virtual io::Task<void> wait_bitmap_updates() { co_return; }
+    // Waits until the node's persistent bitmap storage holds every change made so far: the
+    // image's own (a qcow2 removal in the background) and an external store's. QMP bitmap
+    // commands and `transaction` return after it.
+    io::Task<void> wait_bitmap_updates();
     // A store for the persistent bitmaps of a node that cannot keep them in its image
     // (set once, best before the node takes writes; closed with the node).
     void set_external_bitmap_store(std::unique_ptr<ExternalBitmapStore> store) {
@@ -251,6 +253,8 @@ class Node : public ChildParent {
     // Default: nothing to release, success (discard is advisory).
     virtual io::Task<std::error_code> do_discard(std::uint64_t offset, std::uint64_t length);
     virtual io::Task<std::error_code> do_flush() = 0;
+    // Image updates of persistent bitmaps still running (wait_bitmap_updates()).
+    virtual io::Task<void> wait_image_bitmap_updates() { co_return; }
     // Default: everything is data.
     virtual io::Task<BlockStatus> do_block_status(std::uint64_t offset, std::uint64_t length);
     // Default: the size cannot change (ENOTSUP).

@@ -267,14 +267,10 @@ io::Task<Result<json>> bitmap_command(control::CommandContext& ctx, const json& 
     std::unique_ptr<BitmapAction> action = make_bitmap_action(graph_of(ctx), Type, args);
     if (Status st = action->prepare(); !st) co_return st.error();
     action->commit();
-    // A removed persistent bitmap leaves the node's image before the command returns, and
-    // a sidecar holds the change.
-    if (block::Node* n = graph_of(ctx).find(args.at("node").get<std::string>())) {
-        if (std::string_view(Type) == "block-dirty-bitmap-remove")
-            co_await n->wait_bitmap_updates();
-        if (block::ExternalBitmapStore* store = n->external_bitmap_store())
-            co_await store->wait_saved();
-    }
+    // The change is in the node's persistent bitmap storage (a qcow2 image's removal, a
+    // sidecar) before the command returns.
+    if (block::Node* n = graph_of(ctx).find(args.at("node").get<std::string>()))
+        co_await n->wait_bitmap_updates();
     co_return json::object();
 }
 

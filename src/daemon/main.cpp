@@ -74,12 +74,9 @@ Result<nlohmann::json> sidecar_args_from_keyval(const std::string& raw) {
         if (key == "node" || key == "path") {
             args[key] = v;
         } else if (key == "write-ahead") {
-            if (v == "on" || v == "true" || v == "yes")
-                args[key] = true;
-            else if (v == "off" || v == "false" || v == "no")
-                args[key] = false;
-            else
-                return make_error("parameter 'write-ahead' expects 'on' or 'off'");
+            const std::optional<bool> on = parse_on_off(v);
+            if (!on) return make_error("parameter 'write-ahead' expects 'on' or 'off'");
+            args[key] = *on;
         } else if (key == "journal-granularity") {
             if (v.empty() || v.size() > 18 ||
                 v.find_first_not_of("0123456789") != std::string::npos)

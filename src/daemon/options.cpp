@@ -8,6 +8,12 @@ namespace fleece::daemon {
 
 using nlohmann::json;
 
+std::optional<bool> parse_on_off(const std::string& s) {
+    if (s == "on" || s == "yes" || s == "true" || s == "y" || s.empty()) return true;
+    if (s == "off" || s == "no" || s == "false" || s == "n") return false;
+    return std::nullopt;
+}
+
 const char* usage_text() {
     return "Usage: fleeced [options]\n"
            "  --chardev socket,id=ID,path=PATH,server=on,wait=off  QMP socket\n"
@@ -29,11 +35,8 @@ Error usage_error(const std::string& msg) {
     return make_error("fleeced: " + msg);
 }
 
-// QEMU's boolean spellings for chardev flags.
 Result<bool> parse_bool(const std::string& key, const json& v) {
-    const std::string s = v.get<std::string>();
-    if (s == "on" || s == "yes" || s == "true" || s == "y" || s.empty()) return true;
-    if (s == "off" || s == "no" || s == "false" || s == "n") return false;
+    if (auto b = parse_on_off(v.get<std::string>())) return *b;
     return usage_error("--chardev: parameter '" + key + "' expects 'on' or 'off'");
 }
 

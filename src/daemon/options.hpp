@@ -3,6 +3,7 @@
 
 #include "util/result.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,5 +36,9 @@ Result<Options> parse_options(const std::vector<std::string>& args);
 Status check_options(const Options& options);
 
 const char* usage_text();
+
+// QEMU's boolean spellings in key=value options ("on", "off", "yes", "no", ...); nullopt
+// for anything else.
+std::optional<bool> parse_on_off(const std::string& text);
 
 } // namespace fleece::daemon

@@ -73,11 +73,10 @@ io::Task<Result<json>> transaction_command(control::CommandContext& ctx, const j
     if (!actions) co_return actions.error();
     Status st = co_await run_transaction(&ctx, std::move(*actions), grouped);
     if (!st) co_return st.error();
-    // As the bitmap commands do: return once bitmap sidecars hold what the actions changed
-    // (a bitmap added at a backup's snapshot point survives a crash right after).
+    // As the bitmap commands do: return once the nodes' bitmap storage holds what the
+    // actions changed (a bitmap added at a backup's snapshot point survives a crash).
     for (block::Node* n : services_of(ctx).graph->nodes())
-        if (block::ExternalBitmapStore* store = n->external_bitmap_store())
-            co_await store->wait_saved();
+        co_await n->wait_bitmap_updates();
     co_return json::object();
 }
 

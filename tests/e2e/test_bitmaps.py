@@ -12,8 +12,8 @@ import threading
 import nbd
 import pytest
 
-from fleece_testlib import (Daemon, QmpError, clusters_of, dirty_bitmaps, dirty_map, make_raw,
-                            nbd_uri, qemu_io)
+from fleece_testlib import (FLEECED, Daemon, QmpError, clusters_of, dirty_bitmaps, dirty_map,
+                            make_raw, nbd_uri, qemu_io)
 
 QSD = shutil.which('qemu-storage-daemon')
 K64 = 65536
@@ -566,8 +566,24 @@ def test_write_ahead_sidecar_argument_errors(tmp_path):
         assert not os.path.exists(disk + '.bitmaps')
         assert not os.path.exists(disk + '.bitmaps.journal')
         assert sidecar_of(q, 'disk') is None
+        # A qcow2 node keeps its persistent bitmaps in the image: no sidecar.
+        image = str(tmp_path / 'disk.qcow2')
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', image, '8M'], check=True)
+        q.execute('blockdev-add', driver='qcow2', **{'node-name': 'q2', 'file': {
+            'driver': 'file', 'filename': image}})
+        with pytest.raises(QmpError) as e:
+            q.execute('x-block-dirty-bitmap-sidecar', node='q2', path=image + '.bitmaps')
+        assert "keeps persistent bitmaps in its image (qcow2)" in e.value.desc, e.value.desc
     finally:
         assert d.stop() == 0
+    # The command-line form says which part is wrong, and fleeced does not start.
+    for value, message in [('node=disk,path=%s.b,write-ahead=maybe' % disk, "'write-ahead'"),
+                           ('path=%s.b' % disk, "'node' is missing"),
+                           ('node=disk,path=%s.b,journal-granularity=1M' % disk,
+                            "'journal-granularity' expects a number of bytes")]:
+        p = subprocess.run([FLEECED, '--blockdev', 'driver=file,node-name=disk,filename=' + disk,
+                            '--bitmap-sidecar', value], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1 and '--bitmap-sidecar: ' in p.stderr and message in p.stderr, p
 
 
 # ---- 6. A clean sidecar notices writes it could not see -------------------------------------

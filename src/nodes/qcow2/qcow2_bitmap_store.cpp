@@ -218,7 +218,7 @@ void Qcow2Node::persistent_bitmap_removed(const std::string& name) {
     io::EventLoop::current().spawn(drop_removed_bitmaps());
 }
 
-io::Task<void> Qcow2Node::wait_bitmap_updates() {
+io::Task<void> Qcow2Node::wait_image_bitmap_updates() {
     while (pending_bitmap_updates_ > 0)
         co_await bitmap_updates_done_.wait();
 }

@@ -41,7 +41,7 @@ class Qcow2Node final : public block::Node {
     void refresh_from_children() override {}
     bool supports_persistent_bitmaps() const override;
     void persistent_bitmap_removed(const std::string& name) override;
-    io::Task<void> wait_bitmap_updates() override;
+    io::Task<void> wait_image_bitmap_updates() override;
 
   protected:
     io::Task<std::error_code> do_read(std::uint64_t offset, std::span<std::byte> buf,
