@@ -29,6 +29,14 @@ def link_MBps(records):
     return None
 
 
+def steady_iops(records, scn, skip=3):
+    """Median over runs of the mean per-second IOPS after the first `skip` seconds: the
+    benchmark's ratio without the copy phase (every cluster's first write) at its start."""
+    vals = [statistics.mean(r['iops_per_s'][skip:]) for r in records
+            if r['scenario'] == scn and len(r.get('iops_per_s') or []) > skip]
+    return statistics.median(vals) if vals else None
+
+
 def fmt(v, digits=2):
     return '-' if v is None else ('%.*f' % (digits, v))
 
@@ -64,9 +72,17 @@ def main(d):
         ('QSD S2 IOPS / QSD S0 IOPS', med(q, 'S2', 'guest_iops'), med(q, 'S0', 'guest_iops')),
         ('QSD S1 IOPS / QSD S0 IOPS', med(q, 'S1', 'guest_iops'), med(q, 'S0', 'guest_iops')),
     ]
+    rows.append(('fleeced S2 IOPS / fleeced S0 IOPS from second 4 on (without the copy phase)',
+                 steady_iops(f, 'S2'), steady_iops(f, 'S0')))
     for label, a, b in rows:
         print('- %s: %s' % (label, fmt(a / b if a is not None and b else None, 3)))
     print('- link rate: %s MB/s' % fmt(link, 1))
+    probes = load(os.path.join(d, 'probe.jsonl'))
+    if probes:
+        secs = statistics.median(p['copy_seconds'] for p in probes)
+        bound = statistics.median(p['bound'] for p in probes)
+        print('- copy phase floor (bench/copy_phase_probe.py, %d probes): the disk copies itself '
+              'once in %.2f s, so S2/S0 can reach about %.3f at most' % (len(probes), secs, bound))
 
 
 if __name__ == '__main__':
