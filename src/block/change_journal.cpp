@@ -234,7 +234,11 @@ io::Task<void> ChangeJournal::sync_loop() {
         std::error_code ec = std::exchange(injected_, {});
         for (const PageWrite& w : writes) {
             if (ec) break;
-            const auto bytes = std::as_bytes(std::span(w.words));
+            // Little-endian on disk whatever the host, as recover() reads it.
+            std::vector<unsigned char> le(8 * w.words.size());
+            for (std::size_t i = 0; i < w.words.size(); ++i)
+                store_le64(le.data() + 8 * i, w.words[i]);
+            const auto bytes = std::as_bytes(std::span(le));
             const std::int64_t n = co_await io::pwrite_full(fd_, bytes, w.file_offset);
             if (n < 0) ec = std::error_code(static_cast<int>(-n), std::generic_category());
         }
