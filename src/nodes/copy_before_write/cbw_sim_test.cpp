@@ -2,6 +2,7 @@
 // snapshot reads and snapshot discards while both memory nodes reorder completions. The
 // invariant: every successful snapshot read returns the point-in-time data.
 #include "nodes/copy_before_write/cbw_test_util.hpp"
+#include "nodes/testing/sim_seeds.hpp"
 
 #include <random>
 
@@ -117,7 +118,8 @@ TEST(CopyBeforeWriteSim, PointInTimeUnderRandomConcurrency) {
     // Seeds alternate exact copies, copy-ahead in 256 KiB windows and over the whole disk,
     // each without and with cbw-timeout.
     const std::uint64_t windows[] = {0, 256 * 1024, disk};
-    for (std::uint64_t seed = 1; seed <= 300; ++seed) {
+    const SeedRange seeds = sim_seeds({1, 300});
+    for (std::uint64_t seed = seeds.first; seed < seeds.end(); ++seed) {
         run_seed(seed, windows[seed % 3], (seed / 3) % 2 == 1);
         if (HasFailure()) {
             std::cerr << "cbw sim failed with seed " << seed << "\n";
