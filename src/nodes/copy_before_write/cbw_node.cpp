@@ -259,12 +259,30 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
     }
     const std::uint64_t stop = access_.find_next_clear(offset / c, div_round_up(end, c)) * c;
     limit = std::min(limit, stop);
-    bool done = false;
-    const std::uint64_t n = uniform_prefix(offset, limit, &done);
-    st = done ? co_await target_->block_status(offset, n) : co_await file().block_status(offset, n);
-    if (done && !st.error)
-        st.flags |= status_allocated; // the copied data is ours, whatever the target says
-    co_return st;
+    // Under the same reader lock as snapshot_read, decided again under it: the answer must
+    // describe the point in time, and a child's block status may suspend (a qcow2 disk
+    // loading an L2 table). Without the lock a guest write could copy the cluster and then
+    // zero it in the source meanwhile, and "zero" would reach the backup job, which writes
+    // zeroes to its target without reading (the push backup simulation found this).
+    for (;;) {
+        bool done = false;
+        std::uint64_t n = uniform_prefix(offset, limit, &done);
+        RangeLockTable& readers = done ? target_reads_ : source_reads_;
+        RangeLockTable::Guard guard =
+            co_await readers.lock(offset, n, RangeLockTable::Mode::shared);
+        if (auto ec = check_access(offset, 1)) {
+            st.error = ec;
+            co_return st;
+        }
+        bool done_now = false;
+        n = std::min(n, uniform_prefix(offset, limit, &done_now));
+        if (done_now != done) continue; // copied while we waited: the other lock
+        st = done ? co_await target_->block_status(offset, n)
+                  : co_await file().block_status(offset, n);
+        if (done && !st.error)
+            st.flags |= status_allocated; // the copied data is ours, whatever the target says
+        co_return st;
+    }
 }
 
 io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::uint64_t length) {
