@@ -106,7 +106,7 @@ io::Task<std::error_code> Child::flush() {
 
 io::Task<BlockStatus> Child::block_status(std::uint64_t offset, std::uint64_t length) {
     co_await wait_while_quiesced();
-    co_return co_await node_->block_status(offset, length);
+    co_return co_await node_->block_status(offset, length, role_ == ChildRole::backing);
 }
 
 // ---- Node -------------------------------------------------------------------------------
@@ -325,13 +325,17 @@ io::Task<std::error_code> Node::flush() {
     co_return co_await do_flush();
 }
 
-io::Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t length) {
+io::Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t length,
+                                         bool via_backing) {
     if (auto e = check_range(offset, length); e || length == 0) {
         BlockStatus s;
         s.error = e ? e : errno_code(EINVAL);
         co_return s;
     }
     InFlight guard(this);
+    RangeLockTable::Guard held; // see track_reads
+    if (track_reads_ > 0 && via_backing)
+        held = co_await reads_.lock(offset, length, RangeLockTable::Mode::shared);
     BlockStatus s = co_await do_block_status(offset, length);
     FLEECE_ASSERT(s.error || (s.length > 0 && s.length <= length));
     co_return s;

@@ -157,7 +157,8 @@ class Node : public ChildParent {
                                            ReqFlags flags);
     io::Task<std::error_code> discard(std::uint64_t offset, std::uint64_t length);
     io::Task<std::error_code> flush();
-    io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+    io::Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length,
+                                       bool via_backing = false);
     io::Task<std::error_code> truncate(std::uint64_t size, Prealloc prealloc = Prealloc::off);
 
     // What query-named-block-nodes shows as "file": a path for protocol nodes, the
@@ -222,7 +223,9 @@ class Node : public ChildParent {
     // started earlier, so none of them can see the guest's new data. Only reads arriving
     // through a backing edge are tracked: they are the ones that go around the filter (the
     // guest's own reads, and the filter's copies, may see the new data). Off, or through
-    // any other edge, a read costs nothing.
+    // any other edge, a read costs nothing. Block status queries through a backing edge
+    // count as reads: a "zero" that described the guest's new data would make a backup
+    // write zeroes where the snapshot has data.
     void track_reads(bool on) { track_reads_ += on ? 1 : -1; }
     io::Task<void> wait_reads_idle(std::uint64_t offset, std::uint64_t length) {
         return reads_.wait_idle(offset, length);
