@@ -138,6 +138,9 @@ class Sim {
             EXPECT_FALSE(ec) << ec.message();
             auto it = reached_.find({offset, length});
             if (it != reached_.end()) reached_.erase(it);
+            // Besides the controller's images (how many depends on how fast the journal's
+            // real syncs complete), a fixed number taken here, with other writes in flight.
+            if (i % 40 == 39) take_image();
         }
         ++writers_done_;
     }
