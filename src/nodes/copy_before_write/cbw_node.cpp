@@ -274,6 +274,8 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
             st.error = ec;
             co_return st;
         }
+        // A snapshot discard may have shrunk the readable area while we waited.
+        limit = std::min(limit, access_.find_next_clear(offset / c, div_round_up(end, c)) * c);
         bool done_now = false;
         n = std::min(n, uniform_prefix(offset, limit, &done_now));
         if (done_now != done) continue; // copied while we waited: the other lock
