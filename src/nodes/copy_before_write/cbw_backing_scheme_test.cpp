@@ -196,8 +196,12 @@ io::Task<void> race_wait(RaceState* s) {
         co_await io::EventLoop::current().yield();
 }
 
-TEST(CbwBackingScheme, SnapshotReadsRacingGuestWritesSeeThePointInTime) {
-    for (std::uint64_t seed = 1; seed <= 100 && !HasFailure(); ++seed) {
+// 100 seeds of one race: a reader on the fleecing image and the guest on the filter send 24
+// requests to random clusters among the first 8, each at random the reader's
+// (`reader_op(state, edge, cluster)`) or the guest's (`guest_op(state, edge, cluster, rng)`).
+// The disk's seeded delays reorder them; every message the requests left fails the test.
+template <class ReaderOp, class GuestOp> void race_seeds(ReaderOp reader_op, GuestOp guest_op) {
+    for (std::uint64_t seed = 1; seed <= 100 && !::testing::Test::HasFailure(); ++seed) {
         BackingScheme f;
         auto r = f.g.attach(f.reader, *f.temp, block::perm_consistent_read,
                             block::perm_consistent_read | block::perm_write_unchanged);
@@ -210,15 +214,23 @@ TEST(CbwBackingScheme, SnapshotReadsRacingGuestWritesSeeThePointInTime) {
             const std::uint64_t cluster = rng() % 8;
             ++s.running;
             if (rng() % 2)
-                f.loop.spawn(race_read(&s, f.rc.get(), cluster * kCluster, kCluster));
+                f.loop.spawn(reader_op(&s, f.rc.get(), cluster));
             else
-                f.loop.spawn(race_write(&s, f.gc.get(), cluster * kCluster + (rng() % 16) * 4 * k,
-                                        4 * k, static_cast<int>(1 + rng() % 90)));
+                f.loop.spawn(guest_op(&s, f.gc.get(), cluster, rng));
         }
         f.loop.run_until_complete(race_wait(&s));
         for (const auto& m : s.failures)
             ADD_FAILURE() << "seed " << seed << ": " << m;
     }
+}
+
+TEST(CbwBackingScheme, SnapshotReadsRacingGuestWritesSeeThePointInTime) {
+    race_seeds([](RaceState* s, block::Child* c,
+                  std::uint64_t cluster) { return race_read(s, c, cluster * kCluster, kCluster); },
+               [](RaceState* s, block::Child* c, std::uint64_t cluster, std::mt19937_64& rng) {
+                   const std::uint64_t off = cluster * kCluster + (rng() % 16) * 4 * k;
+                   return race_write(s, c, off, 4 * k, static_cast<int>(1 + rng() % 90));
+               });
 }
 
 // A reader of the fleecing image (a backup job) asks block status before it reads, and
@@ -241,27 +253,13 @@ io::Task<void> race_zeroes(RaceState* s, block::Child* c, std::uint64_t off, std
 }
 
 TEST(CbwBackingScheme, BlockStatusRacingGuestZeroesSeesThePointInTime) {
-    for (std::uint64_t seed = 1; seed <= 100 && !HasFailure(); ++seed) {
-        BackingScheme f;
-        auto r = f.g.attach(f.reader, *f.temp, block::perm_consistent_read,
-                            block::perm_consistent_read | block::perm_write_unchanged);
-        ASSERT_TRUE(r.ok()) << r.error().message;
-        f.rc = std::move(*r);
-        f.disk->set_random_delay(seed, 6);
-        RaceState s;
-        std::mt19937_64 rng(seed);
-        for (int i = 0; i < 24; ++i) {
-            const std::uint64_t cluster = rng() % 8;
-            ++s.running;
-            if (rng() % 2)
-                f.loop.spawn(race_status(&s, f.rc.get(), cluster * kCluster, kCluster));
-            else
-                f.loop.spawn(race_zeroes(&s, f.gc.get(), cluster * kCluster, kCluster));
-        }
-        f.loop.run_until_complete(race_wait(&s));
-        for (const auto& m : s.failures)
-            ADD_FAILURE() << "seed " << seed << ": " << m;
-    }
+    race_seeds(
+        [](RaceState* s, block::Child* c, std::uint64_t cluster) {
+            return race_status(s, c, cluster * kCluster, kCluster);
+        },
+        [](RaceState* s, block::Child* c, std::uint64_t cluster, std::mt19937_64&) {
+            return race_zeroes(s, c, cluster * kCluster, kCluster);
+        });
 }
 
 // A snapshot-access node on the filter may also read a fleecing image (QEMU's
