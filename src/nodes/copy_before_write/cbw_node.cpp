@@ -208,34 +208,56 @@ std::uint64_t CbwNode::uniform_prefix(std::uint64_t offset, std::uint64_t end, b
     return std::min(end, next * c) - offset;
 }
 
+std::error_code CbwNode::readable_uniform_prefix(std::uint64_t offset, std::uint64_t end,
+                                                 bool* done, std::uint64_t* length) const {
+    if (auto ec = check_access(offset, 1)) return ec;
+    const std::uint64_t c = bcs_->cluster_size();
+    const std::uint64_t readable =
+        std::min(end, access_.find_next_clear(offset / c, div_round_up(end, c)) * c);
+    *length = uniform_prefix(offset, readable, done);
+    return {};
+}
+
+io::Task<CbwNode::SnapshotPiece> CbwNode::lock_snapshot_piece(std::uint64_t offset,
+                                                              std::uint64_t end) {
+    for (;;) {
+        SnapshotPiece p;
+        if ((p.error = readable_uniform_prefix(offset, end, &p.done, &p.length))) co_return p;
+        RangeLockTable& readers = p.done ? target_reads_ : source_reads_;
+        p.guard = co_await readers.lock(offset, p.length, RangeLockTable::Mode::shared);
+        // The lock may have waited behind a guest write or a snapshot discard: decide again
+        // under it. From here to the caller's child request there is no await, so a guest
+        // write that has not yet marked these clusters done will wait for us before changing
+        // the source.
+        bool done_now = false;
+        std::uint64_t length_now = 0;
+        if ((p.error = readable_uniform_prefix(offset, end, &done_now, &length_now))) co_return p;
+        // Copied while we waited (clusters only ever become done): the source lock is the
+        // wrong one now, so decide again.
+        if (done_now != p.done) continue;
+        p.length = std::min(p.length, length_now);
+        co_return p;
+    }
+}
+
 io::Task<std::error_code> CbwNode::snapshot_read(std::uint64_t offset, std::span<std::byte> buf) {
     touched_ = true;
     std::uint64_t pos = offset;
     const std::uint64_t end = offset + buf.size();
     while (pos < end) {
+        // All of the range must be readable, not only a prefix.
         if (auto ec = check_access(pos, end - pos)) co_return ec;
-        bool done = false;
-        std::uint64_t n = uniform_prefix(pos, end, &done);
-        RangeLockTable& readers = done ? target_reads_ : source_reads_;
-        RangeLockTable::Guard guard = co_await readers.lock(pos, n, RangeLockTable::Mode::shared);
-        // The lock may have waited behind a guest write: decide again under the lock. From
-        // here to the child request there is no await, so a guest write that has not yet
-        // marked these clusters done will wait for us before changing the source.
-        if (auto ec = check_access(pos, n)) co_return ec;
-        bool done_now = false;
-        n = std::min(n, uniform_prefix(pos, end, &done_now));
-        // Copied while we waited (clusters only ever become done): the source lock is the
-        // wrong one now, so decide again.
-        if (done_now != done) continue;
-        auto piece = buf.subspan(pos - offset, n);
+        SnapshotPiece p = co_await lock_snapshot_piece(pos, end);
+        if (p.error) co_return p.error;
+        auto piece = buf.subspan(pos - offset, p.length);
         std::error_code ec;
-        if (done)
+        if (p.done)
             ec = co_await target_->read(pos, piece);
         else
             ec = co_await file().read(pos, piece);
-        guard.release();
+        p.guard.release();
         if (ec) co_return ec;
-        pos += n;
+        pos += p.length;
     }
     // A snapshot that broke while we read cannot vouch for the data.
     if (snapshot_error_) co_return errno_code(EACCES);
@@ -250,41 +272,25 @@ io::Task<BlockStatus> CbwNode::snapshot_block_status(std::uint64_t offset, std::
         st.error = errno_code(EINVAL);
         co_return st;
     }
-    // Only the first cluster decides access; the answer covers the readable prefix.
-    const std::uint64_t c = bcs_->cluster_size();
-    std::uint64_t limit = end;
-    if (auto ec = check_access(offset, 1)) {
-        st.error = ec;
+    // Only the first cluster decides access; the answer covers the readable prefix. Under
+    // the reader lock, as a read: the answer must describe the point in time, and a child's
+    // block status may suspend (a qcow2 disk loading an L2 table). Without the lock a guest
+    // write could copy the cluster and then zero it in the source meanwhile, and "zero"
+    // would reach the backup job, which writes zeroes to its target without reading (the
+    // push backup simulation found this).
+    SnapshotPiece p = co_await lock_snapshot_piece(offset, end);
+    if (p.error) {
+        st.error = p.error;
         co_return st;
     }
-    const std::uint64_t stop = access_.find_next_clear(offset / c, div_round_up(end, c)) * c;
-    limit = std::min(limit, stop);
-    // Under the same reader lock as snapshot_read, decided again under it: the answer must
-    // describe the point in time, and a child's block status may suspend (a qcow2 disk
-    // loading an L2 table). Without the lock a guest write could copy the cluster and then
-    // zero it in the source meanwhile, and "zero" would reach the backup job, which writes
-    // zeroes to its target without reading (the push backup simulation found this).
-    for (;;) {
-        bool done = false;
-        std::uint64_t n = uniform_prefix(offset, limit, &done);
-        RangeLockTable& readers = done ? target_reads_ : source_reads_;
-        RangeLockTable::Guard guard =
-            co_await readers.lock(offset, n, RangeLockTable::Mode::shared);
-        if (auto ec = check_access(offset, 1)) {
-            st.error = ec;
-            co_return st;
-        }
-        // A snapshot discard may have shrunk the readable area while we waited.
-        limit = std::min(limit, access_.find_next_clear(offset / c, div_round_up(end, c)) * c);
-        bool done_now = false;
-        n = std::min(n, uniform_prefix(offset, limit, &done_now));
-        if (done_now != done) continue; // copied while we waited: the other lock
-        st = done ? co_await target_->block_status(offset, n)
-                  : co_await file().block_status(offset, n);
-        if (done && !st.error)
-            st.flags |= status_allocated; // the copied data is ours, whatever the target says
-        co_return st;
+    if (p.done) {
+        st = co_await target_->block_status(offset, p.length);
+        // The copied data is ours, whatever the target says.
+        if (!st.error) st.flags |= status_allocated;
+    } else {
+        st = co_await file().block_status(offset, p.length);
     }
+    co_return st;
 }
 
 io::Task<std::error_code> CbwNode::snapshot_discard(std::uint64_t offset, std::uint64_t length) {

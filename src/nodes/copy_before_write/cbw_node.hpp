@@ -95,6 +95,20 @@ class CbwNode final : public block::FilterNode, public block::SnapshotSource {
     // Length of the prefix of [offset, end) that is uniformly done or not done.
     std::uint64_t uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done) const;
     std::error_code check_access(std::uint64_t offset, std::uint64_t length) const;
+    // The prefix of [offset, end) that is readable and uniformly done or not (*length,
+    // *done); EACCES when the first cluster is not readable.
+    std::error_code readable_uniform_prefix(std::uint64_t offset, std::uint64_t end, bool* done,
+                                            std::uint64_t* length) const;
+    // A piece of the snapshot at `offset`, within [offset, end), held under the reader lock
+    // of the child that serves it (`target` when done, else `file`): no guest write changes
+    // what it describes until the guard goes. Snapshot reads and block status both use it.
+    struct SnapshotPiece {
+        block::RangeLockTable::Guard guard;
+        std::uint64_t length = 0;
+        bool done = false;
+        std::error_code error; // EACCES: not readable
+    };
+    io::Task<SnapshotPiece> lock_snapshot_piece(std::uint64_t offset, std::uint64_t end);
     void start_from_bitmap(const block::DirtyBitmap& bitmap);
 
     block::Child* target_;
