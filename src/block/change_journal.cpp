@@ -110,16 +110,21 @@ Result<ChangeJournal::Recovered>
 ChangeJournal::recover(const std::string& path, std::uint64_t disk_size, std::uint64_t epoch) {
     const std::optional<std::string> file = read_whole_file(path);
     if (!file) return errno_error("Cannot read change journal", path);
-    const auto* bytes = reinterpret_cast<const unsigned char*>(file->data());
-    const std::vector<unsigned char> data(bytes, bytes + file->size());
+    const auto* data = reinterpret_cast<const unsigned char*>(file->data());
     // Two slots of equal size; either header may be torn (its slot was being prepared) or
     // absent (never used), so the geometry comes from the file size and any intact header.
-    const std::uint64_t span = data.size() / 2;
-    if (data.size() < 2 * page_size || data.size() % (2 * page_size) != 0)
+    const std::uint64_t span = file->size() / 2;
+    if (file->size() < 2 * page_size || file->size() % (2 * page_size) != 0)
         return make_error(fmt::format("Change journal '{}' is truncated", path));
     Recovered out;
-    for (unsigned slot = 0; slot < 2 && out.granularity == 0; ++slot)
-        if (auto h = parse_header(data.data() + slot * span)) out.granularity = h->granularity;
+    for (unsigned slot = 0; slot < 2 && out.granularity == 0; ++slot) {
+        const auto h = parse_header(data + slot * span);
+        if (!h) continue;
+        if (h->disk_size != disk_size)
+            return make_error(fmt::format("Change journal '{}' is for a disk of {} bytes, not {}",
+                                          path, h->disk_size, disk_size));
+        out.granularity = h->granularity;
+    }
     if (out.granularity == 0)
         return make_error(fmt::format("Change journal '{}' is damaged", path));
     const std::uint64_t regions = region_count(disk_size, out.granularity);
@@ -129,13 +134,9 @@ ChangeJournal::recover(const std::string& path, std::uint64_t disk_size, std::ui
     out.words.assign(div_round_up(regions, 64), 0);
     bool holds_epoch = false;
     for (unsigned slot = 0; slot < 2; ++slot) {
-        const unsigned char* base = data.data() + slot * span;
+        const unsigned char* base = data + slot * span;
         auto h = parse_header(base);
-        if (!h) continue;
-        if (h->disk_size != disk_size)
-            return make_error(fmt::format("Change journal '{}' is for a disk of {} bytes, not {}",
-                                          path, h->disk_size, disk_size));
-        if (h->granularity != out.granularity) continue;
+        if (!h || h->disk_size != disk_size || h->granularity != out.granularity) continue;
         out.max_epoch = std::max(out.max_epoch, h->epoch);
         if (h->epoch < epoch) continue;
         holds_epoch = holds_epoch || h->epoch == epoch;

@@ -149,6 +149,12 @@ TEST(ChangeJournal, RecoveryRefusesWhatItCannotVouchFor) {
     auto size = ChangeJournal::recover(path, 32 * MiB, 4);
     ASSERT_FALSE(size);
     EXPECT_NE(size.error().message.find("disk of 16777216 bytes"), std::string::npos);
+    // Also when the other disk would need a journal of another size: the header says why.
+    auto big = ChangeJournal::recover(path, 64ull << 30, 4);
+    ASSERT_FALSE(big);
+    EXPECT_NE(big.error().message.find("is for a disk of 16777216 bytes, not 68719476736"),
+              std::string::npos)
+        << big.error().message;
     // A torn header (a bit flipped in slot 0's first sector) voids the slot.
     {
         std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
