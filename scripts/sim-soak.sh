@@ -10,6 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5000}
-bash scripts/build.sh asan >/dev/null
+log=$(mktemp "${TMPDIR:-/tmp}/sim-soak-build.XXXXXX")
+if ! bash scripts/build.sh asan >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "sim-soak: the ASan build failed (the end of its log is above; all of it: $log)" >&2
+    exit 1
+fi
+rm -f "$log"
 echo "simulations over seeds ${seeds} (ASan/UBSan)"
 FLEECE_SIM_SEEDS=$seeds ctest --test-dir build-asan -L sim -j "$(nproc)" --timeout 86400 --output-on-failure
