@@ -30,76 +30,56 @@ BENCH = os.environ.get('ANCHOR_DIR',
                        os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
                                     'shared', 'bench'))
 sys.path.insert(0, os.path.abspath(BENCH))
+import anchor_qsd  # noqa: E402
 import harness  # noqa: E402
 
-GiB = 1 << 30
 WARM_S = 6.0     # the first phase is over well before this
 PERIOD_S = 2.0   # running, paused, running, ...
 SETTLE_S = 0.3   # buckets this close after a switch are not counted
 
 
-def file_node(name, path):
-    return {'driver': 'file', 'node-name': name, 'filename': path,
-            'cache': {'direct': True, 'no-flush': False}, 'aio': 'native'}
+def harness_args(a):
+    """The anchor harness's own options, as its command line would give them."""
+    argv = ['--qsd', a.daemon, '--runtime', str(a.runtime), '--rate', a.rate,
+            '--s2-max-chunk', str(a.max_chunk)]
+    if a.max_workers:
+        argv += ['--max-workers', str(a.max_workers)]
+    args = harness.build_parser(anchor_qsd.QsdDriver).parse_args(argv)
+    args.size_bytes = harness.parse_size(args.size)
+    return args
 
 
-def one_run(a, golden, rundir):
+def one_run(args, golden, rundir):
     disk = os.path.join(rundir, 'disk.raw')
     harness.clone_disk(golden, disk)
     procs = harness.Procs()
+    driver = anchor_qsd.QsdDriver(args, procs, rundir)
     try:
-        target = harness.NbdkitTarget(procs, rundir, GiB, delay_write='2ms', rate=a.rate)
-        qmp = os.path.join(rundir, 'qmp.sock')
-        nbd = os.path.join(rundir, 'nbd.sock')
-        log = open(os.path.join(rundir, 'daemon.log'), 'w')
-        procs.spawn('daemon', [a.daemon, '--chardev',
-                               'socket,id=q,path=%s,server=on,wait=off' % qmp,
-                               '--monitor', 'chardev=q,mode=control'], stdout=log, stderr=log)
-        c = harness.JsonControl(qmp)
-        fleece = os.path.join(rundir, 'fleece.qcow2')
-        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', fleece, str(GiB)], check=True)
-        for cmd, args in [
-                ('blockdev-add', file_node('disk', disk)),
-                ('blockdev-add', {'driver': 'nbd', 'node-name': 'remote', 'export': '',
-                                  'server': {'type': 'unix', 'path': target.sock}}),
-                ('blockdev-add', file_node('fleece-file', fleece)),
-                ('blockdev-add', {'driver': 'qcow2', 'node-name': 'fleece', 'file': 'fleece-file'}),
-                ('blockdev-add', {'driver': 'copy-before-write', 'node-name': 'cbw',
-                                  'file': 'disk', 'target': 'fleece'}),
-                ('blockdev-add', {'driver': 'snapshot-access', 'node-name': 'snap', 'file': 'cbw'}),
-                ('nbd-server-start', {'addr': {'type': 'unix', 'data': {'path': nbd}}}),
-                ('block-export-add', {'type': 'nbd', 'id': 'guest', 'node-name': 'cbw',
-                                      'name': 'guest', 'writable': True})]:
-            c.execute(cmd, args)
-        perf = {'max-chunk': a.max_chunk}
-        if a.max_workers:
-            perf['max-workers'] = a.max_workers
-        c.execute('blockdev-backup', {'job-id': 'bk', 'device': 'snap', 'target': 'remote',
-                                      'sync': 'full', 'x-perf': perf})
-        out = os.path.join(rundir, 'fio')
+        # The benchmark's S2 graph and backup job, built by the harness's own driver.
+        target = harness.NbdkitTarget(procs, rundir, args.size_bytes,
+                                      delay_write=args.delay_write, rate=args.rate)
+        driver.start()
+        uri = driver.setup('S2', disk, target)
+        driver.start_backup()
+        out = os.path.join(rundir, 'fio.json')
+        # The harness's guest, with IOPS in 100 ms buckets instead of seconds.
+        argv = [x if not x.startswith('--log_avg_msec=') else '--log_avg_msec=100'
+                for x in harness.fio_argv(args, uri, out)]
         t0 = time.monotonic()
-        fio = subprocess.Popen(
-            ['fio', '--name=guest', '--ioengine=nbd', '--uri=nbd+unix:///guest?socket=' + nbd,
-             '--rw=randwrite', '--bs=4k', '--iodepth=8', '--direct=1', '--time_based',
-             '--runtime=%d' % a.runtime, '--norandommap', '--randrepeat=1',
-             '--output-format=json', '--output=' + out + '.json',
-             '--write_iops_log=' + out, '--log_avg_msec=100'], stdout=subprocess.DEVNULL)
+        fio = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         switches = []  # (seconds since fio started, job running afterwards)
         time.sleep(WARM_S)
         running = True
-        while time.monotonic() - t0 < a.runtime - PERIOD_S:
-            c.execute('job-pause' if running else 'job-resume', {'id': 'bk'})
+        while time.monotonic() - t0 < args.runtime - PERIOD_S:
+            driver.q('job-pause' if running else 'job-resume', {'id': 'bk'})
             running = not running
             switches.append((time.monotonic() - t0, running))
             time.sleep(PERIOD_S)
         if fio.wait() != 0:
-            raise RuntimeError('fio failed')
-        buckets = harness.parse_iops_log(out)
-        try:
-            c.execute('quit')
-        except (harness.ControlError, OSError):
-            pass
+            raise RuntimeError('fio failed (its output: %s)' % out)
+        buckets = harness.parse_iops_log(out[:-len('.json')])
     finally:
+        driver.stop()
         procs.stop_all()
 
     def state(end_s):
@@ -129,14 +109,15 @@ def main():
     ap.add_argument('--max-workers', type=int, default=None)
     ap.add_argument('--reps', type=int, default=2)
     a = ap.parse_args()
+    args = harness_args(a)
     ratios = []
     with tempfile.TemporaryDirectory() as wd:
         golden = os.path.join(wd, 'golden')
-        harness.make_golden(golden, GiB, 1)
+        harness.make_golden(golden, args.size_bytes, args.seed)
         for rep in range(a.reps):
             rundir = os.path.join(wd, 'run%d' % rep)
             os.makedirs(rundir)
-            r = one_run(a, golden, rundir)
+            r = one_run(args, golden, rundir)
             print(json.dumps(r), flush=True)
             ratios.append(r['ratio'])
     print('guest IOPS with the job running / paused: median %.3f over %d runs'
